@@ -1,0 +1,184 @@
+//! API keys for automation. Keys appear in config only as SHA-256 hashes; presented keys
+//! are hashed and compared in constant time against every configured key.
+
+use super::{AuthError, AuthMethod, Grant, PoolScope, Principal, Role};
+use base64::Engine;
+use rand::RngCore;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+
+/// Prefix of every key sessiongate issues (lets secret scanners spot leaked keys).
+pub const KEY_PREFIX: &str = "sg_";
+
+/// One configured API key, as written in `[[auth.api_keys]]`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Stable, non-secret name of the key (appears in the audit log as the actor).
+    pub id: String,
+    /// `sha256:<64 hex digits>` of the whole key.
+    pub hash: String,
+    /// Roles the key holds.
+    pub roles: Vec<Role>,
+    /// Pools the roles cover: `["*"]` for all.
+    #[serde(default = "all_pools")]
+    pub pools: Vec<String>,
+    /// Optional expiry (RFC 3339); an expired key is refused with `credentials_expired`.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    /// Optional display name for the audit log.
+    #[serde(default)]
+    pub display: Option<String>,
+}
+
+fn all_pools() -> Vec<String> {
+    vec!["*".to_string()]
+}
+
+#[derive(Debug, Clone)]
+struct StoredKey {
+    digest: [u8; 32],
+    cfg: ApiKeyConfig,
+}
+
+/// The configured keys, ready for lookups.
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeys {
+    keys: Vec<StoredKey>,
+}
+
+/// Parses `sha256:<hex>` into a digest.
+pub fn parse_hash(s: &str) -> Result<[u8; 32], String> {
+    let hex_part = s
+        .strip_prefix("sha256:")
+        .ok_or_else(|| "must start with 'sha256:'".to_string())?;
+    let bytes = hex::decode(hex_part).map_err(|_| "is not hexadecimal".to_string())?;
+    bytes
+        .try_into()
+        .map_err(|_| "must hold 64 hex digits".to_string())
+}
+
+/// The hash line for a key, as it goes into config.
+pub fn hash_key(key: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
+}
+
+/// A fresh random key: `sg_` + 32 random bytes, base64url.
+pub fn generate_key() -> String {
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    format!(
+        "{KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    )
+}
+
+impl ApiKeys {
+    pub fn new(cfgs: &[ApiKeyConfig]) -> Result<Self, String> {
+        let mut keys = Vec::with_capacity(cfgs.len());
+        for (i, c) in cfgs.iter().enumerate() {
+            let digest = parse_hash(&c.hash).map_err(|e| format!("auth.api_keys[{i}].hash {e}"))?;
+            if c.id.trim().is_empty() {
+                return Err(format!("auth.api_keys[{i}].id must not be empty"));
+            }
+            if keys.iter().any(|k: &StoredKey| k.cfg.id == c.id) {
+                return Err(format!("auth.api_keys[{i}].id '{}' is used twice", c.id));
+            }
+            keys.push(StoredKey {
+                digest,
+                cfg: c.clone(),
+            });
+        }
+        Ok(Self { keys })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Finds the key matching `presented`. Every configured key is compared, in constant time,
+    /// so timing does not reveal which (or whether a) key matched.
+    pub fn authenticate(
+        &self,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Principal, AuthError> {
+        let d: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found: Option<&StoredKey> = None;
+        for k in &self.keys {
+            if bool::from(k.digest.ct_eq(&d)) {
+                found = Some(k);
+            }
+        }
+        let k = found.ok_or_else(|| AuthError::Invalid("unknown API key".into()))?;
+        if k.cfg.expires_at.is_some_and(|e| e <= now) {
+            return Err(AuthError::Expired);
+        }
+        let scope = PoolScope::Pools(k.cfg.pools.clone());
+        Ok(Principal {
+            id: format!("apikey:{}", k.cfg.id),
+            display: k.cfg.display.clone().or_else(|| Some(k.cfg.id.clone())),
+            method: AuthMethod::ApiKey,
+            grants: k
+                .cfg
+                .roles
+                .iter()
+                .map(|r| Grant {
+                    role: *r,
+                    pools: scope.clone(),
+                })
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(id: &str, key: &str, roles: Vec<Role>) -> ApiKeyConfig {
+        ApiKeyConfig {
+            id: id.into(),
+            hash: hash_key(key),
+            roles,
+            pools: vec!["*".into()],
+            expires_at: None,
+            display: None,
+        }
+    }
+
+    #[test]
+    fn right_key_authenticates_wrong_key_does_not() {
+        let k = generate_key();
+        assert!(k.starts_with(KEY_PREFIX));
+        let keys = ApiKeys::new(&[cfg("a", &k, vec![Role::Operator])]).unwrap();
+        let p = keys.authenticate(&k, OffsetDateTime::now_utc()).unwrap();
+        assert_eq!(p.id, "apikey:a");
+        assert!(matches!(
+            keys.authenticate("sg_nope", OffsetDateTime::now_utc()),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn expired_key_is_refused() {
+        let k = generate_key();
+        let mut c = cfg("a", &k, vec![Role::Reader]);
+        c.expires_at = Some(OffsetDateTime::now_utc() - time::Duration::minutes(1));
+        let keys = ApiKeys::new(&[c]).unwrap();
+        assert_eq!(
+            keys.authenticate(&k, OffsetDateTime::now_utc()),
+            Err(AuthError::Expired)
+        );
+    }
+
+    #[test]
+    fn bad_hash_names_the_key() {
+        let mut c = cfg("a", "x", vec![Role::Reader]);
+        c.hash = "md5:abc".into();
+        let e = ApiKeys::new(&[c]).unwrap_err();
+        assert!(e.contains("auth.api_keys[0].hash"), "{e}");
+    }
+}

@@ -1,0 +1,1 @@
+//! WinRM host emulator.

@@ -1,0 +1,1 @@
+//! WVD classic (RDInfra broker) emulator.

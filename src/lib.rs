@@ -1,0 +1,15 @@
+//! sessiongate: one audited REST API in front of remote-desktop session control on
+//! Azure Virtual Desktop (ARM), WVD classic, RD Session Host and MultiPoint servers.
+
+pub mod api;
+pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod emulator;
+pub mod httpclient;
+pub mod providers;
+pub mod service;
+pub mod telemetry;

@@ -1,0 +1,1 @@
+//! Azure Virtual Desktop (ARM) adapter.

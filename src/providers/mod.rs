@@ -1,0 +1,155 @@
+//! Provider adapters behind one trait. Providers know nothing of our HTTP API: they speak
+//! domain types and [`ProviderError`], which the API layer maps to problem+json.
+
+pub mod avd;
+pub mod winrm;
+pub mod wvd_classic;
+
+use crate::domain::{
+    Capabilities, HostName, ProviderKind, Session, SessionHost, SessionId, StateFilter,
+};
+use async_trait::async_trait;
+use std::time::Duration;
+
+/// Typed failures of a backend call.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    #[error("session not found")]
+    SessionNotFound,
+    #[error("session host not found")]
+    HostNotFound,
+    #[error("host pool not found upstream")]
+    PoolNotFound,
+    #[error("session host unreachable: {0}")]
+    HostUnreachable(String),
+    /// Our credentials were rejected by the backend (token, password): a 502 to our caller.
+    #[error("upstream authentication failed: {0}")]
+    UpstreamAuth(String),
+    /// The backend refused the operation for our identity (missing role, access denied).
+    #[error("upstream denied the operation: {0}")]
+    UpstreamForbidden(String),
+    /// The backend throttled us beyond our retry budget.
+    #[error("upstream throttled; retry after {retry_after:?}")]
+    Throttled { retry_after: Duration },
+    #[error("upstream timed out: {0}")]
+    Timeout(String),
+    /// The session is protected on the backend (e.g. the caller's own session).
+    #[error("session is protected: {0}")]
+    Protected(String),
+    #[error("operation not supported by this provider")]
+    Unsupported,
+    /// Any other upstream failure, with what the backend said.
+    #[error("upstream error (status {status:?}, code {code}): {message}")]
+    Upstream {
+        status: Option<u16>,
+        code: String,
+        message: String,
+    },
+    /// Connection-level failure (DNS, TCP, TLS, dropped connection).
+    #[error("transport error: {0}")]
+    Transport(String),
+}
+
+impl ProviderError {
+    /// Stable short kind, used in audit outcomes and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderError::SessionNotFound => "session_not_found",
+            ProviderError::HostNotFound => "host_not_found",
+            ProviderError::PoolNotFound => "pool_not_found_upstream",
+            ProviderError::HostUnreachable(_) => "host_unreachable",
+            ProviderError::UpstreamAuth(_) => "upstream_auth_failed",
+            ProviderError::UpstreamForbidden(_) => "upstream_forbidden",
+            ProviderError::Throttled { .. } => "upstream_throttled",
+            ProviderError::Timeout(_) => "upstream_timeout",
+            ProviderError::Protected(_) => "session_protected",
+            ProviderError::Unsupported => "unsupported",
+            ProviderError::Upstream { .. } => "upstream_error",
+            ProviderError::Transport(_) => "upstream_unreachable",
+        }
+    }
+
+    /// Upstream HTTP status, where there was one.
+    pub fn upstream_status(&self) -> Option<u16> {
+        match self {
+            ProviderError::Upstream { status, .. } => *status,
+            _ => None,
+        }
+    }
+}
+
+/// Result of a logoff or disconnect that reached the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionEffect {
+    Done,
+    /// The session did not exist any more (logoff of an ended session).
+    AlreadyGone,
+}
+
+/// A pool-wide listing: sessions plus hosts that could not be asked (on-prem fan-out).
+#[derive(Debug, Clone, Default)]
+pub struct PoolSessions {
+    pub sessions: Vec<Session>,
+    pub unreachable_hosts: Vec<UnreachableHost>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct UnreachableHost {
+    pub host: String,
+    pub error: String,
+}
+
+/// Filter for pool-wide session lists. Providers may push it upstream (ARM `$filter`);
+/// the service applies it again, so a provider may ignore it.
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    pub user: Option<String>,
+    pub state: Option<StateFilter>,
+}
+
+/// One backend host pool. Every method is one logical operation; retries, paging and
+/// token handling are the adapter's business.
+#[async_trait]
+pub trait SessionProvider: Send + Sync {
+    fn kind(&self) -> ProviderKind;
+    fn capabilities(&self) -> Capabilities;
+
+    /// Whether `host` may be addressed at all. On-prem providers answer from configured
+    /// inventory only; cloud providers answer `true` and let the backend say 404.
+    fn host_in_inventory(&self, _host: &HostName) -> bool {
+        true
+    }
+
+    async fn list_hosts(&self) -> Result<Vec<SessionHost>, ProviderError>;
+    async fn list_sessions(&self, filter: &SessionFilter) -> Result<PoolSessions, ProviderError>;
+    async fn list_host_sessions(&self, host: &HostName) -> Result<Vec<Session>, ProviderError>;
+    async fn get_session(&self, host: &HostName, id: SessionId) -> Result<Session, ProviderError>;
+    async fn logoff(
+        &self,
+        host: &HostName,
+        id: SessionId,
+        force: bool,
+    ) -> Result<ActionEffect, ProviderError>;
+    async fn disconnect(
+        &self,
+        host: &HostName,
+        id: SessionId,
+    ) -> Result<ActionEffect, ProviderError>;
+    async fn send_message(
+        &self,
+        host: &HostName,
+        id: SessionId,
+        title: &str,
+        body: &str,
+    ) -> Result<(), ProviderError>;
+    async fn lock(&self, _host: &HostName, _id: SessionId) -> Result<ActionEffect, ProviderError> {
+        Err(ProviderError::Unsupported)
+    }
+    async fn unlock(
+        &self,
+        _host: &HostName,
+        _id: SessionId,
+    ) -> Result<ActionEffect, ProviderError> {
+        Err(ProviderError::Unsupported)
+    }
+}

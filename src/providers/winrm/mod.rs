@@ -1,0 +1,1 @@
+//! On-premises RD Session Host and MultiPoint over WinRM.

@@ -1,0 +1,1 @@
+//! Windows Virtual Desktop classic (RDInfra broker) adapter.
