@@ -1,1 +1,140 @@
-//! cli
+//! Command line: `serve`, `demo`, `emulate`, `config check`, `apikey new`, `audit`, `openapi`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::{net::SocketAddr, path::PathBuf};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sessiongate",
+    version,
+    about = "One audited REST API for remote-desktop session control"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the production entry point).
+    Serve {
+        /// Configuration file (TOML); `SESSIONGATE__SECTION__KEY` variables override it.
+        #[arg(long, short, env = "SESSIONGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run the gateway on its embedded defaults against in-tree emulators (no setup needed).
+    Demo(DemoArgs),
+    /// Run one backend emulator alone (for tests, benchmarks and client authors).
+    Emulate {
+        #[command(subcommand)]
+        which: EmulateCommand,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCommand,
+    },
+    /// API key tools.
+    Apikey {
+        #[command(subcommand)]
+        cmd: ApikeyCommand,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCommand,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address for the gateway.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Use this operator API key instead of a fresh random one.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Where the demo keeps its audit log and emulator CA (default: a fresh temporary directory).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct EmulatorArgs {
+    /// Address to listen on (one port; the WinRM emulator uses one port per host from here).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Session hosts per pool.
+    #[arg(long, default_value_t = 3)]
+    pub hosts: usize,
+    /// Sessions per host.
+    #[arg(long, default_value_t = 4)]
+    pub sessions_per_host: usize,
+    /// Write the emulator's CA certificate (PEM) here (default: printed in the JSON line as a path under the temp dir).
+    #[arg(long)]
+    pub ca_out: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EmulateCommand {
+    /// Azure Resource Manager (Microsoft.DesktopVirtualization) with its token endpoint.
+    Avd(EmulatorArgs),
+    /// The WVD classic (RDInfra) broker with its token endpoint.
+    WvdClassic(EmulatorArgs),
+    /// WinRM hosts (RD Session Host or MultiPoint flavour).
+    Winrm {
+        #[command(flatten)]
+        args: EmulatorArgs,
+        #[arg(long, value_enum, default_value_t = WinrmFlavour::Rds)]
+        flavour: WinrmFlavour,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum WinrmFlavour {
+    Rds,
+    Multipoint,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file; names the offending key on error.
+    Check { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApikeyCommand {
+    /// Print a fresh API key and the `[[auth.api_keys]]` entry to paste into the config.
+    New {
+        /// Key id (appears in the audit log).
+        #[arg(long, default_value = "automation")]
+        id: String,
+        /// Role(s): reader, operator, admin, auditor.
+        #[arg(long = "role", default_values_t = vec!["operator".to_string()])]
+        roles: Vec<String>,
+        /// Pool(s) the roles cover (`*` for all).
+        #[arg(long = "pool", default_values_t = vec!["*".to_string()])]
+        pools: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the audit log's hash chains; exit 0 when intact, 1 at the first break.
+    Verify {
+        #[arg(long, short, env = "SESSIONGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Export events for a SIEM, oldest first.
+    Export {
+        #[arg(long, short, env = "SESSIONGATE_CONFIG")]
+        config: PathBuf,
+        /// Only events at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+    },
+}

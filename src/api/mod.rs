@@ -1,1 +1,19 @@
-//! api/mod
+//! The HTTP API: one router, thin handlers, typed extractors, problem+json errors.
+
+pub mod extract;
+pub mod handlers;
+pub mod middleware;
+pub mod openapi;
+pub mod problem;
+pub mod router;
+
+use crate::{auth::Authenticator, service::Gateway};
+use std::{sync::Arc, time::Duration};
+
+/// Shared state of every handler and middleware.
+#[derive(Clone)]
+pub struct AppState {
+    pub gateway: Arc<Gateway>,
+    pub authenticator: Arc<Authenticator>,
+    pub request_timeout: Duration,
+}

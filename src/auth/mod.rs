@@ -181,3 +181,52 @@ pub struct Presented {
     pub method: Option<String>,
     pub hint: Option<String>,
 }
+
+/// Placeholder until the full auth layer lands.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub api_keys: Vec<apikey::ApiKeyConfig>,
+}
+
+/// Placeholder authenticator (API keys only) until the full auth layer lands.
+pub struct Authenticator {
+    keys: apikey::ApiKeys,
+}
+
+impl Authenticator {
+    pub async fn new(cfg: &AuthConfig) -> Result<Self, String> {
+        Ok(Self {
+            keys: apikey::ApiKeys::new(&cfg.api_keys)?,
+        })
+    }
+
+    pub async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<Principal, (AuthError, Presented)> {
+        let raw = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+        let Some(key) = raw else {
+            return Err((AuthError::Missing, Presented::default()));
+        };
+        let presented = Presented {
+            method: Some("api_key".into()),
+            hint: Some(key.chars().take(6).collect()),
+        };
+        self.keys
+            .authenticate(key.trim(), time::OffsetDateTime::now_utc())
+            .map_err(|e| (e, presented))
+    }
+
+    pub fn www_authenticate(&self, err: &AuthError) -> String {
+        match err {
+            AuthError::Missing => "Bearer realm=\"sessiongate\"".into(),
+            _ => "Bearer realm=\"sessiongate\", error=\"invalid_token\"".into(),
+        }
+    }
+}

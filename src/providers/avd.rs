@@ -1,1 +1,12 @@
 //! Azure Virtual Desktop (ARM) adapter.
+
+use super::SessionProvider;
+use std::sync::Arc;
+
+/// Placeholder until the adapter lands.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct AvdPoolConfig {}
+
+pub fn build(_pool: &str, _cfg: &AvdPoolConfig) -> Result<Arc<dyn SessionProvider>, String> {
+    Err("provider not available in this build".into())
+}

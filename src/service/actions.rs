@@ -1,0 +1,321 @@
+//! Session actions: logoff, disconnect, message, lock, unlock.
+
+use super::{CallContext, Gateway, Protection, ServiceError};
+use crate::{
+    audit::{EventKind, NewEvent, Target},
+    auth::Permission,
+    domain::{ActionKind, ActionOutcome, HostName, PoolName, Session, SessionId},
+    providers::{ActionEffect, ProviderError},
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::{sync::Arc, time::Duration};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+/// An action as the HTTP layer hands it over (already validated for shape and bounds).
+#[derive(Debug, Clone)]
+pub struct ActionRequest {
+    pub pool: PoolName,
+    pub host: HostName,
+    pub id: SessionId,
+    pub kind: ActionKind,
+    pub force: bool,
+    pub expected_user: Option<String>,
+    pub reason: Option<String>,
+    pub ticket: Option<String>,
+    pub dry_run: bool,
+    /// Title and body, for `message`.
+    pub message: Option<(String, String)>,
+}
+
+/// A failed action, and whether the service already audited it (intent and outcome).
+#[derive(Debug, Clone)]
+pub struct ActionError {
+    pub error: ServiceError,
+    pub audited: bool,
+}
+
+/// What an action was aimed at.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ActionTarget {
+    pub pool: String,
+    pub host: String,
+    pub session_id: SessionId,
+}
+
+/// The one action-result shape.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ActionResult {
+    pub action: ActionKind,
+    pub target: ActionTarget,
+    /// The session's user as resolved before acting (`null` when the session was already gone).
+    pub user: Option<String>,
+    pub outcome: ActionOutcome,
+    pub dry_run: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub time: OffsetDateTime,
+    pub request_id: String,
+    /// Id of the audit event that recorded the outcome.
+    pub audit_event_id: String,
+}
+
+impl ActionRequest {
+    fn params(&self) -> serde_json::Value {
+        let mut p = serde_json::json!({
+            "force": self.force,
+            "dry_run": self.dry_run,
+            "reason": self.reason,
+            "ticket": self.ticket,
+            "expected_user": self.expected_user,
+        });
+        if let Some((title, body)) = &self.message {
+            p["message_title_chars"] = title.chars().count().into();
+            p["message_body_chars"] = body.chars().count().into();
+            let mut h = Sha256::new();
+            h.update(title.as_bytes());
+            h.update([0u8]);
+            h.update(body.as_bytes());
+            p["message_sha256"] = hex::encode(h.finalize()).into();
+        }
+        p
+    }
+}
+
+impl Gateway {
+    /// Runs an action. The work runs on its own task, so a caller that hangs up (or a request
+    /// timeout) cannot cancel it between the provider call and its outcome record.
+    pub async fn act(
+        self: &Arc<Self>,
+        ctx: CallContext,
+        req: ActionRequest,
+    ) -> Result<ActionResult, ActionError> {
+        let me = self.clone();
+        let task = self
+            .tasks
+            .spawn(async move { me.act_inner(&ctx, &req).await });
+        match task.await {
+            Ok(r) => r,
+            Err(e) => Err(ActionError {
+                error: ServiceError::AuditUnavailable(format!("action task ended abnormally: {e}")),
+                audited: false,
+            }),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(pool = %req.pool, host = %req.host, session = %req.id, action = req.kind.as_str(), request_id = %ctx.request_id))]
+    async fn act_inner(
+        &self,
+        ctx: &CallContext,
+        req: &ActionRequest,
+    ) -> Result<ActionResult, ActionError> {
+        let unaudited = |error| ActionError {
+            error,
+            audited: false,
+        };
+        let audited = |error| ActionError {
+            error,
+            audited: true,
+        };
+        let pool = self
+            .pool_for(ctx, &req.pool, Permission::SessionsAct)
+            .map_err(unaudited)?;
+        let caps = pool.provider.capabilities();
+        if !caps.actions.contains(&req.kind) {
+            return Err(unaudited(ServiceError::ActionNotSupported {
+                action: req.kind.as_str().into(),
+                pool: req.pool.to_string(),
+            }));
+        }
+        let pool = self.host_checked(pool, &req.host).map_err(unaudited)?;
+        let provider = pool.provider.clone();
+
+        // Resolve: ids are reused by Windows, and protection depends on the user.
+        let session: Option<Session> = match provider.get_session(&req.host, req.id).await {
+            Ok(s) => Some(s),
+            Err(ProviderError::SessionNotFound) if req.kind == ActionKind::Logoff => None,
+            Err(e) => {
+                return Err(unaudited(self.map_target_err(
+                    pool,
+                    &req.host,
+                    Some(req.id),
+                    e,
+                )));
+            }
+        };
+        let user = session
+            .as_ref()
+            .and_then(|s| s.user.clone().or_else(|| s.ad_user.clone()));
+        let target = Target {
+            pool: Some(req.pool.to_string()),
+            host: Some(req.host.to_string()),
+            session_id: Some(req.id.0),
+            user: user.clone(),
+        };
+        let params = req.params();
+
+        let mut intent = ctx.event(req.kind.as_str(), target.clone());
+        intent.kind = Some(EventKind::Intent);
+        intent.params = params.clone();
+        intent.outcome = "pending".into();
+        self.audit
+            .record(intent)
+            .await
+            .map_err(|e| unaudited(ServiceError::AuditUnavailable(e.to_string())))?;
+
+        let result = self.decide_and_run(ctx, req, session.as_ref()).await;
+
+        let mut outcome = ctx.event(req.kind.as_str(), target);
+        outcome.kind = Some(EventKind::Outcome);
+        outcome.params = params;
+        outcome.duration_ms = Some(ctx.started.elapsed().as_millis() as u64);
+        match &result {
+            Ok(o) => {
+                outcome.outcome = match o {
+                    ActionOutcome::Done => "done",
+                    ActionOutcome::AlreadyGone => "already_gone",
+                    ActionOutcome::WouldDo => "would_do",
+                }
+                .into();
+            }
+            Err(e) => {
+                outcome.outcome = match e {
+                    ServiceError::UserMismatch { .. }
+                    | ServiceError::Protected { .. }
+                    | ServiceError::Forbidden { .. } => "refused",
+                    _ => "failed",
+                }
+                .into();
+                outcome.error_code = Some(e.code().to_string());
+                if let ServiceError::Provider(pe) = e {
+                    outcome.upstream_status = pe.upstream_status();
+                }
+            }
+        }
+        let stored = self.record_outcome(outcome).await.map_err(audited)?;
+        let outcome = result.map_err(audited)?;
+        Ok(ActionResult {
+            action: req.kind,
+            target: ActionTarget {
+                pool: req.pool.to_string(),
+                host: req.host.to_string(),
+                session_id: req.id,
+            },
+            user,
+            outcome,
+            dry_run: req.dry_run,
+            time: stored.time,
+            request_id: ctx.request_id.clone(),
+            audit_event_id: stored.id,
+        })
+    }
+
+    /// Records an outcome, retrying briefly: the action has happened, and its record must not
+    /// be lost to a passing store hiccup.
+    async fn record_outcome(&self, ev: NewEvent) -> Result<crate::audit::AuditEvent, ServiceError> {
+        let mut delay = Duration::from_millis(50);
+        let mut last = None;
+        for _ in 0..5 {
+            match self.audit.record(ev.clone()).await {
+                Ok(s) => return Ok(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "recording an action outcome failed; retrying");
+                    last = Some(e);
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+        Err(ServiceError::AuditUnavailable(
+            last.map(|e| e.to_string()).unwrap_or_default(),
+        ))
+    }
+
+    async fn decide_and_run(
+        &self,
+        ctx: &CallContext,
+        req: &ActionRequest,
+        session: Option<&Session>,
+    ) -> Result<ActionOutcome, ServiceError> {
+        let Some(session) = session else {
+            // Logoff of a session that has already ended.
+            return Ok(ActionOutcome::AlreadyGone);
+        };
+        if let Some(expected) = &req.expected_user
+            && !session.user_matches(expected)
+        {
+            return Err(ServiceError::UserMismatch {
+                expected: expected.clone(),
+                actual: session.user.clone().or_else(|| session.ad_user.clone()),
+            });
+        }
+        let guarded = matches!(
+            req.kind,
+            ActionKind::Logoff | ActionKind::Disconnect | ActionKind::Lock
+        );
+        if guarded {
+            match self.guard.protection(session) {
+                Protection::None => {}
+                Protection::Nobody(reason) => {
+                    return Err(ServiceError::Protected {
+                        reason,
+                        admin_may: false,
+                    });
+                }
+                Protection::AdminOnly(reason) => {
+                    if !ctx
+                        .principal
+                        .has(Permission::SessionsAdmin, Some(&req.pool))
+                    {
+                        return Err(ServiceError::Protected {
+                            reason,
+                            admin_may: true,
+                        });
+                    }
+                }
+            }
+        }
+        if req.dry_run {
+            return Ok(ActionOutcome::WouldDo);
+        }
+        let p = &self
+            .pools
+            .get(&req.pool)
+            .ok_or_else(|| ServiceError::PoolNotFound(req.pool.to_string()))?
+            .provider;
+        let effect = match req.kind {
+            ActionKind::Logoff => p.logoff(&req.host, req.id, req.force).await,
+            ActionKind::Disconnect => p.disconnect(&req.host, req.id).await,
+            ActionKind::Lock => p.lock(&req.host, req.id).await,
+            ActionKind::Unlock => p.unlock(&req.host, req.id).await,
+            ActionKind::Message => {
+                let (t, b) = req.message.as_ref().ok_or(ServiceError::Invalid {
+                    code: "invalid_body",
+                    detail: "message needs a title and a body".into(),
+                })?;
+                p.send_message(&req.host, req.id, t, b)
+                    .await
+                    .map(|()| ActionEffect::Done)
+            }
+        };
+        match effect {
+            Ok(ActionEffect::Done) => Ok(ActionOutcome::Done),
+            Ok(ActionEffect::AlreadyGone) => Ok(ActionOutcome::AlreadyGone),
+            Err(ProviderError::SessionNotFound) if req.kind == ActionKind::Logoff => {
+                Ok(ActionOutcome::AlreadyGone)
+            }
+            Err(ProviderError::Protected(reason)) => Err(ServiceError::Protected {
+                reason,
+                admin_may: false,
+            }),
+            Err(e) => {
+                let pool = self
+                    .pools
+                    .get(&req.pool)
+                    .ok_or_else(|| ServiceError::PoolNotFound(req.pool.to_string()))?;
+                Err(self.map_target_err(pool, &req.host, Some(req.id), e))
+            }
+        }
+    }
+}
