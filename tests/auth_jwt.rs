@@ -412,6 +412,9 @@ async fn credential_selection_and_presented_hints() {
     h.insert("x-api-key", HeaderValue::from_str(&key).unwrap());
     let p = auth.authenticate(&h).await.unwrap();
     assert_eq!(p.method, AuthMethod::ApiKey);
+    let pr = Authenticator::presented(&h);
+    assert_eq!(pr.method.as_deref(), Some("api_key"));
+    assert_eq!(pr.hint.as_deref(), Some(&key[..6]));
 
     // A wrong key: the hint is the first 6 characters, never the key.
     let wrong = apikey::generate_key();

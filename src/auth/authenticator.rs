@@ -79,6 +79,14 @@ impl Authenticator {
         r.map_err(|e| (e, presented))
     }
 
+    /// What the request presents (method and non-secret hint), without validating it: for
+    /// the audit record of a successful call.
+    pub fn presented(headers: &HeaderMap) -> Presented {
+        match Self::credential(headers) {
+            Ok((_, p)) | Err((_, p)) => p,
+        }
+    }
+
     /// Picks the credential from the headers.
     fn credential(
         headers: &HeaderMap,
