@@ -513,3 +513,44 @@ async fn start_errors_name_the_key() {
     let e = Authenticator::new(&f.cfg).await.unwrap_err();
     assert!(e.contains("jwks_uri"), "{e}");
 }
+
+/// Timing, not a pass/fail check: `cargo nextest run --test auth_jwt --run-ignored only
+/// --no-capture measure_verify_latency`.
+#[tokio::test]
+#[ignore]
+async fn measure_verify_latency() {
+    let key = apikey::generate_key();
+    let mut f = fixture(|_| {}).await;
+    f.cfg.api_keys = (0..50)
+        .map(|i| apikey::ApiKeyConfig {
+            id: format!("k{i}"),
+            hash: apikey::hash_key(&if i == 49 {
+                key.clone()
+            } else {
+                apikey::generate_key()
+            }),
+            roles: vec![Role::Operator],
+            pools: vec!["*".into()],
+            expires_at: None,
+            display: None,
+        })
+        .collect();
+    let auth = Authenticator::new(&f.cfg).await.unwrap();
+    let claims = with_roles(f.issuer.claims(AUD), &["Operator"]);
+    let n = 500u32;
+    for (name, h) in [
+        ("RS256", bearer(&f.issuer.mint(&claims).unwrap())),
+        (
+            "ES256",
+            bearer(&f.issuer.mint_with(Algorithm::ES256, None, &claims).unwrap()),
+        ),
+        ("api key (50 configured)", bearer(&key)),
+    ] {
+        auth.authenticate(&h).await.unwrap();
+        let t0 = std::time::Instant::now();
+        for _ in 0..n {
+            auth.authenticate(&h).await.unwrap();
+        }
+        println!("{name}: {:?} per authentication", t0.elapsed() / n);
+    }
+}
