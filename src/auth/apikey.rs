@@ -75,6 +75,49 @@ pub fn generate_key() -> String {
     )
 }
 
+/// The `[[auth.api_keys]]` block for a freshly generated key, as `sessiongate apikey new`
+/// prints it: only the hash goes into config; the key itself is shown once to the operator.
+pub fn config_snippet(
+    id: &str,
+    key: &str,
+    roles: &[Role],
+    pools: &[String],
+    expires_at: Option<OffsetDateTime>,
+) -> String {
+    let q = |s: &str| toml_quote(s);
+    let list =
+        |v: &mut dyn Iterator<Item = String>| v.map(|s| q(&s)).collect::<Vec<_>>().join(", ");
+    let mut out = format!(
+        "[[auth.api_keys]]\nid = {}\nhash = {}\nroles = [{}]\npools = [{}]\n",
+        q(id),
+        q(&hash_key(key)),
+        list(&mut roles.iter().map(|r| r.as_str().to_string())),
+        list(&mut pools.iter().cloned()),
+    );
+    if let Some(e) = expires_at.and_then(|e| {
+        e.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    }) {
+        out.push_str(&format!("expires_at = {}\n", q(&e)));
+    }
+    out
+}
+
+fn toml_quote(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if c.is_control() => o.push_str(&format!("\\u{:04X}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
 impl ApiKeys {
     pub fn new(cfgs: &[ApiKeyConfig]) -> Result<Self, String> {
         let mut keys = Vec::with_capacity(cfgs.len());
@@ -172,6 +215,34 @@ mod tests {
             keys.authenticate(&k, OffsetDateTime::now_utc()),
             Err(AuthError::Expired)
         );
+    }
+
+    #[test]
+    fn config_snippet_parses_back_and_authenticates() {
+        #[derive(serde::Deserialize)]
+        struct Root {
+            auth: crate::auth::AuthConfig,
+        }
+        let k = generate_key();
+        let exp = OffsetDateTime::now_utc() + time::Duration::days(90);
+        let s = config_snippet(
+            "ticket\"ing",
+            &k,
+            &[Role::Operator, Role::Reader],
+            &["hp1".to_string()],
+            Some(exp),
+        );
+        assert!(!s.contains(&k), "the key itself must not be in the snippet");
+        let r: Root = toml::from_str(&s).unwrap();
+        let c = &r.auth.api_keys[0];
+        assert_eq!(c.id, "ticket\"ing");
+        assert_eq!(c.roles, vec![Role::Operator, Role::Reader]);
+        assert_eq!(
+            c.expires_at.map(|e| e.unix_timestamp()),
+            Some(exp.unix_timestamp())
+        );
+        let keys = ApiKeys::new(&r.auth.api_keys).unwrap();
+        assert!(keys.authenticate(&k, OffsetDateTime::now_utc()).is_ok());
     }
 
     #[test]

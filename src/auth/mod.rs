@@ -4,6 +4,20 @@
 //! [`Principal::check`] against a [`Permission`] and the target pool.
 
 pub mod apikey;
+mod authenticator;
+pub mod config;
+mod cors;
+mod jwt;
+pub mod policy;
+mod ratelimit;
+
+pub use authenticator::{API_KEY_HEADER, Authenticator, www_authenticate};
+pub use config::{
+    AuthConfig, CorsConfig, GrantConfig, OidcConfig, ProtectedConfig, RateLimitConfig,
+};
+pub use cors::cors_layer;
+pub use policy::{Denied, ProtectedSessions, Protection};
+pub use ratelimit::{DEFAULT_MAX_PRINCIPALS, RateLimiter};
 
 use crate::domain::PoolName;
 use serde::{Deserialize, Serialize};

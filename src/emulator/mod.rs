@@ -3,5 +3,6 @@
 
 pub mod arm;
 pub mod common;
+pub mod oidc;
 pub mod winrm;
 pub mod wvd_classic;
