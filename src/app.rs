@@ -4,9 +4,10 @@ use crate::{
     api::{AppState, router::router},
     audit::AuditLog,
     auth::Authenticator,
+    auth::{ProtectedSessions, RateLimiter},
     config::{Config, ProviderConfig},
     providers::{avd, winrm, wvd_classic},
-    service::{Gateway, Limits, NoGuard, Pool},
+    service::{Gateway, Limits, Pool},
 };
 use axum::Router;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -62,7 +63,9 @@ pub async fn build_app_with_audit(cfg: &Config, audit: AuditLog) -> Result<App, 
     let gateway = Arc::new(Gateway::new(
         pools,
         audit,
-        Arc::new(NoGuard),
+        ProtectedSessions::new(&cfg.auth.protected, &cfg.auth.service_accounts)
+            .map_err(|e| StartError::Config(format!("auth.protected: {e}")))?,
+        RateLimiter::new(&cfg.auth.rate_limit),
         Limits {
             message_title_max: cfg.server.message_title_max,
             message_body_max: cfg.server.message_body_max,
@@ -74,7 +77,11 @@ pub async fn build_app_with_audit(cfg: &Config, audit: AuditLog) -> Result<App, 
         request_timeout: Duration::from_secs(cfg.server.request_timeout_secs),
     };
     Ok(App {
-        router: router(st, cfg.server.body_limit_bytes),
+        router: router(
+            st,
+            cfg.server.body_limit_bytes,
+            crate::auth::cors_layer(&cfg.auth.cors),
+        ),
         gateway,
         shutdown_grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
     })

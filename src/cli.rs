@@ -117,6 +117,9 @@ pub enum ApikeyCommand {
         /// Pool(s) the roles cover (`*` for all).
         #[arg(long = "pool", default_values_t = vec!["*".to_string()])]
         pools: Vec<String>,
+        /// Expiry (RFC 3339), e.g. 2027-01-01T00:00:00Z.
+        #[arg(long)]
+        expires: Option<String>,
     },
 }
 

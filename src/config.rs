@@ -174,8 +174,15 @@ impl Config {
                 "message bounds must be positive",
             ));
         }
-        crate::auth::apikey::ApiKeys::new(&self.auth.api_keys)
-            .map_err(|m| ConfigError::new("auth.api_keys", m))?;
+        self.auth.validate().map_err(|m| {
+            let key = m
+                .split_whitespace()
+                .next()
+                .unwrap_or("auth")
+                .trim_end_matches(':')
+                .to_string();
+            ConfigError::new(key, m)
+        })?;
         Ok(())
     }
 }

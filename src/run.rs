@@ -18,8 +18,14 @@ pub async fn run(cmd: Command) -> u8 {
             cmd: ConfigCommand::Check { file },
         } => config_check(&file),
         Command::Apikey {
-            cmd: ApikeyCommand::New { id, roles, pools },
-        } => apikey_new(&id, &roles, &pools),
+            cmd:
+                ApikeyCommand::New {
+                    id,
+                    roles,
+                    pools,
+                    expires,
+                },
+        } => apikey_new(&id, &roles, &pools, expires.as_deref()),
         Command::Audit { cmd } => audit(cmd).await,
         Command::Openapi => match crate::api::openapi::yaml() {
             Ok(y) => {
@@ -92,28 +98,34 @@ fn config_check(path: &Path) -> u8 {
     }
 }
 
-fn apikey_new(id: &str, roles: &[String], pools: &[String]) -> u8 {
+fn apikey_new(id: &str, roles: &[String], pools: &[String], expires: Option<&str>) -> u8 {
+    let mut parsed = Vec::with_capacity(roles.len());
     for r in roles {
-        if !matches!(r.as_str(), "reader" | "operator" | "admin" | "auditor") {
-            eprintln!("error: --role {r}: must be reader, operator, admin or auditor");
-            return 2;
+        match serde_json::from_value::<crate::auth::Role>(serde_json::Value::String(r.clone())) {
+            Ok(role) => parsed.push(role),
+            Err(_) => {
+                eprintln!("error: --role {r}: must be reader, operator, admin or auditor");
+                return 2;
+            }
         }
     }
-    let key = apikey::generate_key();
-    let q = |v: &[String]| {
-        v.iter()
-            .map(|s| format!("{s:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+    let expires_at = match expires
+        .map(|e| time::OffsetDateTime::parse(e, &time::format_description::well_known::Rfc3339))
+    {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            eprintln!(
+                "error: --expires {}: not an RFC 3339 time ({e})",
+                expires.unwrap_or("")
+            );
+            return 2;
+        }
     };
-    println!("API key (give it to the client; it is not stored anywhere):\n  {key}\n");
-    println!("Paste into the config:\n");
-    println!("[[auth.api_keys]]");
-    println!("id = {id:?}");
-    println!("hash = \"{}\"", apikey::hash_key(&key));
-    println!("roles = [{}]", q(roles));
-    println!("pools = [{}]", q(pools));
-    println!("# expires_at = \"2027-01-01T00:00:00Z\"");
+    let key = apikey::generate_key();
+    let snippet = apikey::config_snippet(id, &key, &parsed, pools, expires_at);
+    println!("API key (give it to the client; only its hash is kept):\n  {key}\n");
+    println!("Paste into the config:\n\n{snippet}");
     0
 }
 

@@ -7,12 +7,12 @@ use axum::{
     middleware::from_fn_with_state,
     routing::{get, post},
 };
-use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer};
 
 const SESSION: &str = "/hostpools/{pool}/sessionhosts/{host}/sessions/{id}";
 
 /// The application router with all layers.
-pub fn router(st: AppState, body_limit: usize) -> Router {
+pub fn router(st: AppState, body_limit: usize, cors: Option<CorsLayer>) -> Router {
     let protected = Router::new()
         .route("/openapi.yaml", get(h::openapi_yaml))
         .route("/hostpools", get(h::list_pools))
@@ -31,7 +31,7 @@ pub fn router(st: AppState, body_limit: usize) -> Router {
         .route("/audit", get(h::read_audit))
         .route_layer(from_fn_with_state(st.clone(), middleware::authenticate));
 
-    Router::new()
+    let app = Router::new()
         .route("/healthz", get(h::healthz))
         .route("/readyz", get(h::readyz))
         .merge(protected)
@@ -42,5 +42,9 @@ pub fn router(st: AppState, body_limit: usize) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             super::problem::ApiError::internal("handler panicked").render("", "")
         }))
-        .with_state(st)
+        .with_state(st);
+    match cors {
+        Some(c) => app.layer(c),
+        None => app,
+    }
 }

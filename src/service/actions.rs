@@ -1,9 +1,9 @@
 //! Session actions: logoff, disconnect, message, lock, unlock.
 
-use super::{CallContext, Gateway, Protection, ServiceError};
+use super::{CallContext, Gateway, ServiceError};
 use crate::{
     audit::{EventKind, NewEvent, Target},
-    auth::Permission,
+    auth::{Permission, Protection},
     domain::{ActionKind, ActionOutcome, HostName, PoolName, Session, SessionId},
     providers::{ActionEffect, ProviderError},
 };
@@ -118,6 +118,9 @@ impl Gateway {
             error,
             audited: true,
         };
+        if let Err(retry_after) = self.limiter.check(&ctx.principal.id) {
+            return Err(unaudited(ServiceError::RateLimited { retry_after }));
+        }
         let pool = self
             .pool_for(ctx, &req.pool, Permission::SessionsAct)
             .map_err(unaudited)?;
@@ -255,15 +258,19 @@ impl Gateway {
             ActionKind::Logoff | ActionKind::Disconnect | ActionKind::Lock
         );
         if guarded {
-            match self.guard.protection(session) {
+            match self
+                .guard
+                .classify(session.user.as_deref(), session.ad_user.as_deref())
+            {
                 Protection::None => {}
-                Protection::Nobody(reason) => {
+                Protection::ServiceAccount => {
                     return Err(ServiceError::Protected {
-                        reason,
+                        reason: "the session belongs to one of sessiongate's own service accounts; nobody may act on it through sessiongate".into(),
                         admin_may: false,
                     });
                 }
-                Protection::AdminOnly(reason) => {
+                Protection::Protected => {
+                    let reason = "the session's user is protected; only an admin may log off, disconnect or lock it".to_string();
                     if !ctx
                         .principal
                         .has(Permission::SessionsAdmin, Some(&req.pool))

@@ -12,7 +12,7 @@ pub use error::ServiceError;
 
 use crate::{
     audit::{Actor, AuditLog, NewEvent, Target},
-    auth::{Permission, Principal},
+    auth::{Permission, Principal, ProtectedSessions, RateLimiter},
     domain::{
         Capabilities, HostName, PoolName, ProviderKind, Session, SessionHost, SessionId,
         StateFilter,
@@ -95,30 +95,6 @@ pub struct HostList {
     pub hosts: Vec<SessionHost>,
 }
 
-/// Rules that decide who may touch which session.
-pub trait SessionGuard: Send + Sync {
-    /// `Some(reason)` when only admins may act on this session; `Err` when nobody may.
-    fn protection(&self, session: &Session) -> Protection;
-}
-
-/// How a session is protected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Protection {
-    None,
-    /// Only `admin` may log off or disconnect it (administrators, configured users).
-    AdminOnly(String),
-    /// Nobody may (the gateway's own service accounts).
-    Nobody(String),
-}
-
-/// Protects nothing: used when no protection rules are configured.
-pub struct NoGuard;
-impl SessionGuard for NoGuard {
-    fn protection(&self, _s: &Session) -> Protection {
-        Protection::None
-    }
-}
-
 /// Service settings from config.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -130,7 +106,8 @@ pub struct Limits {
 pub struct Gateway {
     pools: BTreeMap<PoolName, Pool>,
     audit: AuditLog,
-    guard: Arc<dyn SessionGuard>,
+    guard: ProtectedSessions,
+    limiter: RateLimiter,
     pub limits: Limits,
     tasks: tokio_util::task::TaskTracker,
 }
@@ -139,13 +116,15 @@ impl Gateway {
     pub fn new(
         pools: Vec<Pool>,
         audit: AuditLog,
-        guard: Arc<dyn SessionGuard>,
+        guard: ProtectedSessions,
+        limiter: RateLimiter,
         limits: Limits,
     ) -> Self {
         Self {
             pools: pools.into_iter().map(|p| (p.name.clone(), p)).collect(),
             audit,
             guard,
+            limiter,
             limits,
             tasks: tokio_util::task::TaskTracker::new(),
         }
@@ -174,24 +153,17 @@ impl Gateway {
             .pools
             .get(pool)
             .ok_or_else(|| ServiceError::PoolNotFound(pool.to_string()))?;
-        if ctx.principal.has(perm, Some(pool)) {
-            return Ok(p);
-        }
-        let any = [
-            Permission::SessionsRead,
-            Permission::SessionsAct,
-            Permission::SessionsAdmin,
-        ]
-        .iter()
-        .any(|q| ctx.principal.has(*q, Some(pool)));
-        if any {
-            Err(ServiceError::Forbidden {
-                missing: perm,
-                pool: Some(pool.to_string()),
-            })
-        } else {
-            Err(ServiceError::PoolNotFound(pool.to_string()))
-        }
+        ctx.principal.check(perm, pool, true).map_err(|d| {
+            if d.not_found {
+                ServiceError::PoolNotFound(pool.to_string())
+            } else {
+                ServiceError::Forbidden {
+                    missing: d.missing,
+                    pool: Some(pool.to_string()),
+                }
+            }
+        })?;
+        Ok(p)
     }
 
     fn host_checked<'a>(&self, pool: &'a Pool, host: &HostName) -> Result<&'a Pool, ServiceError> {
@@ -209,7 +181,7 @@ impl Gateway {
     pub fn list_pools(&self, ctx: &CallContext) -> Vec<PoolInfo> {
         self.pools
             .values()
-            .filter(|p| ctx.principal.has(Permission::SessionsRead, Some(&p.name)))
+            .filter(|p| ctx.principal.sees_pool(&p.name))
             .map(|p| PoolInfo {
                 name: p.name.to_string(),
                 provider: p.kind,
