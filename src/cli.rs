@@ -46,6 +46,11 @@ pub enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Probe a running gateway's health endpoint (for container health checks); exit 0 when healthy.
+    Probe {
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
 }
 
 #[derive(Debug, Args)]

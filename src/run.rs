@@ -27,6 +27,7 @@ pub async fn run(cmd: Command) -> u8 {
                 },
         } => apikey_new(&id, &roles, &pools, expires.as_deref()),
         Command::Audit { cmd } => audit(cmd).await,
+        Command::Probe { url } => probe(&url).await,
         Command::Openapi => match crate::api::openapi::yaml() {
             Ok(y) => {
                 print!("{y}");
@@ -133,4 +134,30 @@ async fn audit(cmd: AuditCommand) -> u8 {
     let _ = cmd;
     eprintln!("error: audit tools are not available in this build");
     2
+}
+
+async fn probe(url: &str) -> u8 {
+    let client = match crate::httpclient::build_client(None, std::time::Duration::from_secs(3)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    match client
+        .get(url)
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => 0,
+        Ok(r) => {
+            eprintln!("unhealthy: {url} answered {}", r.status());
+            1
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {url}: {e}");
+            1
+        }
+    }
 }
