@@ -7,7 +7,11 @@ use avd_support::{Env, opts, start};
 use serde_json::Value;
 use sessiongate::emulator::arm::{ArmOp, NameStyle, ThrottleSettings};
 
-async fn get(env: &Env, url: &str, token: Option<&str>) -> (u16, reqwest::header::HeaderMap, Value) {
+async fn get(
+    env: &Env,
+    url: &str,
+    token: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
     let mut r = env.raw_client().get(url);
     if let Some(t) = token {
         r = r.bearer_auth(t);
@@ -16,14 +20,21 @@ async fn get(env: &Env, url: &str, token: Option<&str>) -> (u16, reqwest::header
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let text = resp.text().await.unwrap();
-    let v = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() };
+    let v = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap()
+    };
     (status, headers, v)
 }
 
 #[tokio::test]
 async fn auth_is_checked_on_every_call() {
     let env = start(opts(1, 1, 10)).await;
-    let url = format!("{}/sessionHosts?api-version=2024-04-03", env.pool_url("hp1"));
+    let url = format!(
+        "{}/sessionHosts?api-version=2024-04-03",
+        env.pool_url("hp1")
+    );
     let (s, h, v) = get(&env, &url, None).await;
     assert_eq!(s, 401);
     assert_eq!(v["error"]["code"], "AuthenticationFailed");
@@ -39,7 +50,10 @@ async fn auth_is_checked_on_every_call() {
     assert!(h.contains_key("x-ms-correlation-request-id"));
     env.state.revoke_tokens();
     let (s, _, v) = get(&env, &url, Some(&tok)).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (401, Some("InvalidAuthenticationToken")));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("InvalidAuthenticationToken"))
+    );
 }
 
 #[tokio::test]
@@ -48,10 +62,22 @@ async fn api_version_is_required_and_checked() {
     let tok = env.raw_token().await;
     let base = format!("{}/userSessions", env.pool_url("hp1"));
     let (s, _, v) = get(&env, &base, Some(&tok)).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("MissingApiVersionParameter")));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("MissingApiVersionParameter"))
+    );
     let (s, _, v) = get(&env, &format!("{base}?api-version=2019-01-01"), Some(&tok)).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("InvalidApiVersionParameter")));
-    for ver in ["2021-07-12", "2022-09-09", "2023-09-05", "2024-04-03", "2025-10-10"] {
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("InvalidApiVersionParameter"))
+    );
+    for ver in [
+        "2021-07-12",
+        "2022-09-09",
+        "2023-09-05",
+        "2024-04-03",
+        "2025-10-10",
+    ] {
         let (s, _, _) = get(&env, &format!("{base}?api-version={ver}"), Some(&tok)).await;
         assert_eq!(s, 200, "{ver}");
     }
@@ -65,26 +91,79 @@ async fn paths_are_case_insensitive_and_404s_are_arm_shaped() {
     let host = env.state.hosts("hp1")[0].clone();
     let lower = format!(
         "{}/subscriptions/{}/resourcegroups/{}/providers/microsoft.desktopvirtualization/hostpools/HP1/sessionhosts/{}/usersessions?api-version=2025-10-10",
-        i.base_url, i.subscription, i.resource_group.to_uppercase(), host.to_uppercase()
+        i.base_url,
+        i.subscription,
+        i.resource_group.to_uppercase(),
+        host.to_uppercase()
     );
     let (s, _, v) = get(&env, &lower, Some(&tok)).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["value"].as_array().unwrap().len(), 1);
 
     let cases = [
-        (format!("{}/subscriptions/nope/resourceGroups/{}/providers/Microsoft.DesktopVirtualization/hostPools/hp1/sessionHosts?api-version=2025-10-10", i.base_url, i.resource_group), 404, "SubscriptionNotFound"),
-        (format!("{}/subscriptions/{}/resourceGroups/nope/providers/Microsoft.DesktopVirtualization/hostPools/hp1/sessionHosts?api-version=2025-10-10", i.base_url, i.subscription), 404, "ResourceGroupNotFound"),
-        (format!("{}/sessionHosts?api-version=2025-10-10", env.pool_url("nope")), 404, "ParentResourceNotFound"),
-        (format!("{}/sessionHosts/nope.contoso.com?api-version=2025-10-10", env.pool_url("hp1")), 404, "ResourceNotFound"),
-        (format!("{}/sessionHosts/{host}/userSessions/99?api-version=2025-10-10", env.pool_url("hp1")), 404, "404"),
+        (
+            format!(
+                "{}/subscriptions/nope/resourceGroups/{}/providers/Microsoft.DesktopVirtualization/hostPools/hp1/sessionHosts?api-version=2025-10-10",
+                i.base_url, i.resource_group
+            ),
+            404,
+            "SubscriptionNotFound",
+        ),
+        (
+            format!(
+                "{}/subscriptions/{}/resourceGroups/nope/providers/Microsoft.DesktopVirtualization/hostPools/hp1/sessionHosts?api-version=2025-10-10",
+                i.base_url, i.subscription
+            ),
+            404,
+            "ResourceGroupNotFound",
+        ),
+        (
+            format!(
+                "{}/sessionHosts?api-version=2025-10-10",
+                env.pool_url("nope")
+            ),
+            404,
+            "ParentResourceNotFound",
+        ),
+        (
+            format!(
+                "{}/sessionHosts/nope.contoso.com?api-version=2025-10-10",
+                env.pool_url("hp1")
+            ),
+            404,
+            "ResourceNotFound",
+        ),
+        (
+            format!(
+                "{}/sessionHosts/{host}/userSessions/99?api-version=2025-10-10",
+                env.pool_url("hp1")
+            ),
+            404,
+            "404",
+        ),
     ];
     for (url, status, code) in cases {
         let (s, _, v) = get(&env, &url, Some(&tok)).await;
-        assert_eq!((s, v["error"]["code"].as_str()), (status, Some(code)), "{url}");
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{url}"
+        );
     }
-    let (_, _, v) = get(&env, &format!("{}/sessionHosts/{host}/userSessions/99?api-version=2025-10-10", env.pool_url("hp1")), Some(&tok)).await;
+    let (_, _, v) = get(
+        &env,
+        &format!(
+            "{}/sessionHosts/{host}/userSessions/99?api-version=2025-10-10",
+            env.pool_url("hp1")
+        ),
+        Some(&tok),
+    )
+    .await;
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.starts_with("ActivityId: ") && msg.ends_with("Error: User session ID not found"), "{msg}");
+    assert!(
+        msg.starts_with("ActivityId: ") && msg.ends_with("Error: User session ID not found"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -93,7 +172,10 @@ async fn pages_with_absolute_next_links_in_both_name_styles() {
     let tok = env.raw_token().await;
     for style in [NameStyle::Real, NameStyle::Spec] {
         env.state.set_name_style(style);
-        let mut url = format!("{}/userSessions?api-version=2025-10-10", env.pool_url("hp1"));
+        let mut url = format!(
+            "{}/userSessions?api-version=2025-10-10",
+            env.pool_url("hp1")
+        );
         let mut names = Vec::new();
         let mut pages = 0;
         loop {
@@ -105,11 +187,20 @@ async fn pages_with_absolute_next_links_in_both_name_styles() {
                 let id = item["id"].as_str().unwrap();
                 match style {
                     NameStyle::Real => {
-                        assert!(id.contains("/resourcegroups/") && id.contains("/usersessions/"), "{id}");
-                        assert_eq!(item["type"], "microsoft.desktopvirtualization/hostpools/sessionhosts/usersessions");
+                        assert!(
+                            id.contains("/resourcegroups/") && id.contains("/usersessions/"),
+                            "{id}"
+                        );
+                        assert_eq!(
+                            item["type"],
+                            "microsoft.desktopvirtualization/hostpools/sessionhosts/usersessions"
+                        );
                     }
                     NameStyle::Spec => {
-                        assert!(id.contains("/resourceGroups/") && id.contains("/userSessions/"), "{id}");
+                        assert!(
+                            id.contains("/resourceGroups/") && id.contains("/userSessions/"),
+                            "{id}"
+                        );
                     }
                 }
             }
@@ -124,7 +215,10 @@ async fn pages_with_absolute_next_links_in_both_name_styles() {
         }
         assert_eq!((pages, names.len()), (3, 6));
         match style {
-            NameStyle::Real => assert!(names[0].starts_with("hp1/sh-hp1-0.contoso.com/"), "{names:?}"),
+            NameStyle::Real => assert!(
+                names[0].starts_with("hp1/sh-hp1-0.contoso.com/"),
+                "{names:?}"
+            ),
             NameStyle::Spec => assert_eq!(names[0], "2"),
         }
     }
@@ -137,12 +231,30 @@ async fn session_ids_are_reused_after_logoff() {
     let host = env.state.hosts("hp1")[0].clone();
     let ids: Vec<u32> = env.state.sessions("hp1").iter().map(|s| s.id).collect();
     assert_eq!(ids, vec![2, 3, 4]);
-    let url = format!("{}/sessionHosts/{host}/userSessions/3?api-version=2025-10-10", env.pool_url("hp1"));
-    let resp = env.raw_client().delete(&url).bearer_auth(&tok).send().await.unwrap();
+    let url = format!(
+        "{}/sessionHosts/{host}/userSessions/3?api-version=2025-10-10",
+        env.pool_url("hp1")
+    );
+    let resp = env
+        .raw_client()
+        .delete(&url)
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    let resp = env.raw_client().delete(&url).bearer_auth(&tok).send().await.unwrap();
+    let resp = env
+        .raw_client()
+        .delete(&url)
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 404);
-    let new_id = env.state.add_session("hp1", &host, "mallory@contoso.com").unwrap();
+    let new_id = env
+        .state
+        .add_session("hp1", &host, "mallory@contoso.com")
+        .unwrap();
     assert_eq!(new_id, 3);
     let (s, _, v) = get(&env, &url, Some(&tok)).await;
     assert_eq!(s, 200);
@@ -159,7 +271,10 @@ async fn throttling_answers_429_with_retry_after_and_headers() {
         ..Default::default()
     }));
     let tok = env.raw_token().await;
-    let url = format!("{}/sessionHosts?api-version=2025-10-10", env.pool_url("hp1"));
+    let url = format!(
+        "{}/sessionHosts?api-version=2025-10-10",
+        env.pool_url("hp1")
+    );
     let (s, h, _) = get(&env, &url, Some(&tok)).await;
     assert_eq!(s, 200);
     assert_eq!(h["x-ms-ratelimit-remaining-subscription-reads"], "1");
@@ -178,26 +293,50 @@ async fn filter_and_patch_host() {
     let env = start(opts(2, 2, 10)).await;
     let tok = env.raw_token().await;
     let host = env.state.hosts("hp1")[1].clone();
-    env.state.add_session("hp1", &host, "o'brien@contoso.com").unwrap();
+    env.state
+        .add_session("hp1", &host, "o'brien@contoso.com")
+        .unwrap();
     let filter = "userPrincipalName eq 'O''Brien@contoso.com' and sessionState eq 'Active'";
-    let url = format!("{}/userSessions?api-version=2025-10-10&$filter={}", env.pool_url("hp1"), urlencode(filter));
+    let url = format!(
+        "{}/userSessions?api-version=2025-10-10&$filter={}",
+        env.pool_url("hp1"),
+        urlencode(filter)
+    );
     let (s, _, v) = get(&env, &url, Some(&tok)).await;
     assert_eq!(s, 200, "{v}");
     let vals = v["value"].as_array().unwrap();
     assert_eq!(vals.len(), 1);
-    assert_eq!(vals[0]["properties"]["userPrincipalName"], "o'brien@contoso.com");
-    let bad = format!("{}/userSessions?api-version=2025-10-10&$filter={}", env.pool_url("hp1"), urlencode("userPrincipalName eq 'x"));
+    assert_eq!(
+        vals[0]["properties"]["userPrincipalName"],
+        "o'brien@contoso.com"
+    );
+    let bad = format!(
+        "{}/userSessions?api-version=2025-10-10&$filter={}",
+        env.pool_url("hp1"),
+        urlencode("userPrincipalName eq 'x")
+    );
     let (s, _, _) = get(&env, &bad, Some(&tok)).await;
     assert_eq!(s, 400);
 
-    let url = format!("{}/sessionHosts/{host}?api-version=2025-10-10", env.pool_url("hp1"));
-    let resp = env.raw_client().patch(&url).bearer_auth(&tok)
+    let url = format!(
+        "{}/sessionHosts/{host}?api-version=2025-10-10",
+        env.pool_url("hp1")
+    );
+    let resp = env
+        .raw_client()
+        .patch(&url)
+        .bearer_auth(&tok)
         .json(&serde_json::json!({"properties": {"allowNewSession": false}}))
-        .send().await.unwrap();
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["properties"]["allowNewSession"], false);
-    assert_eq!(env.state.host_allows_new_sessions("hp1", &host), Some(false));
+    assert_eq!(
+        env.state.host_allows_new_sessions("hp1", &host),
+        Some(false)
+    );
 }
 
 fn urlencode(s: &str) -> String {

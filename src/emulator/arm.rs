@@ -266,7 +266,9 @@ impl Pool {
             .find(|h| h.name.eq_ignore_ascii_case(name))
     }
     fn host(&self, name: &str) -> Option<&Host> {
-        self.hosts.iter().find(|h| h.name.eq_ignore_ascii_case(name))
+        self.hosts
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
     }
 }
 
@@ -282,7 +284,9 @@ impl World {
             .find(|p| p.name.eq_ignore_ascii_case(name))
     }
     fn pool(&self, name: &str) -> Option<&Pool> {
-        self.pools.iter().find(|p| p.name.eq_ignore_ascii_case(name))
+        self.pools
+            .iter()
+            .find(|p| p.name.eq_ignore_ascii_case(name))
     }
 }
 
@@ -523,6 +527,11 @@ impl ArmState {
         self.issuer.issued_count()
     }
 
+    /// Lets the token endpoint also grant tokens for `scope` (e.g. another emulated ARM).
+    pub fn allow_scope(&self, scope: &str) {
+        self.issuer.allow_scope(scope);
+    }
+
     /// Invalidates every issued token.
     pub fn revoke_tokens(&self) {
         self.issuer.revoke_all();
@@ -635,9 +644,11 @@ pub async fn start(
         messages: Mutex::new(Vec::new()),
     });
 
-    let router: Router = issuer
-        .router()
-        .merge(Router::new().fallback(arm_handler).with_state(state.clone()));
+    let router: Router = issuer.router().merge(
+        Router::new()
+            .fallback(arm_handler)
+            .with_state(state.clone()),
+    );
     let running = serve_tls(listener, tls, router, faults, injected_error_body)?;
 
     let info = ArmEmulatorInfo {
@@ -672,7 +683,9 @@ fn injected_error_body() -> Response {
 }
 
 fn now_rfc3339() -> String {
-    OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default()
 }
 
 fn fmt_time(t: OffsetDateTime) -> String {
@@ -915,7 +928,7 @@ fn handle(
         .collect();
     let (sub, rg, pool, route) = match parse_path(&segs) {
         Ok(x) => x,
-        Err(r) => return (r, false),
+        Err(r) => return (*r, false),
     };
     if !sub.eq_ignore_ascii_case(&st.subscription) {
         return (
@@ -968,7 +981,11 @@ fn handle(
     let mut remaining_header = None;
     if let Some(b) = buckets {
         let (bucket, word, hname) = match kind {
-            Kind::Read => (&b.reads, "read", "x-ms-ratelimit-remaining-subscription-reads"),
+            Kind::Read => (
+                &b.reads,
+                "read",
+                "x-ms-ratelimit-remaining-subscription-reads",
+            ),
             Kind::Write => (
                 &b.writes,
                 "write",
@@ -1040,7 +1057,7 @@ fn handle(
 
 type Parsed = (String, String, String, Route);
 
-fn parse_path(segs: &[String]) -> Result<Parsed, Response> {
+fn parse_path(segs: &[String]) -> Result<Parsed, Box<Response>> {
     let not_found = || {
         arm_error(
             StatusCode::NOT_FOUND,
@@ -1056,20 +1073,20 @@ fn parse_path(segs: &[String]) -> Result<Parsed, Response> {
         || !seg_is(s[6], "hostPools")
     {
         if s.len() >= 6 && seg_is(s[4], "providers") && !seg_is(s[5], PROVIDER_NS) {
-            return Err(arm_error(
+            return Err(Box::new(arm_error(
                 StatusCode::BAD_REQUEST,
                 "InvalidResourceNamespace",
                 &format!("The resource namespace '{}' is invalid.", s[5]),
-            ));
+            )));
         }
-        return Err(not_found());
+        return Err(Box::new(not_found()));
     }
     if !seg_is(s[5], PROVIDER_NS) {
-        return Err(arm_error(
+        return Err(Box::new(arm_error(
             StatusCode::BAD_REQUEST,
             "InvalidResourceNamespace",
             &format!("The resource namespace '{}' is invalid.", s[5]),
-        ));
+        )));
     }
     let rest = &s[8..];
     let route = match rest {
@@ -1088,11 +1105,11 @@ fn parse_path(segs: &[String]) -> Result<Parsed, Response> {
             } else if seg_is(act, "sendMessage") {
                 "sendMessage"
             } else {
-                return Err(not_found());
+                return Err(Box::new(not_found()));
             };
             Route::SessionAction(h.to_string(), id.to_string(), a)
         }
-        _ => return Err(not_found()),
+        _ => return Err(Box::new(not_found())),
     };
     Ok((s[1].to_string(), s[3].to_string(), s[7].to_string(), route))
 }
@@ -1250,13 +1267,17 @@ fn parse_filter(f: &str) -> Result<SessionFilter, String> {
             return Err(format!("Invalid filter expression '{f}'."));
         }
         if i >= chars.len() || chars[i] != '\'' {
-            return Err(format!("Invalid filter expression '{f}': expected a string literal."));
+            return Err(format!(
+                "Invalid filter expression '{f}': expected a string literal."
+            ));
         }
         i += 1;
         let mut lit = String::new();
         loop {
             if i >= chars.len() {
-                return Err(format!("Invalid filter expression '{f}': unterminated literal."));
+                return Err(format!(
+                    "Invalid filter expression '{f}': unterminated literal."
+                ));
             }
             if chars[i] == '\'' {
                 if i + 1 < chars.len() && chars[i + 1] == '\'' {
@@ -1379,10 +1400,7 @@ fn execute(
     let r = Render { st, style };
     let mut w = lock(&st.world);
     let Some(pool) = w.pool_mut(pool_name) else {
-        if matches!(route, Route::Hosts | Route::PoolSessions) {
-            // The pool itself is the parent of these collections.
-            return parent_not_found(pool_name);
-        }
+        // Every emulated resource is nested under the host pool.
         return parent_not_found(pool_name);
     };
     let pname = pool.name.clone();
@@ -1420,7 +1438,9 @@ fn execute(
                         return arm_error(
                             StatusCode::BAD_REQUEST,
                             "InvalidRequestContent",
-                            &format!("The request content was invalid and could not be deserialized: '{e}'."),
+                            &format!(
+                                "The request content was invalid and could not be deserialized: '{e}'."
+                            ),
                         );
                     }
                 }
@@ -1483,10 +1503,7 @@ fn execute(
                 .collect();
             paged(st, items, q, raw_path, page_size)
         }
-        (
-            ArmOp::GetSession | ArmOp::Logoff,
-            Route::Session(h, id),
-        )
+        (ArmOp::GetSession | ArmOp::Logoff, Route::Session(h, id))
         | (ArmOp::Disconnect | ArmOp::SendMessage, Route::SessionAction(h, id, _)) => {
             let Some(host) = pool.host_mut(h) else {
                 return host_not_found(&rg, &pname, h);
@@ -1495,10 +1512,12 @@ fn execute(
             let sid = id.parse::<u32>().ok();
             let exists = sid.is_some_and(|i| host.sessions.contains_key(&i));
             match op {
-                ArmOp::GetSession => match sid.and_then(|i| host.sessions.get(&i).map(|s| (i, s))) {
-                    Some((i, s)) => json_ok(r.session(&pname, &hname, i, s)),
-                    None => session_not_found(),
-                },
+                ArmOp::GetSession => {
+                    match sid.and_then(|i| host.sessions.get(&i).map(|s| (i, s))) {
+                        Some((i, s)) => json_ok(r.session(&pname, &hname, i, s)),
+                        None => session_not_found(),
+                    }
+                }
                 ArmOp::Logoff => {
                     if let (true, Some(i)) = (exists, sid) {
                         host.sessions.remove(&i);
@@ -1529,7 +1548,9 @@ fn execute(
                                 return arm_error(
                                     StatusCode::BAD_REQUEST,
                                     "InvalidRequestContent",
-                                    &format!("The request content was invalid and could not be deserialized: '{e}'."),
+                                    &format!(
+                                        "The request content was invalid and could not be deserialized: '{e}'."
+                                    ),
                                 );
                             }
                         }
@@ -1572,8 +1593,10 @@ mod tests {
 
     #[test]
     fn filter_parses_escaped_quotes_and_state() {
-        let f = parse_filter("userPrincipalName eq 'o''brien@contoso.com' and sessionState eq 'Active'")
-            .unwrap();
+        let f = parse_filter(
+            "userPrincipalName eq 'o''brien@contoso.com' and sessionState eq 'Active'",
+        )
+        .unwrap();
         assert_eq!(f.upn.as_deref(), Some("o'brien@contoso.com"));
         assert_eq!(f.state.as_deref(), Some("Active"));
         let f = parse_filter("userPrincipalName eq 'user1@microsoft.com' and state eq 'active'")
@@ -1604,7 +1627,10 @@ mod tests {
             let id = lowest_free_id(&h);
             h.sessions.insert(id, new_session(n, None));
         }
-        assert_eq!(h.sessions.keys().copied().collect::<Vec<_>>(), vec![2, 3, 4]);
+        assert_eq!(
+            h.sessions.keys().copied().collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
         h.sessions.remove(&3);
         assert_eq!(lowest_free_id(&h), 3);
     }

@@ -135,10 +135,7 @@ pub enum AvdCredentialConfig {
 }
 
 /// Builds the AVD provider for pool `pool_name`. Errors name the offending key.
-pub fn build(
-    pool_name: &str,
-    cfg: &AvdPoolConfig,
-) -> Result<Arc<dyn SessionProvider>, String> {
+pub fn build(pool_name: &str, cfg: &AvdPoolConfig) -> Result<Arc<dyn SessionProvider>, String> {
     Ok(Arc::new(AvdProvider::new(pool_name, cfg)?))
 }
 
@@ -212,8 +209,7 @@ impl AvdProvider {
         }
         let v = &cfg.api_version;
         let v_ok = v.len() >= 10
-            && v.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
             && v.as_bytes()[4] == b'-';
         if !v_ok {
             return Err(format!(
@@ -326,7 +322,6 @@ impl AvdProvider {
                 ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
                     user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
                     client_options: client_options(),
-                    ..Default::default()
                 }))
                 .map_err(|e| format!("{}: {e}", key("credential")))?
             }
@@ -351,12 +346,12 @@ impl AvdProvider {
                     client_id: Some(client_id.clone()),
                     tenant_id: Some(tenant_id.clone()),
                     token_file_path: token_file.clone(),
-                    ..Default::default()
                 }))
                 .map_err(|e| format!("{}: {e}", key("credential")))?
             }
-            AvdCredentialConfig::AzureCli => AzureCliCredential::new(None)
-                .map_err(|e| format!("{}: {e}", key("credential")))?,
+            AvdCredentialConfig::AzureCli => {
+                AzureCliCredential::new(None).map_err(|e| format!("{}: {e}", key("credential")))?
+            }
         };
 
         Ok(Self {
@@ -635,9 +630,7 @@ fn map_error(status: reqwest::StatusCode, body: &[u8], target: Target) -> Provid
             {
                 ProviderError::HostNotFound
             } else if code_lc == "resourcenotfound" {
-                if target == Target::Pool {
-                    ProviderError::PoolNotFound
-                } else if lc.contains("hostpools/") {
+                if target == Target::Pool || lc.contains("hostpools/") {
                     ProviderError::PoolNotFound
                 } else {
                     ProviderError::HostNotFound
@@ -733,10 +726,7 @@ impl AvdProvider {
                 .request(method.clone(), url.clone())
                 .bearer_auth(token)
                 .header(reqwest::header::ACCEPT, "application/json")
-                .header(
-                    "x-ms-client-request-id",
-                    uuid::Uuid::new_v4().to_string(),
-                );
+                .header("x-ms-client-request-id", uuid::Uuid::new_v4().to_string());
             if let Some(b) = body {
                 req = req.json(b);
             } else if method == reqwest::Method::POST {
@@ -754,7 +744,11 @@ impl AvdProvider {
             // What went wrong, and whether it may be retried.
             let (err, retryable, wait_hint) = match sent {
                 Ok(Ok((status, headers, body))) => {
-                    if status.is_success() || (status == 404 && target == Target::Session && method == reqwest::Method::DELETE) {
+                    if status.is_success()
+                        || (status == 404
+                            && target == Target::Session
+                            && method == reqwest::Method::DELETE)
+                    {
                         if status == 404 {
                             // Logoff of a session already gone: the caller decides.
                             let e = map_error(status, &body, target);
@@ -802,10 +796,7 @@ impl AvdProvider {
                     (pe, before_send || retry == Retry::Idempotent, None)
                 }
                 Err(_) => (
-                    ProviderError::Timeout(format!(
-                        "no answer from ARM within {:?}",
-                        self.timeout
-                    )),
+                    ProviderError::Timeout(format!("no answer from ARM within {:?}", self.timeout)),
                     retry == Retry::Idempotent,
                     None,
                 ),
@@ -846,13 +837,12 @@ impl AvdProvider {
             let reply = self
                 .call(reqwest::Method::GET, u, None, Retry::Idempotent, target)
                 .await?;
-            let list: ArmList = serde_json::from_slice(&reply.body).map_err(|e| {
-                ProviderError::Upstream {
+            let list: ArmList =
+                serde_json::from_slice(&reply.body).map_err(|e| ProviderError::Upstream {
                     status: Some(reply.status.as_u16()),
                     code: "InvalidResponse".into(),
                     message: format!("list response is not an ARM list: {e}"),
-                }
-            })?;
+                })?;
             out.extend(list.value);
             if let Some(link) = list.next_link.filter(|l| !l.is_empty()) {
                 next = Some(self.next_url(&link)?);
@@ -880,13 +870,17 @@ impl AvdProvider {
                 ),
             });
         }
-        let has_version = u.query_pairs().any(|(k, _)| k.eq_ignore_ascii_case("api-version"));
+        let has_version = u
+            .query_pairs()
+            .any(|(k, _)| k.eq_ignore_ascii_case("api-version"));
         if has_version {
             Ok(u)
         } else {
             let mut u = u;
             let q = match u.query() {
-                Some(q) if !q.is_empty() => format!("{q}&api-version={}", pct_encode(&self.api_version)),
+                Some(q) if !q.is_empty() => {
+                    format!("{q}&api-version={}", pct_encode(&self.api_version))
+                }
                 _ => format!("api-version={}", pct_encode(&self.api_version)),
             };
             u.set_query(Some(&q));
@@ -894,7 +888,12 @@ impl AvdProvider {
         }
     }
 
-    fn session_url(&self, host: &HostName, id: SessionId, action: Option<&str>) -> Result<url::Url, ProviderError> {
+    fn session_url(
+        &self,
+        host: &HostName,
+        id: SessionId,
+        action: Option<&str>,
+    ) -> Result<url::Url, ProviderError> {
         let id_s = id.to_string();
         let mut tail = vec!["sessionHosts", host.as_str(), "userSessions", id_s.as_str()];
         if let Some(a) = action {
@@ -926,7 +925,11 @@ impl SessionProvider for AvdProvider {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            actions: vec![ActionKind::Logoff, ActionKind::Disconnect, ActionKind::Message],
+            actions: vec![
+                ActionKind::Logoff,
+                ActionKind::Disconnect,
+                ActionKind::Message,
+            ],
             force_logoff: true,
             classic: false,
             service: "Azure Virtual Desktop (ARM)".into(),
@@ -961,10 +964,7 @@ impl SessionProvider for AvdProvider {
             .into_iter()
             .filter_map(|v| map_session(&self.pool_name, v, None))
             .filter(|s| {
-                filter
-                    .user
-                    .as_deref()
-                    .is_none_or(|u| s.user_matches(u))
+                filter.user.as_deref().is_none_or(|u| s.user_matches(u))
                     && filter.state.is_none_or(|f| f.matches(s.state))
             })
             .collect();
@@ -991,13 +991,20 @@ impl SessionProvider for AvdProvider {
     async fn get_session(&self, host: &HostName, id: SessionId) -> Result<Session, ProviderError> {
         let u = self.session_url(host, id, None)?;
         let reply = self
-            .call(reqwest::Method::GET, u, None, Retry::Idempotent, Target::Session)
+            .call(
+                reqwest::Method::GET,
+                u,
+                None,
+                Retry::Idempotent,
+                Target::Session,
+            )
             .await?;
-        let v: Value = serde_json::from_slice(&reply.body).map_err(|e| ProviderError::Upstream {
-            status: Some(reply.status.as_u16()),
-            code: "InvalidResponse".into(),
-            message: format!("user session is not JSON: {e}"),
-        })?;
+        let v: Value =
+            serde_json::from_slice(&reply.body).map_err(|e| ProviderError::Upstream {
+                status: Some(reply.status.as_u16()),
+                code: "InvalidResponse".into(),
+                message: format!("user session is not JSON: {e}"),
+            })?;
         map_session(&self.pool_name, v, Some(host.as_str())).ok_or_else(|| {
             ProviderError::Upstream {
                 status: Some(reply.status.as_u16()),
@@ -1019,7 +1026,13 @@ impl SessionProvider for AvdProvider {
             u = self.with_query(u, &[("force", "true".into())]);
         }
         let reply = self
-            .call(reqwest::Method::DELETE, u, None, Retry::Idempotent, Target::Session)
+            .call(
+                reqwest::Method::DELETE,
+                u,
+                None,
+                Retry::Idempotent,
+                Target::Session,
+            )
             .await?;
         Ok(match reply.status.as_u16() {
             204 | 404 => ActionEffect::AlreadyGone,
@@ -1034,8 +1047,14 @@ impl SessionProvider for AvdProvider {
         id: SessionId,
     ) -> Result<ActionEffect, ProviderError> {
         let u = self.session_url(host, id, Some("disconnect"))?;
-        self.call(reqwest::Method::POST, u, None, Retry::Idempotent, Target::Session)
-            .await?;
+        self.call(
+            reqwest::Method::POST,
+            u,
+            None,
+            Retry::Idempotent,
+            Target::Session,
+        )
+        .await?;
         Ok(ActionEffect::Done)
     }
 
@@ -1088,7 +1107,10 @@ mod tests {
             "properties": {"userPrincipalName": "b@contoso.com", "sessionState": "Active"}
         });
         let s = map_session("p", spec, None).unwrap();
-        assert_eq!((s.id, s.host.as_str(), s.state), (SessionId(1), "sh2.contoso.com", SessionState::Active));
+        assert_eq!(
+            (s.id, s.host.as_str(), s.state),
+            (SessionId(1), "sh2.contoso.com", SessionState::Active)
+        );
         assert!(map_session("p", json!({"name": "x"}), Some("h")).is_none());
     }
 
@@ -1107,17 +1129,79 @@ mod tests {
 
     #[test]
     fn errors_map_to_typed_kinds() {
-        let b = |c: &str, m: &str| json!({"error": {"code": c, "message": m}}).to_string().into_bytes();
+        let b = |c: &str, m: &str| {
+            json!({"error": {"code": c, "message": m}})
+                .to_string()
+                .into_bytes()
+        };
         let st = reqwest::StatusCode::from_u16;
-        assert!(matches!(map_error(st(404).unwrap(), &b("404", "ActivityId: x Error: User session ID not found"), Target::Session), ProviderError::SessionNotFound));
-        assert!(matches!(map_error(st(404).unwrap(), &b("ResourceNotFound", "The Resource 'Microsoft.DesktopVirtualization/hostPools/hp1/sessionHosts/x' under resource group 'rg' was not found."), Target::Session), ProviderError::HostNotFound));
-        assert!(matches!(map_error(st(404).unwrap(), &b("ResourceGroupNotFound", "Resource group 'x' could not be found."), Target::Host), ProviderError::PoolNotFound));
-        assert!(matches!(map_error(st(404).unwrap(), &b("ResourceNotFound", "The Resource 'Microsoft.DesktopVirtualization/hostPools/hpX' under resource group 'rg' was not found."), Target::Pool), ProviderError::PoolNotFound));
-        assert!(matches!(map_error(st(401).unwrap(), &b("InvalidAuthenticationToken", "bad"), Target::Pool), ProviderError::UpstreamAuth(_)));
-        assert!(matches!(map_error(st(403).unwrap(), &b("AuthorizationFailed", "no"), Target::Pool), ProviderError::UpstreamForbidden(_)));
+        assert!(matches!(
+            map_error(
+                st(404).unwrap(),
+                &b("404", "ActivityId: x Error: User session ID not found"),
+                Target::Session
+            ),
+            ProviderError::SessionNotFound
+        ));
+        assert!(matches!(
+            map_error(
+                st(404).unwrap(),
+                &b(
+                    "ResourceNotFound",
+                    "The Resource 'Microsoft.DesktopVirtualization/hostPools/hp1/sessionHosts/x' under resource group 'rg' was not found."
+                ),
+                Target::Session
+            ),
+            ProviderError::HostNotFound
+        ));
+        assert!(matches!(
+            map_error(
+                st(404).unwrap(),
+                &b(
+                    "ResourceGroupNotFound",
+                    "Resource group 'x' could not be found."
+                ),
+                Target::Host
+            ),
+            ProviderError::PoolNotFound
+        ));
+        assert!(matches!(
+            map_error(
+                st(404).unwrap(),
+                &b(
+                    "ResourceNotFound",
+                    "The Resource 'Microsoft.DesktopVirtualization/hostPools/hpX' under resource group 'rg' was not found."
+                ),
+                Target::Pool
+            ),
+            ProviderError::PoolNotFound
+        ));
+        assert!(matches!(
+            map_error(
+                st(401).unwrap(),
+                &b("InvalidAuthenticationToken", "bad"),
+                Target::Pool
+            ),
+            ProviderError::UpstreamAuth(_)
+        ));
+        assert!(matches!(
+            map_error(
+                st(403).unwrap(),
+                &b("AuthorizationFailed", "no"),
+                Target::Pool
+            ),
+            ProviderError::UpstreamForbidden(_)
+        ));
         match map_error(st(409).unwrap(), b"not json", Target::Pool) {
-            ProviderError::Upstream { status, code, message } => {
-                assert_eq!((status, code.as_str(), message.as_str()), (Some(409), "409", "not json"));
+            ProviderError::Upstream {
+                status,
+                code,
+                message,
+            } => {
+                assert_eq!(
+                    (status, code.as_str(), message.as_str()),
+                    (Some(409), "409", "not json")
+                );
             }
             e => panic!("{e:?}"),
         }
@@ -1152,7 +1236,10 @@ mod tests {
         let bad = toml_ok.replace("secret_env", "secret");
         assert!(toml::from_str::<AvdPoolConfig>(&bad).is_err());
         let bad = format!("{toml_ok}\n");
-        let bad = bad.replace("host_pool = \"hp1\"", "host_pool = \"hp1\"\nhostpool = \"x\"");
+        let bad = bad.replace(
+            "host_pool = \"hp1\"",
+            "host_pool = \"hp1\"\nhostpool = \"x\"",
+        );
         assert!(toml::from_str::<AvdPoolConfig>(&bad).is_err());
     }
 
@@ -1177,12 +1264,20 @@ mod tests {
             "pools[hp1].credential.secret_env: environment variable SESSIONGATE_TEST_SURELY_UNSET_VAR is not set"
         );
         c.host_pool = "h/p".into();
-        assert!(AvdProvider::new("x", &c).unwrap_err().starts_with("pools[x].host_pool:"));
+        assert!(
+            AvdProvider::new("x", &c)
+                .unwrap_err()
+                .starts_with("pools[x].host_pool:")
+        );
         c.host_pool = "hp1".into();
         c.cloud = AvdCloud::Custom(CustomCloud {
             arm_endpoint: "http://plain".into(),
             authority_host: "https://login".into(),
         });
-        assert!(AvdProvider::new("x", &c).unwrap_err().starts_with("pools[x].cloud.arm_endpoint:"));
+        assert!(
+            AvdProvider::new("x", &c)
+                .unwrap_err()
+                .starts_with("pools[x].cloud.arm_endpoint:")
+        );
     }
 }
