@@ -425,3 +425,44 @@ async fn capabilities_and_session_id_reuse_is_visible() {
     assert!(first.user_matches("user1@contoso.com"));
     assert!(!again.user_matches("user1@contoso.com"));
 }
+
+#[tokio::test]
+async fn down_level_user_names_are_matched_locally() {
+    let env = start(opts(2, 2, 2)).await;
+    let p = env.provider("hp1");
+    let got = p
+        .list_sessions(&SessionFilter {
+            user: Some("contoso\\USER3".into()),
+            state: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.sessions.len(), 1);
+    assert_eq!(got.sessions[0].user.as_deref(), Some("user3@contoso.com"));
+    assert_eq!(got.sessions[0].ad_user.as_deref(), Some("CONTOSO\\user3"));
+}
+
+#[tokio::test]
+async fn dropped_connections_surface_as_transport_errors() {
+    let env = start(opts(1, 1, 10)).await;
+    let mut cfg = env.config("hp1");
+    cfg.max_retries = 1;
+    let p = build("hp1", &cfg).unwrap();
+    let h = host(&env.state.hosts("hp1")[0]);
+    p.list_hosts().await.unwrap(); // token cached before the faults start
+    env.state
+        .set_faults(sessiongate::emulator::common::FaultSettings {
+            drop_rate: 1.0,
+            ..Default::default()
+        });
+    let err = p
+        .send_message(&h, SessionId(2), "t", "b")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::Transport(_)), "{err:?}");
+    let err = p.list_hosts().await.unwrap_err();
+    assert!(matches!(err, ProviderError::Transport(_)), "{err:?}");
+    env.state.set_faults(Default::default());
+    assert!(env.state.messages().is_empty());
+    assert_eq!(p.list_hosts().await.unwrap().len(), 1);
+}

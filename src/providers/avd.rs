@@ -349,9 +349,11 @@ impl AvdProvider {
                 }))
                 .map_err(|e| format!("{}: {e}", key("credential")))?
             }
-            AvdCredentialConfig::AzureCli => {
-                AzureCliCredential::new(None).map_err(|e| format!("{}: {e}", key("credential")))?
-            }
+            AvdCredentialConfig::AzureCli => Arc::new(CachedCredential {
+                inner: AzureCliCredential::new(None)
+                    .map_err(|e| format!("{}: {e}", key("credential")))?,
+                cache: tokio::sync::Mutex::new(None),
+            }),
         };
 
         Ok(Self {
@@ -368,6 +370,33 @@ impl AvdProvider {
             max_retries: cfg.max_retries,
             retry_budget: Duration::from_secs(cfg.retry_budget_secs),
         })
+    }
+}
+
+/// Token cache in front of credentials that do not cache themselves (the Azure CLI
+/// credential runs `az` on every call). Refreshes five minutes before expiry.
+#[derive(Debug)]
+struct CachedCredential {
+    inner: Arc<dyn TokenCredential>,
+    cache: tokio::sync::Mutex<Option<azure_core::credentials::AccessToken>>,
+}
+
+#[async_trait]
+impl TokenCredential for CachedCredential {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        let mut cached = self.cache.lock().await;
+        if let Some(t) = cached.as_ref()
+            && t.expires_on > OffsetDateTime::now_utc() + time::Duration::minutes(5)
+        {
+            return Ok(t.clone());
+        }
+        let t = self.inner.get_token(scopes, options).await?;
+        *cached = Some(t.clone());
+        Ok(t)
     }
 }
 
@@ -518,7 +547,12 @@ pub fn odata_quote(s: &str) -> String {
 /// Builds the pool-wide `$filter` for a [`SessionFilter`].
 pub fn session_filter_expr(f: &SessionFilter) -> Option<String> {
     let mut terms = Vec::new();
-    if let Some(u) = f.user.as_deref().filter(|u| !u.trim().is_empty()) {
+    // Only a UPN can be pushed upstream; a DOMAIN\user is matched locally after listing.
+    if let Some(u) = f
+        .user
+        .as_deref()
+        .filter(|u| u.contains('@') && !u.contains('\\') && !u.trim().is_empty())
+    {
         terms.push(format!("userPrincipalName eq {}", odata_quote(u.trim())));
     }
     if let Some(s) = f.state {
@@ -705,8 +739,8 @@ impl AvdProvider {
         }
     }
 
-    /// One logical call with retries. Returns the successful (2xx) reply, or 404 when
-    /// `accept_404` (logoff), else the mapped error.
+    /// One logical call with retries. Returns the successful (2xx) reply, else the error
+    /// mapped from the ARM error body (404s by `target`).
     async fn call(
         &self,
         method: reqwest::Method,
@@ -744,19 +778,7 @@ impl AvdProvider {
             // What went wrong, and whether it may be retried.
             let (err, retryable, wait_hint) = match sent {
                 Ok(Ok((status, headers, body))) => {
-                    if status.is_success()
-                        || (status == 404
-                            && target == Target::Session
-                            && method == reqwest::Method::DELETE)
-                    {
-                        if status == 404 {
-                            // Logoff of a session already gone: the caller decides.
-                            let e = map_error(status, &body, target);
-                            if matches!(e, ProviderError::SessionNotFound) {
-                                return Ok(Reply { status, body });
-                            }
-                            return Err(e);
-                        }
+                    if status.is_success() {
                         return Ok(Reply { status, body });
                     }
                     if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
@@ -1025,7 +1047,7 @@ impl SessionProvider for AvdProvider {
         if force {
             u = self.with_query(u, &[("force", "true".into())]);
         }
-        let reply = self
+        match self
             .call(
                 reqwest::Method::DELETE,
                 u,
@@ -1033,11 +1055,17 @@ impl SessionProvider for AvdProvider {
                 Retry::Idempotent,
                 Target::Session,
             )
-            .await?;
-        Ok(match reply.status.as_u16() {
-            204 | 404 => ActionEffect::AlreadyGone,
-            _ => ActionEffect::Done,
-        })
+            .await
+        {
+            // 200: removed. 204 (spec) or 404 "User session ID not found" (real service):
+            // it did not exist (any more).
+            Ok(reply) if reply.status == reqwest::StatusCode::NO_CONTENT => {
+                Ok(ActionEffect::AlreadyGone)
+            }
+            Ok(_) => Ok(ActionEffect::Done),
+            Err(ProviderError::SessionNotFound) => Ok(ActionEffect::AlreadyGone),
+            Err(e) => Err(e),
+        }
     }
 
     #[tracing::instrument(skip_all, fields(pool = %self.pool_name, host = %host, session = %id))]
@@ -1125,6 +1153,11 @@ mod tests {
             "userPrincipalName eq 'o''brien@contoso.com' and sessionState eq 'Active'"
         );
         assert_eq!(session_filter_expr(&SessionFilter::default()), None);
+        let f = SessionFilter {
+            user: Some("CONTOSO\\o'brien".into()),
+            state: None,
+        };
+        assert_eq!(session_filter_expr(&f), None);
     }
 
     #[test]
