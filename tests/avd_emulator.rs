@@ -350,3 +350,76 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn oidc_discovery_points_at_the_token_endpoint() {
+    let env = start(opts(1, 1, 10)).await;
+    let i = env.emu.info();
+    let url = format!(
+        "{}/{}/v2.0/.well-known/openid-configuration",
+        i.base_url, i.tenant
+    );
+    let (s, _, v) = get(&env, &url, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["token_endpoint"].as_str(), Some(i.token_url.as_str()));
+    let (s, _, v) = get(
+        &env,
+        &format!("{}/common/discovery/instance?api-version=1.1", i.base_url),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(
+        v["tenant_discovery_endpoint"]
+            .as_str()
+            .unwrap()
+            .ends_with("/v2.0/.well-known/openid-configuration")
+    );
+    let (s, _, _) = get(
+        &env,
+        &format!(
+            "{}/other-tenant/v2.0/.well-known/openid-configuration",
+            i.base_url
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(s, 400);
+}
+
+#[tokio::test]
+async fn page_size_descending_and_initial_skip() {
+    let env = start(opts(2, 3, 100)).await;
+    env.state.set_name_style(NameStyle::Spec);
+    let tok = env.raw_token().await;
+    let host = env.state.hosts("hp1")[0].clone();
+    let base = format!(
+        "{}/sessionHosts/{host}/userSessions?api-version=2024-04-03",
+        env.pool_url("hp1")
+    );
+    let names = |v: &Value| -> Vec<String> {
+        v["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, _, v) = get(
+        &env,
+        &format!("{base}&pageSize=2&isDescending=true"),
+        Some(&tok),
+    )
+    .await;
+    assert_eq!(names(&v), vec!["4", "3"]);
+    let next = v["nextLink"].as_str().unwrap().to_string();
+    assert!(
+        next.contains("pageSize=2") && next.contains("isDescending=true"),
+        "{next}"
+    );
+    let (_, _, v) = get(&env, &next, Some(&tok)).await;
+    assert_eq!(names(&v), vec!["2"]);
+    assert!(v.get("nextLink").is_none());
+    let (_, _, v) = get(&env, &format!("{base}&initialSkip=1"), Some(&tok)).await;
+    assert_eq!(names(&v), vec!["3", "4"]);
+}

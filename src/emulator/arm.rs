@@ -14,9 +14,10 @@ use super::common::{
 use axum::{
     Router,
     body::Bytes,
-    extract::State,
+    extract::{Path, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
+    routing::get,
 };
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -644,7 +645,14 @@ pub async fn start(
         messages: Mutex::new(Vec::new()),
     });
 
-    let router: Router = issuer.router().merge(
+    let discovery = Router::new()
+        .route(
+            "/{tenant}/v2.0/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
+        .route("/common/discovery/instance", get(instance_discovery))
+        .with_state(state.clone());
+    let router: Router = issuer.router().merge(discovery).merge(
         Router::new()
             .fallback(arm_handler)
             .with_state(state.clone()),
@@ -668,6 +676,62 @@ pub async fn start(
         state,
         info,
     })
+}
+
+/// OpenID Connect discovery document (MSAL-based SDKs read it before asking for tokens).
+async fn openid_configuration(
+    State(st): State<Arc<ArmState>>,
+    Path(tenant): Path<String>,
+) -> Response {
+    if !tenant.eq_ignore_ascii_case(&st.tenant) {
+        return (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+            json!({
+                "error": "invalid_tenant",
+                "error_description": format!("AADSTS90002: Tenant '{tenant}' not found."),
+                "error_codes": [90002],
+            })
+            .to_string(),
+        )
+            .into_response();
+    }
+    let b = &st.base_url;
+    let t = &st.tenant;
+    json_ok(json!({
+        "token_endpoint": format!("{b}/{t}/oauth2/v2.0/token"),
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+        "jwks_uri": format!("{b}/{t}/discovery/v2.0/keys"),
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "issuer": format!("{b}/{t}/v2.0"),
+        "request_uri_parameter_supported": false,
+        "authorization_endpoint": format!("{b}/{t}/oauth2/v2.0/authorize"),
+        "device_authorization_endpoint": format!("{b}/{t}/oauth2/v2.0/devicecode"),
+        "end_session_endpoint": format!("{b}/{t}/oauth2/v2.0/logout"),
+        "tenant_region_scope": null,
+        "cloud_instance_name": "emulator",
+    }))
+}
+
+/// Entra instance discovery: the emulator is its own (only) cloud instance.
+async fn instance_discovery(State(st): State<Arc<ArmState>>) -> Response {
+    let host = st.base_url.trim_start_matches("https://").to_string();
+    json_ok(json!({
+        "tenant_discovery_endpoint": format!(
+            "{}/{}/v2.0/.well-known/openid-configuration",
+            st.base_url, st.tenant
+        ),
+        "api-version": "1.1",
+        "metadata": [{
+            "preferred_network": host,
+            "preferred_cache": host,
+            "aliases": [host],
+        }],
+    }))
 }
 
 fn injected_error_body() -> Response {
