@@ -193,7 +193,7 @@ async fn pages_with_absolute_next_links_in_both_name_styles() {
                         );
                         assert_eq!(
                             item["type"],
-                            "microsoft.desktopvirtualization/hostpools/sessionhosts/usersessions"
+                            "Microsoft.DesktopVirtualization/hostpools/sessionhosts/usersessions"
                         );
                     }
                     NameStyle::Spec => {

@@ -46,8 +46,10 @@ const PROVIDER_NS: &str = "Microsoft.DesktopVirtualization";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NameStyle {
-    /// What the real service returns: `name: "hp1/sh1.contoso.com/6"`, lower-case id
-    /// segments and type.
+    /// What the real service returns: `name: "hp1/sh1.contoso.com/6"`, lower-case
+    /// resource-type segments in id and type (`.../resourcegroups/rg/providers/
+    /// Microsoft.DesktopVirtualization/hostpools/hp1/sessionhosts/sh1/usersessions/6`,
+    /// as seen in real Az.DesktopVirtualization output).
     #[default]
     Real,
     /// The spec examples: `name: "6"`, canonical-case id and type.
@@ -1211,7 +1213,7 @@ impl Render<'_> {
                 self.st.subscription, self.st.resource_group
             ),
             NameStyle::Real => format!(
-                "/subscriptions/{}/resourcegroups/{}/providers/microsoft.desktopvirtualization/hostpools/{pool}",
+                "/subscriptions/{}/resourcegroups/{}/providers/Microsoft.DesktopVirtualization/hostpools/{pool}",
                 self.st.subscription, self.st.resource_group
             ),
         }
@@ -1227,7 +1229,7 @@ impl Render<'_> {
             NameStyle::Real => (
                 format!("{}/sessionhosts/{}", self.prefix(pool), h.name),
                 format!("{pool}/{}", h.name),
-                "microsoft.desktopvirtualization/hostpools/sessionhosts",
+                "Microsoft.DesktopVirtualization/hostpools/sessionhosts",
             ),
         };
         let now = now_rfc3339();
@@ -1277,7 +1279,7 @@ impl Render<'_> {
                     self.prefix(pool)
                 ),
                 format!("{pool}/{host}/{id}"),
-                "microsoft.desktopvirtualization/hostpools/sessionhosts/usersessions",
+                "Microsoft.DesktopVirtualization/hostpools/sessionhosts/usersessions",
             ),
         };
         json!({
