@@ -466,3 +466,24 @@ async fn dropped_connections_surface_as_transport_errors() {
     assert!(env.state.messages().is_empty());
     assert_eq!(p.list_hosts().await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn missing_role_is_upstream_forbidden() {
+    let env = start(opts(1, 1, 10)).await;
+    let p = env.provider("hp1");
+    let h = host(&env.state.hosts("hp1")[0]);
+    env.state.set_forbidden(&[ArmOp::Logoff]);
+    match p.logoff(&h, SessionId(2), false).await {
+        Err(ProviderError::UpstreamForbidden(m)) => {
+            assert!(m.starts_with("AuthorizationFailed: "), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(env.state.calls(ArmOp::Logoff), 1, "403 is not retried");
+    assert_eq!(p.list_host_sessions(&h).await.unwrap().len(), 1);
+    env.state.set_forbidden(&[]);
+    assert_eq!(
+        p.logoff(&h, SessionId(2), false).await.unwrap(),
+        ActionEffect::Done
+    );
+}

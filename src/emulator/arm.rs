@@ -345,6 +345,7 @@ struct Settings {
     fail_next: u32,
     fail_status: u16,
     drop_after: BTreeMap<ArmOp, u32>,
+    forbidden: Vec<ArmOp>,
 }
 
 /// The emulator's state, shared between the HTTP handlers and tests (through
@@ -525,6 +526,12 @@ impl ArmState {
         lock(&self.settings).drop_after.insert(op, n);
     }
 
+    /// Answers 403 `AuthorizationFailed` for these operations (as when the identity lacks
+    /// the RBAC role); an empty slice allows everything again.
+    pub fn set_forbidden(&self, ops: &[ArmOp]) {
+        lock(&self.settings).forbidden = ops.to_vec();
+    }
+
     /// Tokens issued by the token endpoint so far.
     pub fn tokens_issued(&self) -> u64 {
         self.issuer.issued_count()
@@ -642,6 +649,7 @@ pub async fn start(
             fail_next: 0,
             fail_status: 500,
             drop_after: BTreeMap::new(),
+            forbidden: Vec::new(),
         }),
         calls: Mutex::new(BTreeMap::new()),
         messages: Mutex::new(Vec::new()),
@@ -1034,16 +1042,40 @@ fn handle(
         Method::DELETE => Kind::Delete,
         _ => Kind::Write,
     };
-    let (buckets, fail) = {
+    let (buckets, fail, forbidden) = {
         let mut s = lock(&st.settings);
+        let forbidden = s.forbidden.contains(&op);
         let fail = if s.fail_next > 0 {
             s.fail_next -= 1;
             Some(s.fail_status)
         } else {
             None
         };
-        (s.throttle.clone(), fail)
+        (s.throttle.clone(), fail, forbidden)
     };
+    if forbidden {
+        let action = match op {
+            ArmOp::ListPoolSessions | ArmOp::ListHostSessions | ArmOp::GetSession => {
+                "hostpools/sessionhosts/usersessions/read"
+            }
+            ArmOp::Logoff => "hostpools/sessionhosts/usersessions/delete",
+            ArmOp::Disconnect => "hostpools/sessionhosts/usersessions/disconnect/action",
+            ArmOp::SendMessage => "hostpools/sessionhosts/usersessions/sendMessage/action",
+            ArmOp::ListHosts | ArmOp::GetHost => "hostpools/sessionhosts/read",
+            ArmOp::UpdateHost => "hostpools/sessionhosts/write",
+        };
+        return (
+            arm_error(
+                StatusCode::FORBIDDEN,
+                "AuthorizationFailed",
+                &format!(
+                    "The client '{}' with object id '{}' does not have authorization to perform action 'Microsoft.DesktopVirtualization/{action}' over scope '/subscriptions/{}/resourceGroups/{}/providers/Microsoft.DesktopVirtualization/hostPools/{pool}' or the scope is invalid. If access was recently granted, please refresh your credentials.",
+                    st.issuer.client_id, st.issuer.client_id, st.subscription, st.resource_group
+                ),
+            ),
+            false,
+        );
+    }
     let mut remaining_header = None;
     if let Some(b) = buckets {
         let (bucket, word, hname) = match kind {
