@@ -1313,4 +1313,44 @@ mod tests {
                 .starts_with("pools[x].cloud.arm_endpoint:")
         );
     }
+
+    #[test]
+    fn every_credential_kind_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("sa-token");
+        std::fs::write(&token_file, "eyJ.fake.jwt").unwrap();
+        let secret_file = dir.path().join("secret");
+        std::fs::write(&secret_file, "s3cret\n").unwrap();
+        let creds = [
+            format!(
+                "kind = \"client_secret\"\ntenant_id = \"t1\"\nclient_id = \"c\"\nsecret_file = {:?}",
+                secret_file.display().to_string()
+            ),
+            "kind = \"managed_identity\"".to_string(),
+            "kind = \"managed_identity\"\nclient_id = \"c\"".to_string(),
+            format!(
+                "kind = \"workload_identity\"\ntenant_id = \"t1\"\nclient_id = \"c\"\ntoken_file = {:?}",
+                token_file.display().to_string()
+            ),
+            "kind = \"azure_cli\"".to_string(),
+        ];
+        for cred in creds {
+            let toml_text = format!(
+                "subscription_id = \"sub\"\nresource_group = \"rg\"\nhost_pool = \"hp1\"\n[credential]\n{cred}\n"
+            );
+            let c: AvdPoolConfig = toml::from_str(&toml_text).unwrap();
+            let p = AvdProvider::new("hp1", &c).unwrap();
+            assert!(!format!("{p:?}").contains("s3cret"));
+            assert_eq!(p.scope, "https://management.azure.com/.default");
+        }
+        let both = format!(
+            "subscription_id = \"sub\"\nresource_group = \"rg\"\nhost_pool = \"hp1\"\n[credential]\nkind = \"client_secret\"\ntenant_id = \"t\"\nclient_id = \"c\"\nsecret_env = \"X\"\nsecret_file = {:?}\n",
+            secret_file.display().to_string()
+        );
+        let c: AvdPoolConfig = toml::from_str(&both).unwrap();
+        assert_eq!(
+            AvdProvider::new("hp1", &c).unwrap_err(),
+            "pools[hp1].credential: set exactly one of secret_env or secret_file"
+        );
+    }
 }
