@@ -487,3 +487,25 @@ async fn missing_role_is_upstream_forbidden() {
         ActionEffect::Done
     );
 }
+
+#[tokio::test]
+async fn rejected_state_filter_falls_back_to_user_only() {
+    let env = start(opts(2, 2, 10)).await;
+    let p = env.provider("hp1");
+    let h = env.state.hosts("hp1")[0].clone();
+    env.state.set_session_state("hp1", &h, 2, "Disconnected");
+    env.state.set_reject_state_filter(true);
+    let f = SessionFilter {
+        user: Some("user1@contoso.com".into()),
+        state: Some(StateFilter::Disconnected),
+    };
+    let got = p.list_sessions(&f).await.unwrap().sessions;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].state, SessionState::Disconnected);
+    assert_eq!(env.state.calls(ArmOp::ListPoolSessions), 2);
+    let f = SessionFilter {
+        user: Some("user1@contoso.com".into()),
+        state: Some(StateFilter::Active),
+    };
+    assert!(p.list_sessions(&f).await.unwrap().sessions.is_empty());
+}

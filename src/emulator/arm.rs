@@ -346,6 +346,7 @@ struct Settings {
     fail_status: u16,
     drop_after: BTreeMap<ArmOp, u32>,
     forbidden: Vec<ArmOp>,
+    reject_state_filter: bool,
 }
 
 /// The emulator's state, shared between the HTTP handlers and tests (through
@@ -532,6 +533,12 @@ impl ArmState {
         lock(&self.settings).forbidden = ops.to_vec();
     }
 
+    /// Makes `$filter` expressions with a state term fail with 400 `InvalidFilter` (to
+    /// exercise clients against a service that only filters by user).
+    pub fn set_reject_state_filter(&self, reject: bool) {
+        lock(&self.settings).reject_state_filter = reject;
+    }
+
     /// Tokens issued by the token endpoint so far.
     pub fn tokens_issued(&self) -> u64 {
         self.issuer.issued_count()
@@ -650,6 +657,7 @@ pub async fn start(
             fail_status: 500,
             drop_after: BTreeMap::new(),
             forbidden: Vec::new(),
+            reject_state_filter: false,
         }),
         calls: Mutex::new(BTreeMap::new()),
         messages: Mutex::new(Vec::new()),
@@ -1491,9 +1499,14 @@ fn execute(
     raw_path: &str,
     body: &Bytes,
 ) -> Response {
-    let (style, missing_logoff, page_size) = {
+    let (style, missing_logoff, page_size, reject_state_filter) = {
         let s = lock(&st.settings);
-        (s.name_style, s.missing_logoff_status, s.page_size)
+        (
+            s.name_style,
+            s.missing_logoff_status,
+            s.page_size,
+            s.reject_state_filter,
+        )
     };
     let r = Render { st, style };
     let mut w = lock(&st.world);
@@ -1563,6 +1576,13 @@ fn execute(
         (ArmOp::ListPoolSessions, _) => {
             let filter = match q.get("$filter") {
                 Some(f) => match parse_filter(f) {
+                    Ok(p) if p.state.is_some() && reject_state_filter => {
+                        return arm_error(
+                            StatusCode::BAD_REQUEST,
+                            "InvalidFilter",
+                            &format!("Invalid filter expression '{f}': unsupported property."),
+                        );
+                    }
                     Ok(f) => f,
                     Err(msg) => {
                         return arm_error(StatusCode::BAD_REQUEST, "InvalidFilter", &msg);

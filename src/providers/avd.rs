@@ -976,13 +976,40 @@ impl SessionProvider for AvdProvider {
 
     #[tracing::instrument(skip_all, fields(pool = %self.pool_name, avd.host_pool = %self.host_pool))]
     async fn list_sessions(&self, filter: &SessionFilter) -> Result<PoolSessions, ProviderError> {
-        let mut extra = Vec::new();
-        if let Some(f) = session_filter_expr(filter) {
-            extra.push(("$filter", f));
-        }
-        let u = self.with_query(self.url(&["userSessions"])?, &extra);
-        let items = self.list_all(u, Target::Pool).await?;
-        let sessions = items
+        let base = self.url(&["userSessions"])?;
+        let listed = match session_filter_expr(filter) {
+            Some(f) => {
+                let u = self.with_query(base.clone(), &[("$filter", f)]);
+                match self.list_all(u, Target::Pool).await {
+                    // The state term is the least documented part of the filter: if the
+                    // service rejects the expression, ask again with the UPN term only
+                    // (or none) and filter here.
+                    Err(ProviderError::Upstream {
+                        status: Some(400),
+                        code,
+                        ..
+                    }) if filter.state.is_some() => {
+                        tracing::warn!(avd.code = %code, "ARM rejected the $filter; retrying with the user term only");
+                        let user_only = SessionFilter {
+                            user: filter.user.clone(),
+                            state: None,
+                        };
+                        let extra: Vec<(&str, String)> = session_filter_expr(&user_only)
+                            .map(|f| ("$filter", f))
+                            .into_iter()
+                            .collect();
+                        self.list_all(self.with_query(base, &extra), Target::Pool)
+                            .await
+                    }
+                    other => other,
+                }
+            }
+            None => {
+                self.list_all(self.with_query(base, &[]), Target::Pool)
+                    .await
+            }
+        };
+        let sessions = listed?
             .into_iter()
             .filter_map(|v| map_session(&self.pool_name, v, None))
             .filter(|s| {
