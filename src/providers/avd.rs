@@ -1380,4 +1380,40 @@ mod tests {
             "pools[hp1].credential: set exactly one of secret_env or secret_file"
         );
     }
+
+    #[test]
+    fn embeds_in_a_pools_table() {
+        #[derive(Deserialize)]
+        #[serde(tag = "provider", rename_all = "kebab-case")]
+        enum Backend {
+            Avd(AvdPoolConfig),
+        }
+        #[derive(Deserialize)]
+        struct Pool {
+            name: String,
+            #[serde(flatten)]
+            backend: Backend,
+        }
+        #[derive(Deserialize)]
+        struct File {
+            pools: Vec<Pool>,
+        }
+        let text = r#"
+            [[pools]]
+            name = "hp1"
+            provider = "avd"
+            subscription_id = "sub"
+            resource_group = "rg"
+            host_pool = "hp1"
+            credential = { kind = "azure_cli" }
+        "#;
+        let f: File = toml::from_str(text).unwrap();
+        let Backend::Avd(c) = &f.pools[0].backend;
+        assert_eq!(
+            (f.pools[0].name.as_str(), c.host_pool.as_str()),
+            ("hp1", "hp1")
+        );
+        let typo = text.replace("host_pool = \"hp1\"", "host_pool = \"hp1\"\ntimeout = 5");
+        assert!(toml::from_str::<File>(&typo).is_err());
+    }
 }
