@@ -281,14 +281,27 @@ async fn invalid_client_secret_is_upstream_auth() {
 }
 
 #[tokio::test]
-async fn revoked_token_is_upstream_auth() {
+async fn revoked_token_is_replaced_once_then_upstream_auth() {
     let env = start(opts(1, 1, 10)).await;
     let p = env.provider("hp1");
     p.list_hosts().await.unwrap();
+    assert_eq!(env.state.tokens_issued(), 1);
+    // Revocation: the adapter fetches a new token and carries on.
     env.state.revoke_tokens();
+    assert_eq!(p.list_hosts().await.unwrap().len(), 1);
+    assert_eq!(env.state.tokens_issued(), 2);
+    // (Requests refused at authentication never reach the operation counters.)
+    assert_eq!(env.state.calls(ArmOp::ListHosts), 2);
+    // Revoked again while the secret was rotated to a wrong one: auth failure, no loop.
+    std::fs::write(&env.secret_path, "rotated-wrong").unwrap();
+    env.state.revoke_tokens();
+    let err = p.list_hosts().await.unwrap_err();
     assert!(
-        matches!(p.list_hosts().await, Err(ProviderError::UpstreamAuth(m)) if m.contains("InvalidAuthenticationToken"))
+        matches!(err, ProviderError::UpstreamAuth(ref m) if m.contains("7000215")),
+        "{err:?}"
     );
+    assert_eq!(env.state.calls(ArmOp::ListHosts), 2);
+    assert_eq!(env.state.tokens_issued(), 2);
 }
 
 #[tokio::test]

@@ -149,7 +149,9 @@ pub struct AvdProvider {
     arm_endpoint: url::Url,
     scope: String,
     http: reqwest::Client,
-    credential: Arc<dyn TokenCredential>,
+    credential: std::sync::RwLock<Arc<dyn TokenCredential>>,
+    /// What the credential was built from, to rebuild it when ARM rejects our token.
+    credential_source: (AvdCredentialConfig, CloudConfiguration),
     timeout: Duration,
     max_retries: u32,
     retry_budget: Duration,
@@ -261,100 +263,7 @@ impl AvdProvider {
         )
         .map_err(|e| format!("{}: {e}", key("ca_bundle")))?;
 
-        let client_options = || ClientOptions {
-            transport: Some(Transport::new(Arc::new(http.clone()))),
-            cloud: Some(Arc::new(cloud.clone())),
-            ..Default::default()
-        };
-        let ckey = |k: &str| key(&format!("credential.{k}"));
-        let credential: Arc<dyn TokenCredential> = match &cfg.credential {
-            AvdCredentialConfig::ClientSecret {
-                tenant_id,
-                client_id,
-                secret_env,
-                secret_file,
-            } => {
-                let secret = match (secret_env, secret_file) {
-                    (Some(var), None) => std::env::var(var).map_err(|_| {
-                        format!(
-                            "{}: environment variable {var} is not set",
-                            ckey("secret_env")
-                        )
-                    })?,
-                    (None, Some(path)) => std::fs::read_to_string(path)
-                        .map_err(|e| {
-                            format!(
-                                "{}: cannot read {}: {e}",
-                                ckey("secret_file"),
-                                path.display()
-                            )
-                        })?
-                        .trim_end_matches(['\r', '\n'])
-                        .to_string(),
-                    _ => {
-                        return Err(format!(
-                            "{}: set exactly one of secret_env or secret_file",
-                            key("credential")
-                        ));
-                    }
-                };
-                if secret.is_empty() {
-                    return Err(format!(
-                        "{}: the client secret is empty",
-                        if secret_env.is_some() {
-                            ckey("secret_env")
-                        } else {
-                            ckey("secret_file")
-                        }
-                    ));
-                }
-                ClientSecretCredential::new(
-                    tenant_id,
-                    client_id.clone(),
-                    Secret::new(secret),
-                    Some(ClientSecretCredentialOptions {
-                        client_options: client_options(),
-                    }),
-                )
-                .map_err(|e| format!("{}: {e}", key("credential")))?
-            }
-            AvdCredentialConfig::ManagedIdentity { client_id } => {
-                ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
-                    user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
-                    client_options: client_options(),
-                }))
-                .map_err(|e| format!("{}: {e}", key("credential")))?
-            }
-            AvdCredentialConfig::WorkloadIdentity {
-                tenant_id,
-                client_id,
-                token_file,
-            } => {
-                if let Some(p) = token_file
-                    && !p.exists()
-                {
-                    return Err(format!(
-                        "{}: {} does not exist",
-                        ckey("token_file"),
-                        p.display()
-                    ));
-                }
-                WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
-                    credential_options: ClientAssertionCredentialOptions {
-                        client_options: client_options(),
-                    },
-                    client_id: Some(client_id.clone()),
-                    tenant_id: Some(tenant_id.clone()),
-                    token_file_path: token_file.clone(),
-                }))
-                .map_err(|e| format!("{}: {e}", key("credential")))?
-            }
-            AvdCredentialConfig::AzureCli => Arc::new(CachedCredential {
-                inner: AzureCliCredential::new(None)
-                    .map_err(|e| format!("{}: {e}", key("credential")))?,
-                cache: tokio::sync::Mutex::new(None),
-            }),
-        };
+        let credential = make_credential(pool_name, &cfg.credential, &http, &cloud)?;
 
         Ok(Self {
             pool_name: pool_name.to_string(),
@@ -365,12 +274,119 @@ impl AvdProvider {
             arm_endpoint,
             scope,
             http,
-            credential,
+            credential: std::sync::RwLock::new(credential),
+            credential_source: (cfg.credential.clone(), cloud),
             timeout,
             max_retries: cfg.max_retries,
             retry_budget: Duration::from_secs(cfg.retry_budget_secs),
         })
     }
+}
+
+/// Builds the configured credential (secrets are read here, so a rebuild picks up a rotated
+/// secret file). Token requests use `http` (and so the private CA bundle).
+fn make_credential(
+    pool_name: &str,
+    cred: &AvdCredentialConfig,
+    http: &reqwest::Client,
+    cloud: &CloudConfiguration,
+) -> Result<Arc<dyn TokenCredential>, String> {
+    let key = |k: &str| format!("pools[{pool_name}].{k}");
+    let client_options = || ClientOptions {
+        transport: Some(Transport::new(Arc::new(http.clone()))),
+        cloud: Some(Arc::new(cloud.clone())),
+        ..Default::default()
+    };
+    let ckey = |k: &str| key(&format!("credential.{k}"));
+    let credential: Arc<dyn TokenCredential> = match cred {
+        AvdCredentialConfig::ClientSecret {
+            tenant_id,
+            client_id,
+            secret_env,
+            secret_file,
+        } => {
+            let secret = match (secret_env, secret_file) {
+                (Some(var), None) => std::env::var(var).map_err(|_| {
+                    format!(
+                        "{}: environment variable {var} is not set",
+                        ckey("secret_env")
+                    )
+                })?,
+                (None, Some(path)) => std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        format!(
+                            "{}: cannot read {}: {e}",
+                            ckey("secret_file"),
+                            path.display()
+                        )
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+                _ => {
+                    return Err(format!(
+                        "{}: set exactly one of secret_env or secret_file",
+                        key("credential")
+                    ));
+                }
+            };
+            if secret.is_empty() {
+                return Err(format!(
+                    "{}: the client secret is empty",
+                    if secret_env.is_some() {
+                        ckey("secret_env")
+                    } else {
+                        ckey("secret_file")
+                    }
+                ));
+            }
+            ClientSecretCredential::new(
+                tenant_id,
+                client_id.clone(),
+                Secret::new(secret),
+                Some(ClientSecretCredentialOptions {
+                    client_options: client_options(),
+                }),
+            )
+            .map_err(|e| format!("{}: {e}", key("credential")))?
+        }
+        AvdCredentialConfig::ManagedIdentity { client_id } => {
+            ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
+                user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
+                client_options: client_options(),
+            }))
+            .map_err(|e| format!("{}: {e}", key("credential")))?
+        }
+        AvdCredentialConfig::WorkloadIdentity {
+            tenant_id,
+            client_id,
+            token_file,
+        } => {
+            if let Some(p) = token_file
+                && !p.exists()
+            {
+                return Err(format!(
+                    "{}: {} does not exist",
+                    ckey("token_file"),
+                    p.display()
+                ));
+            }
+            WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
+                credential_options: ClientAssertionCredentialOptions {
+                    client_options: client_options(),
+                },
+                client_id: Some(client_id.clone()),
+                tenant_id: Some(tenant_id.clone()),
+                token_file_path: token_file.clone(),
+            }))
+            .map_err(|e| format!("{}: {e}", key("credential")))?
+        }
+        AvdCredentialConfig::AzureCli => Arc::new(CachedCredential {
+            inner: AzureCliCredential::new(None)
+                .map_err(|e| format!("{}: {e}", key("credential")))?,
+            cache: tokio::sync::Mutex::new(None),
+        }),
+    };
+    Ok(credential)
 }
 
 /// Token cache in front of credentials that do not cache themselves (the Azure CLI
@@ -725,7 +741,12 @@ impl AvdProvider {
 
     async fn token(&self) -> Result<String, ProviderError> {
         let scopes = [self.scope.as_str()];
-        let fut = self.credential.get_token(&scopes, None);
+        let credential = self
+            .credential
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let fut = credential.get_token(&scopes, None);
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(t)) => Ok(t.token.secret().to_string()),
             Ok(Err(e)) => Err(ProviderError::UpstreamAuth(format!(
@@ -737,6 +758,15 @@ impl AvdProvider {
                 self.scope, self.timeout
             ))),
         }
+    }
+
+    /// Replaces the credential (and so its token cache) with a freshly built one.
+    fn rebuild_credential(&self) -> Result<(), ProviderError> {
+        let (cred, cloud) = &self.credential_source;
+        let fresh = make_credential(&self.pool_name, cred, &self.http, cloud)
+            .map_err(ProviderError::UpstreamAuth)?;
+        *self.credential.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
     }
 
     /// One logical call with retries. Returns the successful (2xx) reply, else the error
@@ -753,6 +783,7 @@ impl AvdProvider {
         let deadline = started + self.retry_budget;
         let mut attempt: u32 = 0;
         let mut throttles: u32 = 0;
+        let mut refreshed = false;
         loop {
             let token = self.token().await?;
             let mut req = self
@@ -800,6 +831,17 @@ impl AvdProvider {
                         continue;
                     }
                     let e = map_error(status, &body, target);
+                    if status == reqwest::StatusCode::UNAUTHORIZED && !refreshed {
+                        // Our cached token was refused (revoked, rotated, clock skew): the
+                        // request was not carried out, so get a fresh token and try once more.
+                        refreshed = true;
+                        tracing::warn!(
+                            avd.error = e.kind(),
+                            "ARM refused our token; fetching a new one"
+                        );
+                        self.rebuild_credential()?;
+                        continue;
+                    }
                     let transient = matches!(status.as_u16(), 500 | 502 | 503 | 504);
                     (
                         e,
