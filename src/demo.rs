@@ -1,13 +1,308 @@
-//! `demo` and `emulate`: the embedded defaults, in-tree emulators on loopback.
+//! `demo` and `emulate`: the embedded defaults, in-tree emulators on loopback, the gateway
+//! pointed at them through the real adapters.
 
-use crate::cli::{DemoArgs, EmulateCommand};
+use crate::{
+    auth::apikey,
+    cli::{DemoArgs, EmulateCommand, EmulatorArgs},
+    config::Config,
+    emulator::{arm, common::EmulatorTls},
+};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
-pub async fn run(_args: DemoArgs) -> u8 {
-    eprintln!("error: demo is not available in this build");
-    2
+/// The demo configuration template (`config/demo.toml`).
+pub const DEMO_TEMPLATE: &str = include_str!("../config/demo.toml");
+
+/// Escapes a value for use inside a TOML basic string.
+fn toml_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => o.push_str("\\\\"),
+            '"' => o.push_str("\\\""),
+            c if c.is_control() => o.push_str(&format!("\\u{:04X}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o
 }
 
-pub async fn emulate(_which: EmulateCommand) -> u8 {
-    eprintln!("error: emulators are not available in this build");
-    2
+/// Fills `@NAME@` placeholders; fails on any left unfilled.
+pub fn render_template(template: &str, values: &HashMap<&str, String>) -> Result<String, String> {
+    let mut out = template.to_string();
+    for (k, v) in values {
+        out = out.replace(&format!("@{k}@"), &toml_escape(v));
+    }
+    if let Some(i) = out.find('@')
+        && let Some(rest) = out[i + 1..].split('@').next()
+        && !rest.is_empty()
+        && rest.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+    {
+        return Err(format!("demo template placeholder @{rest}@ has no value"));
+    }
+    Ok(out)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    std::fs::write(path, contents)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// Emulators started for the demo, kept alive while it runs.
+pub struct DemoBackends {
+    pub arm: arm::ArmEmulator,
+    pub values: HashMap<&'static str, String>,
+}
+
+/// Starts every emulator and returns the placeholder values for `config/demo.toml`.
+pub async fn start_backends(data_dir: &Path) -> Result<DemoBackends, String> {
+    let tls = EmulatorTls::generate().map_err(|e| format!("generating emulator TLS: {e}"))?;
+    let ca_path = data_dir.join("emulator-ca.pem");
+    std::fs::write(&ca_path, tls.ca_pem()).map_err(|e| format!("{}: {e}", ca_path.display()))?;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("binding the ARM emulator: {e}"))?;
+    let opts = arm::ArmEmulatorOptions {
+        host_pools: vec!["hp-demo".into()],
+        hosts_per_pool: 3,
+        sessions_per_host: 3,
+        ..arm::ArmEmulatorOptions::default()
+    };
+    let mut arm_emu = arm::start(listener, &tls, opts)
+        .await
+        .map_err(|e| format!("starting the ARM emulator: {e}"))?;
+    arm_emu.set_ca_pem_path(ca_path.display().to_string());
+    let info = arm_emu.info();
+    let secret_file = data_dir.join("arm-client-secret");
+    write_private(&secret_file, &info.client_secret)
+        .map_err(|e| format!("{}: {e}", secret_file.display()))?;
+
+    let mut values: HashMap<&'static str, String> = HashMap::new();
+    values.insert("DATA_DIR", data_dir.display().to_string());
+    values.insert("CA_BUNDLE", ca_path.display().to_string());
+    values.insert("ARM_URL", info.base_url.clone());
+    values.insert("ARM_AUTHORITY", info.authority_host.clone());
+    values.insert("ARM_TENANT", info.tenant.clone());
+    values.insert("ARM_CLIENT_ID", info.client_id.clone());
+    values.insert("ARM_SECRET_FILE", secret_file.display().to_string());
+    values.insert("ARM_SUBSCRIPTION", info.subscription.clone());
+    values.insert("ARM_RESOURCE_GROUP", info.resource_group.clone());
+    Ok(DemoBackends {
+        arm: arm_emu,
+        values,
+    })
+}
+
+/// The demo's API keys, one per role.
+pub struct DemoKeys {
+    pub operator: String,
+    pub reader: String,
+    pub admin: String,
+    pub auditor: String,
+}
+
+impl DemoKeys {
+    pub fn generate(operator: Option<String>) -> Self {
+        Self {
+            operator: operator.unwrap_or_else(apikey::generate_key),
+            reader: apikey::generate_key(),
+            admin: apikey::generate_key(),
+            auditor: apikey::generate_key(),
+        }
+    }
+
+    fn insert_hashes(&self, values: &mut HashMap<&'static str, String>) {
+        values.insert("OPERATOR_KEY_HASH", apikey::hash_key(&self.operator));
+        values.insert("READER_KEY_HASH", apikey::hash_key(&self.reader));
+        values.insert("ADMIN_KEY_HASH", apikey::hash_key(&self.admin));
+        values.insert("AUDITOR_KEY_HASH", apikey::hash_key(&self.auditor));
+    }
+}
+
+/// Renders and parses the demo config for the running backends.
+pub fn demo_config(
+    backends: &DemoBackends,
+    keys: &DemoKeys,
+    listen: std::net::SocketAddr,
+) -> Result<Config, String> {
+    let mut values = backends.values.clone();
+    keys.insert_hashes(&mut values);
+    values.insert("LISTEN", listen.to_string());
+    let text = render_template(DEMO_TEMPLATE, &values)?;
+    Config::from_toml_with_env(&text, std::iter::empty()).map_err(|e| e.to_string())
+}
+
+fn default_data_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("sessiongate-demo-{}", uuid::Uuid::new_v4().simple()))
+}
+
+pub async fn run(args: DemoArgs) -> u8 {
+    crate::telemetry::init(false, "info,sessiongate=info");
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    if let Err(e) = std::fs::create_dir_all(&data_dir) {
+        eprintln!("error: data dir {}: {e}", data_dir.display());
+        return 1;
+    }
+    if let Some(k) = &args.api_key
+        && k.trim().len() < 16
+    {
+        eprintln!("error: --api-key must be at least 16 characters");
+        return 2;
+    }
+    let backends = match start_backends(&data_dir).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let keys = DemoKeys::generate(args.api_key.clone());
+    let cfg = match demo_config(&backends, &keys, args.listen) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: demo config: {e}");
+            return 1;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", args.listen);
+            return 1;
+        }
+    };
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let app = match crate::app::build_app(&cfg).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    print_banner(&addr, &keys, &backends, &data_dir);
+    match crate::app::serve(app, listener, crate::app::shutdown_signal()).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn print_banner(addr: &str, keys: &DemoKeys, b: &DemoBackends, data_dir: &Path) {
+    let url = format!("http://{addr}");
+    let state = b.arm.state();
+    let hosts = state.hosts("hp-demo");
+    let first_host = hosts.first().cloned().unwrap_or_default();
+    let sid = state
+        .sessions("hp-demo")
+        .into_iter()
+        .find(|s| s.host.eq_ignore_ascii_case(&first_host))
+        .map(|s| s.id)
+        .unwrap_or(2);
+    let op = &keys.operator;
+    let session = format!("{url}/hostpools/avd-demo/sessionhosts/{first_host}/sessions/{sid}");
+    println!(
+        r#"
+sessiongate demo is running at {url}
+  data dir (audit log, emulator CA): {data_dir}
+
+API keys (one per role):
+  operator  {op}
+  reader    {reader}
+  admin     {admin}
+  auditor   {auditor}
+
+Try:
+  export SG={url} KEY={op}
+  # list pools, then the sessions of the AVD pool
+  curl -s -H "Authorization: Bearer $KEY" $SG/hostpools
+  curl -s -H "Authorization: Bearer $KEY" $SG/hostpools/avd-demo/sessions
+  # log a session off, then again (outcome already_gone)
+  curl -s -X POST -H "Authorization: Bearer $KEY" {session}/logoff
+  curl -s -X POST -H "Authorization: Bearer $KEY" {session}/logoff
+  # without a key: 401 problem+json
+  curl -s -i $SG/hostpools
+  # the reader key may list but not act: 403
+  curl -s -X POST -H "Authorization: Bearer {reader}" {session}/disconnect
+  # the auditor reads the audit log
+  curl -s -H "Authorization: Bearer {auditor}" "$SG/audit?limit=5"
+
+Stop with Ctrl-C.
+"#,
+        data_dir = data_dir.display(),
+        reader = keys.reader,
+        admin = keys.admin,
+        auditor = keys.auditor,
+    );
+}
+
+pub async fn emulate(which: EmulateCommand) -> u8 {
+    crate::telemetry::init(false, "warn");
+    let res = match which {
+        EmulateCommand::Avd(args) => emulate_avd(args).await,
+        _ => Err("this emulator is not available in this build".to_string()),
+    };
+    match res {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn write_ca(tls: &EmulatorTls, out: Option<PathBuf>) -> Result<PathBuf, String> {
+    let path = out.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!(
+            "sessiongate-emulator-ca-{}.pem",
+            uuid::Uuid::new_v4().simple()
+        ))
+    });
+    std::fs::write(&path, tls.ca_pem()).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+async fn emulate_avd(args: EmulatorArgs) -> Result<(), String> {
+    let tls = EmulatorTls::generate().map_err(|e| e.to_string())?;
+    let ca = write_ca(&tls, args.ca_out)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let opts = arm::ArmEmulatorOptions {
+        hosts_per_pool: args.hosts,
+        sessions_per_host: args.sessions_per_host,
+        ..arm::ArmEmulatorOptions::default()
+    };
+    let mut emu = arm::start(listener, &tls, opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    emu.set_ca_pem_path(ca.display().to_string());
+    println!(
+        "{}",
+        serde_json::to_string(&emu.info()).map_err(|e| e.to_string())?
+    );
+    crate::app::shutdown_signal().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_escapes_and_refuses_missing_values() {
+        let mut v = HashMap::new();
+        v.insert("A", "C:\\x \"q\"".to_string());
+        assert_eq!(render_template("a = \"@A@\"", &v).unwrap(), "a = \"C:\\\\x \\\"q\\\"\"");
+        assert!(render_template("a = \"@B@\"", &v).is_err());
+    }
 }
