@@ -17,6 +17,7 @@ audit_suite!(Env::postgres;
     store_down_and_recovery,
     retention,
     retention_twice_and_everything,
+    retention_in_chunks,
     prune_refuses_broken_prefix,
     retention_config_runs_at_start,
     query_filters_and_pagination,

@@ -178,7 +178,12 @@ pub struct SqlStore {
     chain: Option<String>,
     write_timeout: Duration,
     transactions: AtomicU64,
+    prune_chunk: i64,
 }
+
+/// Most events one retention transaction deletes per chain (bounds how long it holds locks;
+/// a run loops, one checkpoint per transaction, until everything old is gone).
+pub const DEFAULT_PRUNE_CHUNK: i64 = 10_000;
 
 /// Where the store lives, parsed from `AuditConfig::url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,6 +281,7 @@ impl SqlStore {
             chain: None,
             write_timeout,
             transactions: AtomicU64::new(0),
+            prune_chunk: DEFAULT_PRUNE_CHUNK,
         };
         store.migrate().await?;
         Ok(store)
@@ -298,6 +304,11 @@ impl SqlStore {
         });
         self.chain = Some(chain.to_owned());
         Ok(())
+    }
+
+    /// Sets how many events one retention transaction deletes per chain (at least 1).
+    pub fn set_prune_chunk(&mut self, n: i64) {
+        self.prune_chunk = n.max(1);
     }
 
     /// Whether this is the PostgreSQL store.
@@ -811,6 +822,156 @@ fn check_limit(limit: Option<u32>) -> Result<i64, AuditError> {
 }
 
 impl SqlStore {
+    /// One retention transaction: deletes at most `prune_chunk` old events per chain.
+    async fn prune_once(
+        &self,
+        cutoff_us: i64,
+        skip: &HashSet<String>,
+    ) -> Result<PruneReport, AuditError> {
+        let Some(own) = self.chain.as_deref() else {
+            return Err(AuditError::Unavailable(
+                "prune needs a writer (store opened read-only)".into(),
+            ));
+        };
+        let mut report = PruneReport::default();
+        // 1. Outside the write lock: pick each chain's prune point and verify the prefix that
+        //    is about to be deleted (never destroy evidence of tampering).
+        let mut plan: Vec<(ChainHead, Anchor)> = Vec::new();
+        for head in self.heads().await? {
+            if skip.contains(&head.chain) {
+                continue;
+            }
+            let first_kept: Option<i64> = with_pool!(&self.db, p => {
+                sqlx::query_scalar::<_, Option<i64>>(
+                    "SELECT MIN(seq) FROM audit_events WHERE chain = $1 AND seq > $2 \
+                     AND ts_us >= $3",
+                )
+                .bind(&head.chain)
+                .bind(head.anchor_seq)
+                .bind(cutoff_us)
+                .fetch_one(p)
+                .await
+                .map_err(db_err)?
+            });
+            let through = first_kept
+                .map_or(head.head_seq, |s| s - 1)
+                .min(head.anchor_seq + self.prune_chunk);
+            if through <= head.anchor_seq {
+                continue;
+            }
+            let mut v = Verifier::new(head.clone());
+            let last = self
+                .walk(&mut v, &head.chain, head.anchor_seq, through)
+                .await?;
+            let broken = match (&last, v.is_broken()) {
+                (_, true) => v.finish(&HashSet::new()).broken,
+                (Some(l), false) if l.seq == through => None,
+                (l, false) => Some(ChainBreak {
+                    chain: head.chain.clone(),
+                    seq: l.as_ref().map_or(head.anchor_seq + 1, |e| e.seq + 1),
+                    event_id: None,
+                    kind: chain::BreakKind::SeqGap,
+                    detail: "events missing before the prune point".into(),
+                }),
+            };
+            if let Some(b) = broken {
+                tracing::error!(target: "sessiongate::audit", { audit.chain = %head.chain, audit.break = %b }, "refusing to prune a broken chain");
+                report.refused.push(b);
+                continue;
+            }
+            if let Some(l) = last {
+                let anchor = Anchor {
+                    chain: head.chain.clone(),
+                    seq: l.seq,
+                    hash: l.hash,
+                };
+                plan.push((head, anchor));
+            }
+        }
+        if plan.is_empty() {
+            return Ok(report);
+        }
+        // 2. Under the write lock: delete, move anchors, write one checkpoint listing every
+        //    anchor, commit — all or nothing.
+        let is_pg = self.is_postgres();
+        let head_sql = self.head_sql();
+        let checkpoint = with_pool!(&self.db, p => {
+            let mut tx = p.begin_with(self.begin_sql()).await.map_err(db_err)?;
+            if is_pg {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(PG_LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+            }
+            let mut deleted = 0u64;
+            for (head, anchor) in &plan {
+                // Another retention run may have moved this anchor meanwhile: skip then.
+                let res = sqlx::query(
+                    "UPDATE audit_chains SET anchor_seq = $1, anchor_hash = $2 \
+                     WHERE chain = $3 AND anchor_seq = $4",
+                )
+                .bind(anchor.seq)
+                .bind(&anchor.hash)
+                .bind(&anchor.chain)
+                .bind(head.anchor_seq)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                if res.rows_affected() != 1 {
+                    continue;
+                }
+                let res = sqlx::query("DELETE FROM audit_events WHERE chain = $1 AND seq <= $2")
+                    .bind(&anchor.chain)
+                    .bind(anchor.seq)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                deleted += res.rows_affected();
+            }
+            if deleted == 0 {
+                // Nothing done (anchors moved by a concurrent run): roll back.
+                tx.rollback().await.map_err(db_err)?;
+                return Ok(report);
+            }
+            let rows = sqlx::query(HEADS_SQL).fetch_all(&mut *tx).await.map_err(db_err)?;
+            let anchors: Vec<Anchor> = rows
+                .iter()
+                .map(head_from_row)
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .filter(|h| h.anchor_seq > 0)
+                .map(|h| Anchor { chain: h.chain, seq: h.anchor_seq, hash: h.anchor_hash })
+                .collect();
+            let ev = NewEvent {
+                kind: Some(EventKind::Checkpoint),
+                request_id: format!("retention-{}", uuid::Uuid::now_v7()),
+                actor: Actor {
+                    id: "system:retention".into(),
+                    ..Default::default()
+                },
+                action: "checkpoint".into(),
+                params: serde_json::json!({
+                    "cutoff_us": cutoff_us,
+                    "deleted": deleted,
+                    "anchors": anchors,
+                }),
+                outcome: "ok".into(),
+                ..Default::default()
+            };
+            let mut out = append_in_tx!(tx, head_sql, own, vec![ev]);
+            tx.commit().await.map_err(db_err)?;
+            report.deleted = deleted;
+            report.anchors = anchors;
+            out.pop()
+        });
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        report.checkpoint = checkpoint;
+        Ok(report)
+    }
+}
+
+impl SqlStore {
     async fn select_events(
         &self,
         sql: &str,
@@ -950,138 +1111,26 @@ impl AuditStore for SqlStore {
     }
 
     async fn prune(&self, older_than: OffsetDateTime) -> Result<PruneReport, AuditError> {
-        let Some(own) = self.chain.as_deref() else {
+        if self.chain.is_none() {
             return Err(AuditError::Unavailable(
                 "prune needs a writer (store opened read-only)".into(),
             ));
-        };
-        let cutoff = older_than.min(OffsetDateTime::now_utc());
-        let cutoff_us = unix_micros(cutoff);
-        let mut report = PruneReport::default();
-        // 1. Outside the write lock: pick each chain's prune point and verify the prefix that
-        //    is about to be deleted (never destroy evidence of tampering).
-        let mut plan: Vec<(ChainHead, Anchor)> = Vec::new();
-        for head in self.heads().await? {
-            let first_kept: Option<i64> = with_pool!(&self.db, p => {
-                sqlx::query_scalar::<_, Option<i64>>(
-                    "SELECT MIN(seq) FROM audit_events WHERE chain = $1 AND seq > $2 \
-                     AND ts_us >= $3",
-                )
-                .bind(&head.chain)
-                .bind(head.anchor_seq)
-                .bind(cutoff_us)
-                .fetch_one(p)
-                .await
-                .map_err(db_err)?
-            });
-            let through = first_kept.map_or(head.head_seq, |s| s - 1);
-            if through <= head.anchor_seq {
-                continue;
+        }
+        let cutoff_us = unix_micros(older_than.min(OffsetDateTime::now_utc()));
+        let mut total = PruneReport::default();
+        loop {
+            let skip: HashSet<String> = total.refused.iter().map(|b| b.chain.clone()).collect();
+            let r = self.prune_once(cutoff_us, &skip).await?;
+            total.refused.extend(r.refused);
+            total.deleted += r.deleted;
+            if r.checkpoint.is_some() {
+                total.anchors = r.anchors;
+                total.checkpoint = r.checkpoint;
             }
-            let mut v = Verifier::new(head.clone());
-            let last = self
-                .walk(&mut v, &head.chain, head.anchor_seq, through)
-                .await?;
-            let broken = match (&last, v.is_broken()) {
-                (_, true) => v.finish(&HashSet::new()).broken,
-                (Some(l), false) if l.seq == through => None,
-                (l, false) => Some(ChainBreak {
-                    chain: head.chain.clone(),
-                    seq: l.as_ref().map_or(head.anchor_seq + 1, |e| e.seq + 1),
-                    event_id: None,
-                    kind: chain::BreakKind::SeqGap,
-                    detail: "events missing before the prune point".into(),
-                }),
-            };
-            if let Some(b) = broken {
-                tracing::error!(target: "sessiongate::audit", { audit.chain = %head.chain, audit.break = %b }, "refusing to prune a broken chain");
-                report.refused.push(b);
-                continue;
-            }
-            if let Some(l) = last {
-                let anchor = Anchor {
-                    chain: head.chain.clone(),
-                    seq: l.seq,
-                    hash: l.hash,
-                };
-                plan.push((head, anchor));
+            if r.deleted == 0 {
+                return Ok(total);
             }
         }
-        if plan.is_empty() {
-            return Ok(report);
-        }
-        // 2. Under the write lock: delete, move anchors, write one checkpoint listing every
-        //    anchor, commit — all or nothing.
-        let is_pg = self.is_postgres();
-        let head_sql = self.head_sql();
-        let checkpoint = with_pool!(&self.db, p => {
-            let mut tx = p.begin_with(self.begin_sql()).await.map_err(db_err)?;
-            if is_pg {
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(PG_LOCK_KEY)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-            }
-            let mut deleted = 0u64;
-            for (head, anchor) in &plan {
-                // Another retention run may have moved this anchor meanwhile: skip then.
-                let res = sqlx::query(
-                    "UPDATE audit_chains SET anchor_seq = $1, anchor_hash = $2 \
-                     WHERE chain = $3 AND anchor_seq = $4",
-                )
-                .bind(anchor.seq)
-                .bind(&anchor.hash)
-                .bind(&anchor.chain)
-                .bind(head.anchor_seq)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                if res.rows_affected() != 1 {
-                    continue;
-                }
-                let res = sqlx::query("DELETE FROM audit_events WHERE chain = $1 AND seq <= $2")
-                    .bind(&anchor.chain)
-                    .bind(anchor.seq)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                deleted += res.rows_affected();
-            }
-            let rows = sqlx::query(HEADS_SQL).fetch_all(&mut *tx).await.map_err(db_err)?;
-            let anchors: Vec<Anchor> = rows
-                .iter()
-                .map(head_from_row)
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
-                .filter(|h| h.anchor_seq > 0)
-                .map(|h| Anchor { chain: h.chain, seq: h.anchor_seq, hash: h.anchor_hash })
-                .collect();
-            let ev = NewEvent {
-                kind: Some(EventKind::Checkpoint),
-                request_id: format!("retention-{}", uuid::Uuid::now_v7()),
-                actor: Actor {
-                    id: "system:retention".into(),
-                    ..Default::default()
-                },
-                action: "checkpoint".into(),
-                params: serde_json::json!({
-                    "cutoff_us": cutoff_us,
-                    "deleted": deleted,
-                    "anchors": anchors,
-                }),
-                outcome: "ok".into(),
-                ..Default::default()
-            };
-            let mut out = append_in_tx!(tx, head_sql, own, vec![ev]);
-            tx.commit().await.map_err(db_err)?;
-            report.deleted = deleted;
-            report.anchors = anchors;
-            out.pop()
-        });
-        self.transactions.fetch_add(1, Ordering::Relaxed);
-        report.checkpoint = checkpoint;
-        Ok(report)
     }
 
     async fn read_oldest_first(

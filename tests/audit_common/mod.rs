@@ -619,6 +619,31 @@ pub async fn retention_twice_and_everything(env: Env) {
     env.close().await;
 }
 
+pub async fn retention_in_chunks(env: Env) {
+    let loc = audit::Location::parse(&env.cfg.url, env.dir.path());
+    let mut store = audit::SqlStore::connect(&loc, Duration::from_secs(3), true)
+        .await
+        .unwrap();
+    store.claim_chain("gw-test").await.unwrap();
+    store.set_prune_chunk(4);
+    let log = AuditLog::with_options(std::sync::Arc::new(store), 64, Duration::from_secs(3));
+    let stored = record_n(&log, 30).await;
+    let cutoff = stored[25].time;
+    let expect = stored.iter().filter(|e| e.time < cutoff).count();
+    let r = log.prune(cutoff).await.unwrap();
+    assert_eq!(r.deleted as usize, expect);
+    assert_eq!(r.anchors[0].seq, i64::try_from(expect).unwrap());
+    let left = log.all_events().await.unwrap();
+    let checkpoints = left
+        .iter()
+        .filter(|e| e.event.kind == Some(EventKind::Checkpoint))
+        .count();
+    assert_eq!(checkpoints, expect.div_ceil(4));
+    let v = log.verify().await.unwrap();
+    assert!(v.ok, "{v:#?}");
+    env.close().await;
+}
+
 pub async fn prune_refuses_broken_prefix(env: Env) {
     let log = env.open().await;
     let stored = record_n(&log, 10).await;
