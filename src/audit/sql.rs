@@ -50,11 +50,31 @@ const COLS: &str = "id, chain, seq, ts_us, kind, request_id, actor_id, actor_dis
      target_user, params, ticket, outcome, error_code, http_status, upstream_status, duration_ms, \
      prev_hash, hash";
 
-const INSERT_SQL: &str = "INSERT INTO audit_events (id, chain, seq, ts_us, kind, request_id, \
-     actor_id, actor_display, actor_auth_method, actor_roles, client_addr, method, route, action, \
-     pool, host, session_id, target_user, params, ticket, outcome, error_code, http_status, \
-     upstream_status, duration_ms, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-     $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)";
+/// Number of columns in [`COLS`].
+const NCOLS: usize = 27;
+
+/// Events per INSERT statement (27 binds each: within SQLite's 32766 and PostgreSQL's 65535).
+const INSERT_CHUNK: usize = 256;
+
+/// `INSERT INTO audit_events (COLS) VALUES ($1, …, $27), ($28, …), …` for `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    let mut sql = format!("INSERT INTO audit_events ({COLS}) VALUES ");
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..NCOLS {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(r * NCOLS + c + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
 
 const HEADS_SQL: &str = "SELECT chain, head_seq, head_hash, anchor_seq, anchor_hash \
      FROM audit_chains ORDER BY chain";
@@ -735,42 +755,45 @@ macro_rules! append_in_tx {
                 hash: String::new(),
             };
             stored.hash = chain::event_hash(&stored);
-            let e = &stored.event;
-            let roles = serde_json::to_string(&e.actor.roles).unwrap_or_else(|_| "[]".into());
-            let params = serde_json::to_string(&e.params).unwrap_or_else(|_| "null".into());
-            sqlx::query(INSERT_SQL)
-                .bind(&stored.id)
-                .bind(&stored.chain)
-                .bind(stored.seq)
-                .bind(ts_us)
-                .bind(e.kind.map(|k| k.as_str()))
-                .bind(&e.request_id)
-                .bind(&e.actor.id)
-                .bind(&e.actor.display)
-                .bind(&e.actor.auth_method)
-                .bind(roles)
-                .bind(&e.client_addr)
-                .bind(&e.method)
-                .bind(&e.route)
-                .bind(&e.action)
-                .bind(&e.target.pool)
-                .bind(&e.target.host)
-                .bind(e.target.session_id.map(i64::from))
-                .bind(&e.target.user)
-                .bind(params)
-                .bind(e.ticket())
-                .bind(&e.outcome)
-                .bind(&e.error_code)
-                .bind(e.http_status.map(i32::from))
-                .bind(e.upstream_status.map(i32::from))
-                .bind(e.duration_ms.map(|d| i64::try_from(d).unwrap_or(i64::MAX)))
-                .bind(&stored.prev_hash)
-                .bind(&stored.hash)
-                .execute(&mut *$tx)
-                .await
-                .map_err(db_err)?;
             prev = stored.hash.clone();
             out.push(stored);
+        }
+        // Multi-row INSERTs: one statement per INSERT_CHUNK events.
+        for chunk in out.chunks(INSERT_CHUNK) {
+            let sql = insert_sql(chunk.len());
+            let mut q = sqlx::query(&sql).persistent(chunk.len() == 1);
+            for stored in chunk {
+                let e = &stored.event;
+                q = q
+                    .bind(&stored.id)
+                    .bind(&stored.chain)
+                    .bind(stored.seq)
+                    .bind(unix_micros(stored.time))
+                    .bind(e.kind.map(|k| k.as_str()))
+                    .bind(&e.request_id)
+                    .bind(&e.actor.id)
+                    .bind(&e.actor.display)
+                    .bind(&e.actor.auth_method)
+                    .bind(serde_json::to_string(&e.actor.roles).unwrap_or_else(|_| "[]".into()))
+                    .bind(&e.client_addr)
+                    .bind(&e.method)
+                    .bind(&e.route)
+                    .bind(&e.action)
+                    .bind(&e.target.pool)
+                    .bind(&e.target.host)
+                    .bind(e.target.session_id.map(i64::from))
+                    .bind(&e.target.user)
+                    .bind(serde_json::to_string(&e.params).unwrap_or_else(|_| "null".into()))
+                    .bind(e.ticket())
+                    .bind(&e.outcome)
+                    .bind(&e.error_code)
+                    .bind(e.http_status.map(i32::from))
+                    .bind(e.upstream_status.map(i32::from))
+                    .bind(e.duration_ms.map(|d| i64::try_from(d).unwrap_or(i64::MAX)))
+                    .bind(&stored.prev_hash)
+                    .bind(&stored.hash);
+            }
+            q.execute(&mut *$tx).await.map_err(db_err)?;
         }
         sqlx::query("UPDATE audit_chains SET head_seq = $1, head_hash = $2 WHERE chain = $3")
             .bind(seq)
@@ -1220,6 +1243,15 @@ mod tests {
         }
         let inj = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("v1:1:' OR 1=1 --");
         assert!(decode_cursor(&inj).is_err());
+    }
+
+    #[test]
+    fn insert_sql_shape() {
+        assert_eq!(COLS.split(',').count(), NCOLS);
+        let one = insert_sql(1);
+        assert!(one.ends_with("$26, $27)"));
+        let two = insert_sql(2);
+        assert!(two.ends_with("), ($28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49, $50, $51, $52, $53, $54)"));
     }
 
     #[test]
