@@ -97,7 +97,7 @@ pub trait AuditStore: Send + Sync {
 /// max_batch = 256                  # events per group commit
 /// write_timeout_ms = 3000          # record() gives up (Unavailable) after this
 /// ```
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditConfig {
     /// `sqlite://PATH`, `postgres://...` or a bare path; relative paths are under the data
