@@ -46,8 +46,10 @@ pub struct PruneReport {
     pub deleted: u64,
     /// Every chain's anchor after the run (recorded in the checkpoint event).
     pub anchors: Vec<Anchor>,
-    /// The checkpoint event written (none when nothing was old enough).
+    /// The last checkpoint event written (none when nothing was old enough).
     pub checkpoint: Option<AuditEvent>,
+    /// Every checkpoint event written (one per retention transaction).
+    pub checkpoints: Vec<AuditEvent>,
     /// Chains not pruned because the part to delete does not verify (kept as evidence).
     pub refused: Vec<ChainBreak>,
 }
@@ -161,9 +163,11 @@ impl AuditConfig {
         if let Some(r) = &self.replica {
             validate_replica(r)?;
         }
-        if self.retention_days == Some(0) {
+        if let Some(d) = self.retention_days
+            && !(1..=36_500).contains(&d)
+        {
             return Err(
-                "audit.retention_days must be at least 1 (leave it unset to keep everything)"
+                "audit.retention_days must be between 1 and 36500 (leave it unset to keep everything)"
                     .into(),
             );
         }
@@ -361,7 +365,7 @@ impl AuditLog {
     /// Retention: deletes events older than `older_than`, first writing a checkpoint.
     pub async fn prune(&self, older_than: OffsetDateTime) -> Result<PruneReport, AuditError> {
         let r = self.inner.store.prune(older_than).await?;
-        if let Some(cp) = &r.checkpoint {
+        for cp in &r.checkpoints {
             emit(cp);
         }
         Ok(r)
@@ -401,7 +405,10 @@ impl AuditLog {
             loop {
                 let Some(inner) = weak.upgrade() else { return };
                 let log = AuditLog { inner };
-                let cutoff = OffsetDateTime::now_utc() - keep;
+                let cutoff = time::Duration::try_from(keep)
+                    .ok()
+                    .and_then(|k| OffsetDateTime::now_utc().checked_sub(k))
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH);
                 match log.prune(cutoff).await {
                     Ok(r) => tracing::info!(
                         target: "sessiongate::audit",
@@ -745,5 +752,12 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().unwrap_err().contains("audit.replica"));
+        for days in [0, 40_000] {
+            let c = AuditConfig {
+                retention_days: Some(days),
+                ..Default::default()
+            };
+            assert!(c.validate().unwrap_err().contains("audit.retention_days"));
+        }
     }
 }

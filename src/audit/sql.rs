@@ -1146,9 +1146,10 @@ impl AuditStore for SqlStore {
             let r = self.prune_once(cutoff_us, &skip).await?;
             total.refused.extend(r.refused);
             total.deleted += r.deleted;
-            if r.checkpoint.is_some() {
+            if let Some(cp) = r.checkpoint {
                 total.anchors = r.anchors;
-                total.checkpoint = r.checkpoint;
+                total.checkpoints.push(cp.clone());
+                total.checkpoint = Some(cp);
             }
             if r.deleted == 0 {
                 return Ok(total);

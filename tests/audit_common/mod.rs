@@ -654,6 +654,8 @@ pub async fn retention_in_chunks(env: Env) {
         .filter(|e| e.event.kind == Some(EventKind::Checkpoint))
         .count();
     assert_eq!(checkpoints, expect.div_ceil(4));
+    assert_eq!(r.checkpoints.len(), checkpoints);
+    assert_eq!(r.checkpoints.last(), r.checkpoint.as_ref());
     let v = log.verify().await.unwrap();
     assert!(v.ok, "{v:#?}");
     env.close().await;
