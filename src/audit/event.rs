@@ -14,6 +14,32 @@ pub enum EventKind {
     Intent,
     /// The result of an action (done, already_gone, would_do, refused, failed).
     Outcome,
+    /// Written by retention before old events are deleted: records, for every chain, the
+    /// last pruned position (`seq`, `hash`) from which verification of what remains starts.
+    Checkpoint,
+}
+
+impl EventKind {
+    /// The stored / hashed spelling (same as the JSON one).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Request => "request",
+            EventKind::Intent => "intent",
+            EventKind::Outcome => "outcome",
+            EventKind::Checkpoint => "checkpoint",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "request" => EventKind::Request,
+            "intent" => EventKind::Intent,
+            "outcome" => EventKind::Outcome,
+            "checkpoint" => EventKind::Checkpoint,
+            _ => return None,
+        })
+    }
 }
 
 /// Who made the call.
@@ -63,6 +89,18 @@ pub struct NewEvent {
     pub http_status: Option<u16>,
     pub upstream_status: Option<u16>,
     pub duration_ms: Option<u64>,
+}
+
+impl NewEvent {
+    /// The change/incident ticket of the call, taken from `params.ticket` (string or number).
+    /// Stored in its own column so `GET /audit?ticket=` is an indexed lookup.
+    pub fn ticket(&self) -> Option<String> {
+        match self.params.get("ticket")? {
+            serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
 }
 
 /// An event as stored: position in its chain and hashes.

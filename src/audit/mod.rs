@@ -5,13 +5,29 @@
 //! - [`AuditLog::record`]: append one event; returns once it is durably committed.
 //! - [`AuditLog::query`]: filtered, cursor-paginated read for `GET /audit`.
 //! - [`AuditLog::healthy`]: whether the store currently accepts writes.
+//!
+//! Opening: [`open`] with an [`AuditConfig`] (`[audit]` in the TOML config). Operations:
+//! [`AuditLog::verify`], [`AuditLog::prune`], [`AuditLog::export_jsonl`], and the CLI helpers
+//! [`cli_verify`] / [`cli_export`]. Design and formats: `docs/audit.md`.
 
+pub mod chain;
 pub mod event;
+pub mod sql;
 
+pub use chain::{Anchor, BreakKind, ChainBreak, ChainStatus, GENESIS_HASH, VerifyReport};
 pub use event::{Actor, AuditEvent, AuditPage, AuditQuery, EventKind, NewEvent, Target};
+pub use sql::{Location, SqlStore};
 
 use async_trait::async_trait;
-use std::sync::Arc;
+use serde::Deserialize;
+use std::future::Future as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuditError {
@@ -23,6 +39,21 @@ pub enum AuditError {
     BadQuery(String),
 }
 
+/// What a retention run did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct PruneReport {
+    /// Events deleted.
+    pub deleted: u64,
+    /// Every chain's anchor after the run (recorded in the checkpoint event).
+    pub anchors: Vec<Anchor>,
+    /// The last checkpoint event written (none when nothing was old enough).
+    pub checkpoint: Option<AuditEvent>,
+    /// Every checkpoint event written (one per retention transaction).
+    pub checkpoints: Vec<AuditEvent>,
+    /// Chains not pruned because the part to delete does not verify (kept as evidence).
+    pub refused: Vec<ChainBreak>,
+}
+
 /// A place events are durably kept.
 #[async_trait]
 pub trait AuditStore: Send + Sync {
@@ -30,36 +61,704 @@ pub trait AuditStore: Send + Sync {
     /// as stored. Returns only after the commit is durable.
     async fn append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<AuditEvent>, AuditError>;
     async fn query(&self, q: &AuditQuery) -> Result<AuditPage, AuditError>;
+
+    /// The chain this store writes, if it writes.
+    fn chain(&self) -> Option<String> {
+        None
+    }
+    /// A cheap write that proves the store takes commits again (used while unhealthy).
+    async fn probe(&self) -> Result<(), AuditError> {
+        Ok(())
+    }
+    /// Walks every chain; reports the first break of each.
+    async fn verify(&self) -> Result<VerifyReport, AuditError> {
+        Err(AuditError::Unavailable("this store cannot verify".into()))
+    }
+    /// Deletes events older than `older_than` after writing a checkpoint.
+    async fn prune(&self, _older_than: OffsetDateTime) -> Result<PruneReport, AuditError> {
+        Err(AuditError::Unavailable("this store cannot prune".into()))
+    }
+    /// Every event (all chains) oldest first by `(time, id)`, from `since`, after `cursor`.
+    async fn read_oldest_first(
+        &self,
+        _since: Option<OffsetDateTime>,
+        _cursor: Option<&str>,
+        _limit: u32,
+    ) -> Result<AuditPage, AuditError> {
+        Err(AuditError::Unavailable("this store cannot export".into()))
+    }
+}
+
+/// `[audit]` in the TOML config.
+///
+/// ```toml
+/// [audit]
+/// url = "sqlite://audit.sqlite3"   # or a bare path, or "postgres://user@host/db"; "" = DATA_DIR/audit.sqlite3
+/// replica = "gw-1"                 # chain id of this instance (PostgreSQL: one per replica)
+/// retention_days = 400             # unset = keep forever
+/// max_batch = 256                  # events per group commit
+/// write_timeout_ms = 3000          # record() gives up (Unavailable) after this
+/// ```
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// `sqlite://PATH`, `postgres://...` or a bare path; relative paths are under the data
+    /// directory; empty means `DATA_DIR/audit.sqlite3`.
+    pub url: String,
+    /// Chain id of this instance. Unset: `local` on SQLite; a fresh generated id on
+    /// PostgreSQL (each start is a new chain).
+    pub replica: Option<String>,
+    /// Delete events older than this many days (a checkpoint keeps the rest verifiable).
+    pub retention_days: Option<u32>,
+    /// Most events committed in one transaction.
+    pub max_batch: usize,
+    /// Bound on how long `record` waits for a durable commit.
+    pub write_timeout_ms: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            replica: None,
+            retention_days: None,
+            max_batch: 256,
+            write_timeout_ms: 3000,
+        }
+    }
+}
+
+impl std::fmt::Debug for AuditConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditConfig")
+            .field("url", &redact_url(&self.url))
+            .field("replica", &self.replica)
+            .field("retention_days", &self.retention_days)
+            .field("max_batch", &self.max_batch)
+            .field("write_timeout_ms", &self.write_timeout_ms)
+            .finish()
+    }
+}
+
+/// The URL with any password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl AuditConfig {
+    /// Checks values; errors name the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_batch == 0 || self.max_batch > 10_000 {
+            return Err("audit.max_batch must be between 1 and 10000".into());
+        }
+        if self.write_timeout_ms == 0 || self.write_timeout_ms > 600_000 {
+            return Err("audit.write_timeout_ms must be between 1 and 600000".into());
+        }
+        if let Some(r) = &self.replica {
+            validate_replica(r)?;
+        }
+        if let Some(d) = self.retention_days
+            && !(1..=36_500).contains(&d)
+        {
+            return Err(
+                "audit.retention_days must be between 1 and 36500 (leave it unset to keep everything)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn validate_replica(r: &str) -> Result<(), String> {
+    if r.is_empty()
+        || r.len() > 64
+        || !r
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err("audit.replica must be 1-64 characters of A-Z a-z 0-9 - _ .".into());
+    }
+    Ok(())
+}
+
+/// Counters of the committer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AuditStats {
+    /// Batches committed (one transaction each).
+    pub commits: u64,
+    /// Events committed.
+    pub events: u64,
+    /// Batches that failed or timed out.
+    pub failed_batches: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    events: AtomicU64,
+    failed: AtomicU64,
+}
+
+struct Job {
+    ev: NewEvent,
+    reply: oneshot::Sender<Result<AuditEvent, AuditError>>,
+}
+
+struct Inner {
+    store: Arc<dyn AuditStore>,
+    tx: Option<mpsc::Sender<Job>>,
+    healthy: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+    write_timeout: Duration,
 }
 
 /// Handle used by the service: cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    store: Arc<dyn AuditStore>,
+    inner: Arc<Inner>,
 }
 
+/// While unhealthy and idle, the committer probes the store this often.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often retention runs (it also runs at start).
+const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+
 impl AuditLog {
+    /// A log over `store` with the default batch size and write timeout. Inside a tokio
+    /// runtime it starts the group committer; outside one, every record is its own commit.
     pub fn new(store: Arc<dyn AuditStore>) -> Self {
-        Self { store }
+        let d = AuditConfig::default();
+        Self::with_options(
+            store,
+            d.max_batch,
+            Duration::from_millis(d.write_timeout_ms),
+        )
+    }
+
+    /// A log over `store`, committing up to `max_batch` events per transaction, and failing
+    /// `record` with `Unavailable` after `write_timeout`.
+    pub fn with_options(
+        store: Arc<dyn AuditStore>,
+        max_batch: usize,
+        write_timeout: Duration,
+    ) -> Self {
+        let healthy = Arc::new(AtomicBool::new(true));
+        let counters = Arc::new(Counters::default());
+        let tx = match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let (tx, rx) = mpsc::channel(max_batch.max(1) * 16);
+                rt.spawn(committer(
+                    store.clone(),
+                    rx,
+                    healthy.clone(),
+                    counters.clone(),
+                    max_batch.max(1),
+                    write_timeout,
+                ));
+                Some(tx)
+            }
+            Err(_) => None,
+        };
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                tx,
+                healthy,
+                counters,
+                write_timeout,
+            }),
+        }
     }
 
     /// Records one event durably. Also emits it as one structured log line on the
     /// `sessiongate::audit` tracing target.
     pub async fn record(&self, ev: NewEvent) -> Result<AuditEvent, AuditError> {
-        let mut v = self.store.append_batch(vec![ev]).await?;
-        let stored = v
-            .pop()
-            .ok_or_else(|| AuditError::Unavailable("store returned no event".into()))?;
-        tracing::info!(target: "sessiongate::audit", event = %serde_json::to_string(&stored).unwrap_or_default(), "audit event");
-        Ok(stored)
+        let inner = &self.inner;
+        let deadline = tokio::time::Instant::now() + inner.write_timeout;
+        let result = match &inner.tx {
+            Some(tx) => {
+                let (reply, rx) = oneshot::channel();
+                match tokio::time::timeout_at(deadline, tx.send(Job { ev, reply })).await {
+                    Err(_) => Err(AuditError::Unavailable(
+                        "audit write queue full (timed out)".into(),
+                    )),
+                    Ok(Err(_)) => Err(AuditError::Unavailable("audit committer stopped".into())),
+                    Ok(Ok(())) => match tokio::time::timeout_at(deadline, rx).await {
+                        Err(_) => Err(AuditError::Unavailable(format!(
+                            "no durable commit within {} ms",
+                            inner.write_timeout.as_millis()
+                        ))),
+                        Ok(Err(_)) => {
+                            Err(AuditError::Unavailable("audit committer stopped".into()))
+                        }
+                        Ok(Ok(r)) => r,
+                    },
+                }
+            }
+            None => {
+                match tokio::time::timeout_at(deadline, inner.store.append_batch(vec![ev])).await {
+                    Err(_) => Err(AuditError::Unavailable("audit write timed out".into())),
+                    Ok(r) => r.and_then(|mut v| {
+                        v.pop().ok_or_else(|| {
+                            AuditError::Unavailable("store returned no event".into())
+                        })
+                    }),
+                }
+            }
+        };
+        match result {
+            Ok(stored) => {
+                inner.healthy.store(true, Ordering::Relaxed);
+                emit(&stored);
+                Ok(stored)
+            }
+            Err(e) => {
+                if matches!(e, AuditError::Unavailable(_)) {
+                    inner.healthy.store(false, Ordering::Relaxed);
+                }
+                tracing::warn!(target: "sessiongate::audit", error = %e, "audit record failed");
+                Err(e)
+            }
+        }
     }
 
     pub async fn query(&self, q: &AuditQuery) -> Result<AuditPage, AuditError> {
-        self.store.query(q).await
+        self.inner.store.query(q).await
     }
 
+    /// False from the first failed or timed-out write until a write succeeds again.
     pub fn healthy(&self) -> bool {
-        true
+        self.inner.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Committer counters (each commit is one transaction).
+    pub fn stats(&self) -> AuditStats {
+        let c = &self.inner.counters;
+        AuditStats {
+            commits: c.commits.load(Ordering::Relaxed),
+            events: c.events.load(Ordering::Relaxed),
+            failed_batches: c.failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The chain this instance writes.
+    pub fn chain(&self) -> Option<String> {
+        self.inner.store.chain()
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> Arc<dyn AuditStore> {
+        self.inner.store.clone()
+    }
+
+    /// Walks every chain in the store.
+    pub async fn verify(&self) -> Result<VerifyReport, AuditError> {
+        self.inner.store.verify().await
+    }
+
+    /// Retention: deletes events older than `older_than`, first writing a checkpoint.
+    pub async fn prune(&self, older_than: OffsetDateTime) -> Result<PruneReport, AuditError> {
+        let r = self.inner.store.prune(older_than).await?;
+        for cp in &r.checkpoints {
+            emit(cp);
+        }
+        Ok(r)
+    }
+
+    /// Writes every event since `since` (all chains) as JSON lines, oldest first.
+    pub async fn export_jsonl(
+        &self,
+        since: Option<OffsetDateTime>,
+        out: impl AsyncWrite + Unpin,
+    ) -> Result<u64, AuditError> {
+        export_jsonl(self.inner.store.as_ref(), since, out).await
+    }
+
+    /// Every stored event, oldest first (tests, benchmarks, crash checks).
+    pub async fn all_events(&self) -> Result<Vec<AuditEvent>, AuditError> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self
+                .inner
+                .store
+                .read_oldest_first(None, cursor.as_deref(), 5000)
+                .await?;
+            out.extend(page.events);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Runs retention now and then every hour while the log is alive.
+    pub fn spawn_retention(&self, keep: Duration) {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let log = AuditLog { inner };
+                let cutoff = time::Duration::try_from(keep)
+                    .ok()
+                    .and_then(|k| OffsetDateTime::now_utc().checked_sub(k))
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+                match log.prune(cutoff).await {
+                    Ok(r) => tracing::info!(
+                        target: "sessiongate::audit",
+                        { audit.deleted = r.deleted, audit.refused = r.refused.len() },
+                        "audit retention run"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(target: "sessiongate::audit", error = %e, "audit retention failed")
+                    }
+                }
+                drop(log);
+                tokio::time::sleep(RETENTION_INTERVAL).await;
+            }
+        });
+    }
+}
+
+/// One structured log line per recorded event.
+fn emit(ev: &AuditEvent) {
+    let e = &ev.event;
+    tracing::info!(
+        target: "sessiongate::audit", { audit.id = %ev.id,
+        audit.chain = %ev.chain,
+        audit.seq = ev.seq,
+        audit.time = %ev.time,
+        audit.kind = e.kind.map(|k| k.as_str()),
+        audit.request_id = %e.request_id,
+        audit.actor = %e.actor.id,
+        audit.auth_method = e.actor.auth_method.as_deref(),
+        audit.client_addr = e.client_addr.as_deref(),
+        audit.method = e.method.as_deref(),
+        audit.route = e.route.as_deref(),
+        audit.action = %e.action,
+        audit.pool = e.target.pool.as_deref(),
+        audit.host = e.target.host.as_deref(),
+        audit.session_id = e.target.session_id,
+        audit.user = e.target.user.as_deref(),
+        audit.ticket = e.ticket().as_deref(),
+        audit.params = %e.params,
+        audit.outcome = %e.outcome,
+        audit.error_code = e.error_code.as_deref(),
+        audit.http_status = e.http_status,
+        audit.upstream_status = e.upstream_status,
+        audit.duration_ms = e.duration_ms,
+        audit.hash = %ev.hash }, "audit event");
+}
+
+/// The group committer: takes whatever is waiting (up to `max_batch`), appends it in one
+/// transaction, answers every caller. A failed batch is answered with the error; the chain
+/// head is re-read from the store inside every transaction, so a failure leaves no gap.
+async fn committer(
+    store: Arc<dyn AuditStore>,
+    mut rx: mpsc::Receiver<Job>,
+    healthy: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+    max_batch: usize,
+    write_timeout: Duration,
+) {
+    loop {
+        let first = if healthy.load(Ordering::Relaxed) {
+            rx.recv().await
+        } else {
+            match tokio::time::timeout(PROBE_INTERVAL, rx.recv()).await {
+                Ok(j) => j,
+                Err(_) => {
+                    if let Ok(Ok(())) = tokio::time::timeout(write_timeout, store.probe()).await {
+                        tracing::info!(target: "sessiongate::audit", "audit store writable again");
+                        healthy.store(true, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+            }
+        };
+        let Some(first) = first else { return };
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        // Callers that already gave up (timed out) are not written: they were told
+        // Unavailable and will not act on it.
+        batch.retain(|j| !j.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let (events, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|j| (j.ev, j.reply)).unzip();
+        let n = events.len();
+        let res = match tokio::time::timeout(write_timeout, store.append_batch(events)).await {
+            Ok(Ok(stored)) if stored.len() == n => Ok(stored),
+            Ok(Ok(_)) => Err(AuditError::Unavailable(
+                "store returned a wrong number of events".into(),
+            )),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(AuditError::Unavailable(format!(
+                "commit did not finish within {} ms",
+                write_timeout.as_millis()
+            ))),
+        };
+        match res {
+            Ok(stored) => {
+                healthy.store(true, Ordering::Relaxed);
+                counters.commits.fetch_add(1, Ordering::Relaxed);
+                counters.events.fetch_add(n as u64, Ordering::Relaxed);
+                for (reply, ev) in replies.into_iter().zip(stored) {
+                    let _ = reply.send(Ok(ev));
+                }
+            }
+            Err(e) => {
+                healthy.store(false, Ordering::Relaxed);
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(target: "sessiongate::audit", error = %e, batch = n, "audit batch failed");
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Writes every event since `since` (all chains) as one JSON object per line, oldest first
+/// by `(time, id)`. Returns the number of events written.
+pub async fn export_jsonl(
+    store: &dyn AuditStore,
+    since: Option<OffsetDateTime>,
+    mut out: impl AsyncWrite + Unpin,
+) -> Result<u64, AuditError> {
+    let io = |e: std::io::Error| AuditError::Unavailable(format!("export write failed: {e}"));
+    let mut n = 0u64;
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store
+            .read_oldest_first(since, cursor.as_deref(), 1000)
+            .await?;
+        let mut buf = Vec::with_capacity(page.events.len() * 600);
+        for ev in &page.events {
+            serde_json::to_writer(&mut buf, ev)
+                .map_err(|e| AuditError::Unavailable(format!("export encode failed: {e}")))?;
+            buf.push(b'\n');
+            n += 1;
+        }
+        out.write_all(&buf).await.map_err(io)?;
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    out.flush().await.map_err(io)?;
+    Ok(n)
+}
+
+/// Standard output as an async writer (tokio's `io-std` feature is not enabled): writes go
+/// through a blocking task per chunk.
+fn tokio_stdout() -> impl AsyncWrite + Unpin {
+    StdoutWriter { pending: None }
+}
+
+struct StdoutWriter {
+    pending: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl AsyncWrite for StdoutWriter {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        if let Poll::Ready(r) = self.as_mut().poll_flush(cx) {
+            r?;
+        } else {
+            return Poll::Pending;
+        }
+        let data = buf.to_vec();
+        self.pending = Some(tokio::task::spawn_blocking(move || {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&data)?;
+            out.flush()
+        }));
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        match self.pending.as_mut() {
+            None => Poll::Ready(Ok(())),
+            Some(h) => match std::pin::Pin::new(h).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(r) => {
+                    self.pending = None;
+                    Poll::Ready(r.unwrap_or_else(|e| Err(std::io::Error::other(e))))
+                }
+            },
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}
+
+/// Opens the configured store (creating it and applying migrations), claims this instance's
+/// chain, starts the group committer and, when configured, retention.
+pub async fn open(cfg: &AuditConfig, data_dir: &Path) -> Result<AuditLog, AuditError> {
+    cfg.validate().map_err(AuditError::Unavailable)?;
+    let loc = Location::parse(&cfg.url, data_dir);
+    let timeout = Duration::from_millis(cfg.write_timeout_ms);
+    let mut store = SqlStore::connect(&loc, timeout, true).await?;
+    let chain = match &cfg.replica {
+        Some(r) => r.clone(),
+        None if store.is_postgres() => format!("replica-{}", uuid::Uuid::now_v7().simple()),
+        None => "local".to_owned(),
+    };
+    store.claim_chain(&chain).await?;
+    tracing::info!(
+        target: "sessiongate::audit", { audit.chain = %chain,
+        audit.backend = if store.is_postgres() { "postgres" } else { "sqlite" } }, "audit log open");
+    let log = AuditLog::with_options(Arc::new(store), cfg.max_batch, timeout);
+    if let Some(days) = cfg.retention_days.filter(|d| *d > 0) {
+        log.spawn_retention(Duration::from_secs(u64::from(days) * 86_400));
+    }
+    Ok(log)
+}
+
+/// Opens the store for reading only: no chain claimed, no committer. Does not create a
+/// missing SQLite file.
+pub async fn open_read_only(cfg: &AuditConfig, data_dir: &Path) -> Result<SqlStore, AuditError> {
+    let loc = Location::parse(&cfg.url, data_dir);
+    SqlStore::connect(
+        &loc,
+        Duration::from_millis(cfg.write_timeout_ms.max(1)),
+        false,
+    )
+    .await
+}
+
+/// Renders a verification report for people.
+pub fn render_report(r: &VerifyReport) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "audit verify: {} chain(s), {} event(s) checked",
+        r.chains.len(),
+        r.events_checked
+    );
+    for c in &r.chains {
+        match &c.broken {
+            None => {
+                let _ = writeln!(
+                    s,
+                    "  chain {}: ok ({} events after anchor seq {}, head seq {})",
+                    c.chain, c.events, c.anchor_seq, c.head_seq
+                );
+            }
+            Some(b) => {
+                let _ = writeln!(s, "  chain {}: BROKEN at {}", c.chain, b);
+            }
+        }
+    }
+    let _ = writeln!(s, "result: {}", if r.ok { "INTACT" } else { "BROKEN" });
+    s
+}
+
+/// `sessiongate audit verify`: prints the report; exit code 0 intact, 1 broken, 2 cannot open.
+pub async fn cli_verify(cfg: &AuditConfig, data_dir: &Path) -> i32 {
+    let store = match open_read_only(cfg, data_dir).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("audit verify: cannot open the audit store: {e}");
+            return 2;
+        }
+    };
+    match store.verify().await {
+        Ok(r) => {
+            print!("{}", render_report(&r));
+            if r.ok { 0 } else { 1 }
+        }
+        Err(e) => {
+            eprintln!("audit verify: cannot read the audit store: {e}");
+            2
+        }
+    }
+}
+
+/// `sessiongate audit export --format jsonl [--since T]`: writes to stdout; exit code 0 done,
+/// 1 failed midway, 2 cannot open or bad format.
+pub async fn cli_export(
+    cfg: &AuditConfig,
+    data_dir: &Path,
+    since: Option<OffsetDateTime>,
+    format: &str,
+) -> i32 {
+    if format != "jsonl" {
+        eprintln!("audit export: unsupported format {format:?} (supported: jsonl)");
+        return 2;
+    }
+    let store = match open_read_only(cfg, data_dir).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("audit export: cannot open the audit store: {e}");
+            return 2;
+        }
+    };
+    match export_jsonl(&store, since, tokio_stdout()).await {
+        Ok(n) => {
+            eprintln!("audit export: {n} event(s)");
+            0
+        }
+        Err(e) => {
+            eprintln!("audit export: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_unknown_keys() {
+        let c: AuditConfig = toml::from_str("").unwrap();
+        assert_eq!(c.max_batch, 256);
+        assert!(c.validate().is_ok());
+        let c: AuditConfig =
+            toml::from_str("url = \"postgres://u:secret@h/db\"\nreplica = \"gw-1\"").unwrap();
+        assert!(!format!("{c:?}").contains("secret"));
+        assert!(toml::from_str::<AuditConfig>("nope = 1").is_err());
+        let c = AuditConfig {
+            replica: Some("bad name".into()),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("audit.replica"));
+        for days in [0, 40_000] {
+            let c = AuditConfig {
+                retention_days: Some(days),
+                ..Default::default()
+            };
+            assert!(c.validate().unwrap_err().contains("audit.retention_days"));
+        }
     }
 }
 
