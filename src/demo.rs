@@ -141,7 +141,10 @@ pub fn demo_config(
 }
 
 fn default_data_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("sessiongate-demo-{}", uuid::Uuid::new_v4().simple()))
+    std::env::temp_dir().join(format!(
+        "sessiongate-demo-{}",
+        uuid::Uuid::new_v4().simple()
+    ))
 }
 
 pub async fn run(args: DemoArgs) -> u8 {
@@ -179,7 +182,10 @@ pub async fn run(args: DemoArgs) -> u8 {
             return 1;
         }
     };
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let app = match crate::app::build_app(&cfg).await {
         Ok(a) => a,
         Err(e) => {
@@ -302,7 +308,10 @@ mod tests {
     fn template_escapes_and_refuses_missing_values() {
         let mut v = HashMap::new();
         v.insert("A", "C:\\x \"q\"".to_string());
-        assert_eq!(render_template("a = \"@A@\"", &v).unwrap(), "a = \"C:\\\\x \\\"q\\\"\"");
+        assert_eq!(
+            render_template("a = \"@A@\"", &v).unwrap(),
+            "a = \"C:\\\\x \\\"q\\\"\""
+        );
         assert!(render_template("a = \"@B@\"", &v).is_err());
     }
 }

@@ -131,9 +131,38 @@ fn apikey_new(id: &str, roles: &[String], pools: &[String], expires: Option<&str
 }
 
 async fn audit(cmd: AuditCommand) -> u8 {
-    let _ = cmd;
-    eprintln!("error: audit tools are not available in this build");
-    2
+    let to_u8 = |c: i32| u8::try_from(c).unwrap_or(1);
+    match cmd {
+        AuditCommand::Verify { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            to_u8(crate::audit::cli_verify(&cfg.audit, &cfg.server.data_dir).await)
+        }
+        AuditCommand::Export {
+            config,
+            since,
+            format,
+        } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let since = match since.map(|s| {
+                time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
+                    .map_err(|e| format!("--since {s}: not an RFC 3339 time ({e})"))
+            }) {
+                None => None,
+                Some(Ok(t)) => Some(t),
+                Some(Err(e)) => {
+                    eprintln!("error: {e}");
+                    return 2;
+                }
+            };
+            to_u8(crate::audit::cli_export(&cfg.audit, &cfg.server.data_dir, since, &format).await)
+        }
+    }
 }
 
 async fn probe(url: &str) -> u8 {

@@ -761,16 +761,3 @@ mod tests {
         }
     }
 }
-
-/// Placeholder until the stores land.
-#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
-pub struct AuditConfig {
-    #[serde(default)]
-    pub url: String,
-}
-
-pub async fn open(_cfg: &AuditConfig, _data_dir: &std::path::Path) -> Result<AuditLog, AuditError> {
-    Err(AuditError::Unavailable(
-        "audit store not available in this build".into(),
-    ))
-}

@@ -71,7 +71,10 @@ impl TestApp {
     }
 
     pub fn session_url(&self, pool: &str, host: &str, id: u32) -> String {
-        format!("{}/hostpools/{pool}/sessionhosts/{host}/sessions/{id}", self.url)
+        format!(
+            "{}/hostpools/{pool}/sessionhosts/{host}/sessions/{id}",
+            self.url
+        )
     }
 
     pub async fn get(&self, key: &str, path: &str) -> reqwest::Response {
@@ -83,7 +86,12 @@ impl TestApp {
             .expect("request")
     }
 
-    pub async fn post(&self, key: &str, url: &str, body: Option<serde_json::Value>) -> reqwest::Response {
+    pub async fn post(
+        &self,
+        key: &str,
+        url: &str,
+        body: Option<serde_json::Value>,
+    ) -> reqwest::Response {
         let mut r = self.http.post(url).bearer_auth(key);
         if let Some(b) = body {
             r = r.json(&b);
