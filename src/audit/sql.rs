@@ -1246,6 +1246,33 @@ mod tests {
         assert!(decode_cursor(&inj).is_err());
     }
 
+    #[tokio::test]
+    async fn in_memory_store_records_and_verifies() {
+        let mut store = SqlStore::connect(&Location::SqliteMemory, Duration::from_secs(2), true)
+            .await
+            .unwrap();
+        store.claim_chain("mem").await.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+        let log = crate::audit::AuditLog::with_options(
+            std::sync::Arc::new(store),
+            8,
+            Duration::from_secs(2),
+        );
+        for i in 0..20 {
+            let ev = NewEvent {
+                request_id: format!("r{i}"),
+                action: "list_sessions".into(),
+                outcome: "ok".into(),
+                params: serde_json::json!({}),
+                ..Default::default()
+            };
+            log.record(ev).await.unwrap();
+        }
+        let r = log.verify().await.unwrap();
+        assert!(r.ok, "{r:#?}");
+        assert_eq!(r.events_checked, 20);
+    }
+
     #[test]
     fn insert_sql_shape() {
         assert_eq!(COLS.split(',').count(), NCOLS);
