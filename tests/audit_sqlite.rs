@@ -125,3 +125,18 @@ async fn cli_helpers_on_a_good_store() {
     );
     env.close().await;
 }
+
+/// A store migrated by a newer binary is refused, not written with an old schema.
+#[tokio::test]
+async fn newer_schema_is_refused() {
+    let env = Env::sqlite().await.unwrap();
+    env.raw
+        .exec("INSERT INTO audit_schema_version (version, description, applied_us) VALUES (99, 'future', 0)")
+        .await;
+    let err = sessiongate::audit::open(&env.cfg, env.dir.path())
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("newer"), "{err}");
+    env.close().await;
+}
