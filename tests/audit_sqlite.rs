@@ -14,6 +14,7 @@ audit_suite!(Env::sqlite;
     detects_swapped_rows,
     group_commit,
     store_down_and_recovery,
+    closed_pool_is_unavailable,
     retention,
     retention_twice_and_everything,
     retention_in_chunks,
