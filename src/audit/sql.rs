@@ -386,10 +386,11 @@ impl SqlStore {
                     .await
                     .map_err(db_err)?;
             }
-            sqlx::raw_sql(
+            sqlx::query(
                 "CREATE TABLE IF NOT EXISTS audit_schema_version (version BIGINT PRIMARY KEY, \
                  description TEXT NOT NULL, applied_us BIGINT NOT NULL)",
             )
+            .persistent(false)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
@@ -409,7 +410,14 @@ impl SqlStore {
                     continue;
                 }
                 let sql = if is_pg { *pg_sql } else { *sqlite_sql };
-                sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(db_err)?;
+                // One statement at a time (the migration texts hold no `;` inside literals).
+                for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                    sqlx::query(stmt)
+                        .persistent(false)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                }
                 sqlx::query(
                     "INSERT INTO audit_schema_version (version, description, applied_us) \
                      VALUES ($1, $2, $3)",
