@@ -15,6 +15,7 @@ audit_suite!(Env::postgres;
     detects_swapped_rows,
     group_commit,
     store_down_and_recovery,
+    closed_pool_is_unavailable,
     retention,
     retention_twice_and_everything,
     retention_in_chunks,

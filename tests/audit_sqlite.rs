@@ -14,6 +14,7 @@ audit_suite!(Env::sqlite;
     detects_swapped_rows,
     group_commit,
     store_down_and_recovery,
+    closed_pool_is_unavailable,
     retention,
     retention_twice_and_everything,
     retention_in_chunks,
@@ -123,5 +124,20 @@ async fn cli_helpers_on_a_good_store() {
         sessiongate::audit::cli_verify(&env.cfg, env.dir.path()).await,
         0
     );
+    env.close().await;
+}
+
+/// A store migrated by a newer binary is refused, not written with an old schema.
+#[tokio::test]
+async fn newer_schema_is_refused() {
+    let env = Env::sqlite().await.unwrap();
+    env.raw
+        .exec("INSERT INTO audit_schema_version (version, description, applied_us) VALUES (99, 'future', 0)")
+        .await;
+    let err = sessiongate::audit::open(&env.cfg, env.dir.path())
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("newer"), "{err}");
     env.close().await;
 }

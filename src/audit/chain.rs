@@ -7,7 +7,7 @@
 //! lowercase hex SHA-256 of the UTF-8 bytes of that text. The previous hash of the chain is one
 //! of the hashed keys (`prev_hash`), so every hash commits to the whole chain before it.
 
-use super::event::{AuditEvent, EventKind};
+use super::event::AuditEvent;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -462,15 +462,10 @@ impl Verifier {
     }
 }
 
-/// Whether a kind is a checkpoint.
-pub fn is_checkpoint(ev: &AuditEvent) -> bool {
-    ev.event.kind == Some(EventKind::Checkpoint)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::event::{Actor, NewEvent, Target};
+    use crate::audit::event::{Actor, EventKind, NewEvent, Target};
 
     fn chain_of(n: i64) -> Vec<AuditEvent> {
         let mut prev = GENESIS_HASH.to_owned();

@@ -738,6 +738,29 @@ pub async fn cli_export(
 mod tests {
     use super::*;
 
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The futures handlers await must be `Send` (axum, tokio::spawn).
+    #[tokio::test]
+    async fn futures_are_send() {
+        let mut store = SqlStore::connect(&Location::SqliteMemory, Duration::from_secs(1), true)
+            .await
+            .unwrap();
+        store.claim_chain("c").await.unwrap();
+        let log = AuditLog::new(Arc::new(store));
+        assert_send(&log.record(NewEvent::default()));
+        assert_send(&log.query(&AuditQuery::default()));
+        assert_send(&log.verify());
+        assert_send(&log.prune(OffsetDateTime::now_utc()));
+        assert_send(&log.export_jsonl(None, Vec::new()));
+        assert_send(&log.all_events());
+        let cfg = AuditConfig::default();
+        let dir = std::path::PathBuf::from("/nonexistent");
+        assert_send(&open(&cfg, &dir));
+        assert_send(&cli_verify(&cfg, &dir));
+        assert_send(&cli_export(&cfg, &dir, None, "jsonl"));
+    }
+
     #[test]
     fn config_defaults_and_unknown_keys() {
         let c: AuditConfig = toml::from_str("").unwrap();

@@ -386,10 +386,11 @@ impl SqlStore {
                     .await
                     .map_err(db_err)?;
             }
-            sqlx::raw_sql(
+            sqlx::query(
                 "CREATE TABLE IF NOT EXISTS audit_schema_version (version BIGINT PRIMARY KEY, \
                  description TEXT NOT NULL, applied_us BIGINT NOT NULL)",
             )
+            .persistent(false)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
@@ -409,7 +410,14 @@ impl SqlStore {
                     continue;
                 }
                 let sql = if is_pg { *pg_sql } else { *sqlite_sql };
-                sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(db_err)?;
+                // One statement at a time (the migration texts hold no `;` inside literals).
+                for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                    sqlx::query(stmt)
+                        .persistent(false)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                }
                 sqlx::query(
                     "INSERT INTO audit_schema_version (version, description, applied_us) \
                      VALUES ($1, $2, $3)",
@@ -1244,6 +1252,33 @@ mod tests {
         }
         let inj = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("v1:1:' OR 1=1 --");
         assert!(decode_cursor(&inj).is_err());
+    }
+
+    #[tokio::test]
+    async fn in_memory_store_records_and_verifies() {
+        let mut store = SqlStore::connect(&Location::SqliteMemory, Duration::from_secs(2), true)
+            .await
+            .unwrap();
+        store.claim_chain("mem").await.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+        let log = crate::audit::AuditLog::with_options(
+            std::sync::Arc::new(store),
+            8,
+            Duration::from_secs(2),
+        );
+        for i in 0..20 {
+            let ev = NewEvent {
+                request_id: format!("r{i}"),
+                action: "list_sessions".into(),
+                outcome: "ok".into(),
+                params: serde_json::json!({}),
+                ..Default::default()
+            };
+            log.record(ev).await.unwrap();
+        }
+        let r = log.verify().await.unwrap();
+        assert!(r.ok, "{r:#?}");
+        assert_eq!(r.events_checked, 20);
     }
 
     #[test]

@@ -564,6 +564,33 @@ pub async fn store_down_and_recovery(env: Env) {
     env.close().await;
 }
 
+pub async fn closed_pool_is_unavailable(env: Env) {
+    let loc = audit::Location::parse(&env.cfg.url, env.dir.path());
+    let mut store = audit::SqlStore::connect(&loc, Duration::from_millis(800), true)
+        .await
+        .unwrap();
+    store.claim_chain("gw-test").await.unwrap();
+    let store = std::sync::Arc::new(store);
+    let log = AuditLog::with_options(store.clone(), 64, Duration::from_millis(800));
+    record_n(&log, 2).await;
+    store.close().await;
+    let t0 = Instant::now();
+    let err = log.record(ev(2)).await.unwrap_err();
+    assert!(matches!(err, AuditError::Unavailable(_)), "{err:?}");
+    assert!(
+        t0.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(!log.healthy());
+    // A new instance over the same store carries on the same chain.
+    let log2 = env.open().await;
+    let e = log2.record(ev(3)).await.unwrap();
+    assert_eq!(e.seq, 3);
+    assert!(log2.verify().await.unwrap().ok);
+    env.close().await;
+}
+
 pub async fn retention(env: Env) {
     let log = env.open().await;
     let stored = record_n(&log, 30).await;
