@@ -17,7 +17,9 @@
 //! Ghost sessions are sessions the broker still lists whose host is gone or unreachable: a
 //! non-forced logoff answers `SessionHostUnreachable`, `Force=True` removes them from the broker.
 
-use crate::emulator::common::{EmulatorTls, FaultSettings, Faults, Running, TokenBucket, TokenIssuer};
+use crate::emulator::common::{
+    EmulatorTls, FaultSettings, Faults, Running, TokenBucket, TokenIssuer,
+};
 use axum::{
     Json, Router,
     body::{Body, Bytes},
@@ -193,7 +195,9 @@ struct PoolRec {
 
 impl PoolRec {
     fn host(&self, name: &str) -> Option<&HostRec> {
-        self.hosts.iter().find(|h| h.name.eq_ignore_ascii_case(name))
+        self.hosts
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
     }
     fn host_mut(&mut self, name: &str) -> Option<&mut HostRec> {
         self.hosts
@@ -303,7 +307,9 @@ impl ClassicState {
 
     /// Adds a ghost session: listed by the broker, but on a host that is gone.
     pub fn add_ghost_session(&self, pool: &str, gone_host: &str, upn: &str) -> Option<u32> {
-        self.with_pool(pool, |p| p.hosts.retain(|h| !h.name.eq_ignore_ascii_case(gone_host)))?;
+        self.with_pool(pool, |p| {
+            p.hosts.retain(|h| !h.name.eq_ignore_ascii_case(gone_host))
+        })?;
         self.add_session(pool, gone_host, upn)
     }
 
@@ -333,7 +339,10 @@ impl ClassicState {
 
     /// Sets a session's state by name (e.g. `Disconnected`).
     pub fn set_session_state(&self, pool: &str, host: &str, id: u32, state: &str) -> bool {
-        let Some(st) = SESSION_STATES.iter().find(|s| s.eq_ignore_ascii_case(state)) else {
+        let Some(st) = SESSION_STATES
+            .iter()
+            .find(|s| s.eq_ignore_ascii_case(state))
+        else {
             return false;
         };
         self.with_pool(pool, |p| {
@@ -347,7 +356,8 @@ impl ClassicState {
     /// Session state name, or `None` when the broker no longer lists it.
     pub fn session_state(&self, pool: &str, host: &str, id: u32) -> Option<String> {
         self.with_pool(pool, |p| {
-            p.session_idx(host, id).map(|i| p.sessions[i].state.to_string())
+            p.session_idx(host, id)
+                .map(|i| p.sessions[i].state.to_string())
         })
         .flatten()
     }
@@ -507,13 +517,33 @@ pub async fn start(
         .merge(broker);
 
     let ca_pem = tls.ca_pem().to_string();
-    let running = crate::emulator::common::serve_tls(listener, tls, router, faults, injected_error)?;
+    let running =
+        crate::emulator::common::serve_tls(listener, tls, router, faults, injected_error)?;
     *lock(&state.base_url) = running.base_url.clone();
     Ok(ClassicEmulator {
         running,
         state,
         ca_pem,
     })
+}
+
+/// A refused request, boxed so `Result`s stay small.
+struct Rejected(Box<Response>);
+
+impl From<Response> for Rejected {
+    fn from(r: Response) -> Self {
+        Self(Box::new(r))
+    }
+}
+
+impl IntoResponse for Rejected {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+fn reject(status: StatusCode, code: &str, target: &str) -> Rejected {
+    Rejected::from(broker_error(status, code, target))
 }
 
 /// The broker's error shape: the symbolic code is in `message`.
@@ -639,10 +669,7 @@ async fn not_found_route() -> Response {
 }
 
 /// Forwards a token request to the issuer of the client it names.
-async fn token_dispatch(
-    State(st): State<Arc<ClassicState>>,
-    req: Request,
-) -> Response {
+async fn token_dispatch(State(st): State<Arc<ClassicState>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
         return StatusCode::PAYLOAD_TOO_LARGE.into_response();
@@ -688,16 +715,16 @@ struct ActionPath {
 }
 
 /// Resolves tenant group, tenant and pool, or answers the broker's 404.
-fn resolve(st: &ClassicState, tg: &str, tenant: &str, pool: &str) -> Result<String, Response> {
+fn resolve(st: &ClassicState, tg: &str, tenant: &str, pool: &str) -> Result<String, Rejected> {
     if !tg.eq_ignore_ascii_case(&st.opts.tenant_group) {
-        return Err(broker_error(
+        return Err(reject(
             StatusCode::NOT_FOUND,
             "TenantGroupNotFound",
             &format!("Tenant group '{tg}' does not exist."),
         ));
     }
     if !tenant.eq_ignore_ascii_case(&st.opts.rds_tenant) {
-        return Err(broker_error(
+        return Err(reject(
             StatusCode::NOT_FOUND,
             "TenantNotFound",
             &format!("Tenant '{tenant}' does not exist in tenant group '{tg}'."),
@@ -705,7 +732,7 @@ fn resolve(st: &ClassicState, tg: &str, tenant: &str, pool: &str) -> Result<Stri
     }
     let key = pool.to_ascii_lowercase();
     if !lock(&st.pools).contains_key(&key) {
-        return Err(broker_error(
+        return Err(reject(
             StatusCode::NOT_FOUND,
             "HostPoolNotFound",
             &format!("Host pool '{pool}' does not exist in tenant '{tenant}'."),
@@ -727,9 +754,9 @@ struct Paging {
     descending: bool,
 }
 
-fn paging(q: &HashMap<String, String>, default_sort: &str) -> Result<Paging, Response> {
+fn paging(q: &HashMap<String, String>, default_sort: &str) -> Result<Paging, Rejected> {
     let bad = |what: &str| {
-        broker_error(
+        reject(
             StatusCode::BAD_REQUEST,
             "InvalidParameter",
             &format!("Query parameter '{what}' is invalid."),
@@ -781,10 +808,7 @@ fn page_response(
         let q = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("PageSize", &pg.page_size.to_string())
             .append_pair("SortField", &pg.sort_field)
-            .append_pair(
-                "IsDescending",
-                if pg.descending { "True" } else { "False" },
-            )
+            .append_pair("IsDescending", if pg.descending { "True" } else { "False" })
             .append_pair("InitialSkip", &end.to_string())
             .finish();
         if let Ok(v) = HeaderValue::from_str(&format!("{base}{path}?{q}")) {
@@ -828,7 +852,11 @@ fn session_json(st: &ClassicState, pool: &str, s: &SessRec) -> Value {
 
 fn host_json(st: &ClassicState, p: &PoolRec, h: &HostRec) -> Value {
     let ints = st.integers.load(Ordering::Relaxed);
-    let status = if h.reachable { "Available" } else { "Unavailable" };
+    let status = if h.reachable {
+        "Available"
+    } else {
+        "Unavailable"
+    };
     json!({
         "sessionHostName": h.name,
         "tenantName": st.opts.rds_tenant,
@@ -870,11 +898,11 @@ async fn list_sessions(
 ) -> Response {
     let key = match resolve(&st, &pp.tg, &pp.tenant, &pp.pool) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let pg = match paging(&query_map(q.as_deref()), "UserPrincipalName") {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let items = st
         .with_pool(&key, |p| {
@@ -900,11 +928,11 @@ async fn list_hosts(
 ) -> Response {
     let key = match resolve(&st, &pp.tg, &pp.tenant, &pp.pool) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let pg = match paging(&query_map(q.as_deref()), "SessionHostName") {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let items = st
         .with_pool(&key, |p| {
@@ -932,7 +960,7 @@ fn host_not_found(host: &str, pool: &str) -> Response {
 async fn get_host(State(st): State<Arc<ClassicState>>, Path(hp): Path<HostPath>) -> Response {
     let key = match resolve(&st, &hp.tg, &hp.tenant, &hp.pool) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     st.with_pool(&key, |p| match p.host(&hp.host) {
         Some(h) => Json(host_json(&st, p, h)).into_response(),
@@ -948,7 +976,7 @@ async fn patch_host(
 ) -> Response {
     let key = match resolve(&st, &hp.tg, &hp.tenant, &hp.pool) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let patch: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -977,12 +1005,12 @@ async fn patch_host(
     .unwrap_or_else(|| host_not_found(&hp.host, &hp.pool))
 }
 
-fn bool_param(q: &HashMap<String, String>, name: &str) -> Result<bool, Response> {
+fn bool_param(q: &HashMap<String, String>, name: &str) -> Result<bool, Rejected> {
     match q.get(name).map(|s| s.to_ascii_lowercase()) {
         None => Ok(false),
         Some(v) if v == "true" => Ok(true),
         Some(v) if v == "false" => Ok(false),
-        Some(_) => Err(broker_error(
+        Some(_) => Err(reject(
             StatusCode::BAD_REQUEST,
             "InvalidParameter",
             &format!("Query parameter '{name}' must be True or False."),
@@ -997,7 +1025,7 @@ async fn action(
 ) -> Response {
     let key = match resolve(&st, &ap.tg, &ap.tenant, &ap.pool) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let q = query_map(q.as_deref());
     let Ok(id) = ap.id.parse::<u32>() else {
@@ -1010,9 +1038,12 @@ async fn action(
     let action = ap.action.to_ascii_lowercase();
     let force = match bool_param(&q, "force") {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
-    let (title, body) = (q.get("messagetitle").cloned(), q.get("messagebody").cloned());
+    let (title, body) = (
+        q.get("messagetitle").cloned(),
+        q.get("messagebody").cloned(),
+    );
     if !matches!(
         action.as_str(),
         "logoff-user" | "disconnect-user" | "send-message-user"
@@ -1031,9 +1062,9 @@ async fn action(
         let host_rec = p.host(&host).cloned();
         let Some(idx) = p.session_idx(&host, id) else {
             if host_rec.is_none() {
-                return Err(host_not_found(&host, &p.name));
+                return Err(Rejected::from(host_not_found(&host, &p.name)));
             }
-            return Err(if action == "logoff-user" {
+            return Err(Rejected::from(if action == "logoff-user" {
                 broker_error(
                     StatusCode::NOT_FOUND,
                     "SessionHostLogoffSessionIdNotExist",
@@ -1045,11 +1076,11 @@ async fn action(
                     "SessionNotFound",
                     &format!("Session {id} was not found on session host '{host}'."),
                 )
-            });
+            }));
         };
         let reachable = host_rec.as_ref().is_some_and(|h| h.reachable);
         if host_rec.as_ref().is_some_and(|h| h.hang) && !(force && action == "logoff-user") {
-            return Err(broker_error(
+            return Err(reject(
                 StatusCode::GATEWAY_TIMEOUT,
                 "OperationFailedTimeout",
                 &format!("The operation on session host '{host}' timed out."),
@@ -1058,7 +1089,7 @@ async fn action(
         match action.as_str() {
             "logoff-user" => {
                 if !reachable && !force {
-                    return Err(unreachable(&host));
+                    return Err(Rejected::from(unreachable(&host)));
                 }
                 // Reachable: the host logs the user off. Unreachable with Force: the broker drops
                 // its stale record.
@@ -1067,7 +1098,7 @@ async fn action(
             }
             "disconnect-user" => {
                 if !reachable {
-                    return Err(unreachable(&host));
+                    return Err(Rejected::from(unreachable(&host)));
                 }
                 let s = &mut p.sessions[idx];
                 if s.state == "Active" || s.state == "Pending" {
@@ -1077,7 +1108,7 @@ async fn action(
             }
             _ => {
                 if !reachable {
-                    return Err(unreachable(&host));
+                    return Err(Rejected::from(unreachable(&host)));
                 }
                 let s = &p.sessions[idx];
                 Ok(Some(DeliveredMessage {
@@ -1097,7 +1128,7 @@ async fn action(
             }
             StatusCode::OK.into_response()
         }
-        Some(Err(r)) => r,
+        Some(Err(r)) => r.into_response(),
         None => host_not_found(&ap.host, &ap.pool),
     }
 }
@@ -1136,14 +1167,20 @@ mod tests {
     fn enums_map_in_reference_order() {
         assert_eq!(enum_value(true, &SESSION_STATES, "Active"), json!(1));
         assert_eq!(enum_value(true, &SESSION_STATES, "LoggOff"), json!(4));
-        assert_eq!(enum_value(false, &SESSION_STATES, "LoggOff"), json!("LoggOff"));
+        assert_eq!(
+            enum_value(false, &SESSION_STATES, "LoggOff"),
+            json!("LoggOff")
+        );
         assert_eq!(enum_value(true, &HOST_STATUSES, "Unavailable"), json!(1));
     }
 
     #[test]
     fn route_kinds() {
         assert_eq!(
-            route_kind(&Method::POST, "/RdsManagement/V1/TenantGroups/a/Tenants/b/HostPools/c/SessionHosts/h/Sessions/2/actions/logoff-user"),
+            route_kind(
+                &Method::POST,
+                "/RdsManagement/V1/TenantGroups/a/Tenants/b/HostPools/c/SessionHosts/h/Sessions/2/actions/logoff-user"
+            ),
             "logoff-user"
         );
         assert_eq!(route_kind(&Method::GET, "/RdsManagement/V1"), "discovery");

@@ -1,1 +1,0 @@
-//! Windows Virtual Desktop classic (RDInfra broker) adapter.
