@@ -682,7 +682,10 @@ async fn token_dispatch(State(st): State<Arc<ClassicState>>, req: Request) -> Re
     } else {
         st.issuer.clone()
     };
-    let req = Request::from_parts(parts, Body::from(Bytes::from(bytes.to_vec())));
+    // Forward without this router's extensions (its matched path parameters would clash).
+    let mut parts = parts;
+    parts.extensions = axum::http::Extensions::new();
+    let req = Request::from_parts(parts, Body::from(bytes));
     match tower::ServiceExt::oneshot(issuer.router(), req).await {
         Ok(r) => r,
         Err(e) => match e {},
