@@ -5,6 +5,7 @@ mod classic_support;
 use classic_support::{Env, POOL, host};
 use sessiongate::domain::{ActionKind, SessionId, SessionState};
 use sessiongate::emulator::wvd_classic::{ClassicEmulatorOptions, EnumStyle};
+use sessiongate::providers::wvd_classic::ClassicCredentialConfig;
 use sessiongate::providers::{ActionEffect, ProviderError, SessionFilter};
 use std::time::{Duration, Instant};
 
@@ -492,4 +493,102 @@ async fn build_errors_name_the_key() {
         panic!("build should fail")
     };
     assert!(e.contains("providers.legacy.ca_bundle"), "{e}");
+}
+
+fn rsa_cert(cn: &str) -> (rcgen::KeyPair, rcgen::Certificate) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec![cn.to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (key, cert)
+}
+
+#[tokio::test]
+async fn certificate_credential_signs_in_with_a_client_assertion() {
+    let env = Env::default().await;
+    let info = env.emu.info();
+    let (key, cert) = rsa_cert("sessiongate-classic");
+    env.state()
+        .trust_certificate(&info.client_id, cert.der(), &key.public_key_pem());
+    let path = env.dir.path().join("sp.pem");
+    std::fs::write(&path, format!("{}{}", cert.pem(), key.serialize_pem())).unwrap();
+    let mut cfg = env.config();
+    cfg.credential = ClassicCredentialConfig::ClientCertificate {
+        tenant_id: info.aad_tenant.clone(),
+        client_id: info.client_id.clone(),
+        cert_file: path,
+    };
+    let p = env.provider_with(&cfg);
+    assert_eq!(p.list_hosts().await.unwrap().len(), 2);
+    assert_eq!(env.state().issuer().issued_count(), 1);
+
+    // A certificate the directory does not know is refused: UpstreamAuth.
+    let (key2, cert2) = rsa_cert("stranger");
+    let path2 = env.dir.path().join("stranger.pem");
+    std::fs::write(&path2, format!("{}{}", cert2.pem(), key2.serialize_pem())).unwrap();
+    cfg.credential = ClassicCredentialConfig::ClientCertificate {
+        tenant_id: info.aad_tenant.clone(),
+        client_id: info.client_id.clone(),
+        cert_file: path2,
+    };
+    assert!(matches!(
+        env.provider_with(&cfg).list_hosts().await,
+        Err(ProviderError::UpstreamAuth(_))
+    ));
+
+    // A file without a key is a start-up error naming the key.
+    let path3 = env.dir.path().join("nokey.pem");
+    std::fs::write(&path3, cert.pem()).unwrap();
+    cfg.credential = ClassicCredentialConfig::ClientCertificate {
+        tenant_id: info.aad_tenant.clone(),
+        client_id: info.client_id.clone(),
+        cert_file: path3,
+    };
+    let Err(e) = sessiongate::providers::wvd_classic::build("legacy", &cfg) else {
+        panic!("build should fail")
+    };
+    assert!(e.contains("providers.legacy.credential.cert_file"), "{e}");
+}
+
+#[tokio::test]
+async fn client_api_version_header_is_sent() {
+    let env = Env::default().await;
+    let p = env.provider();
+    p.list_hosts().await.unwrap();
+    assert_eq!(
+        env.state().last_client_api_version().as_deref(),
+        Some(sessiongate::providers::wvd_classic::DEFAULT_CLIENT_API_VERSION)
+    );
+    let mut cfg = env.config();
+    cfg.client_api_version = "1.0.2866.1".into();
+    env.provider_with(&cfg).list_hosts().await.unwrap();
+    assert_eq!(
+        env.state().last_client_api_version().as_deref(),
+        Some("1.0.2866.1")
+    );
+}
+
+#[tokio::test]
+async fn dropped_connections_fail_as_transport_errors() {
+    let env = Env::default().await;
+    let p = env.provider();
+    p.list_hosts().await.unwrap();
+    env.state()
+        .faults()
+        .set(sessiongate::emulator::common::FaultSettings {
+            drop_rate: 1.0,
+            ..Default::default()
+        });
+    assert!(matches!(
+        p.send_message(&host(SH1), SessionId(2), "t", "b").await,
+        Err(ProviderError::Transport(_))
+    ));
+    assert!(env.state().messages().is_empty());
+    assert!(matches!(
+        p.list_hosts().await,
+        Err(ProviderError::Transport(_))
+    ));
+    env.state().faults().set(Default::default());
+    assert_eq!(p.list_hosts().await.unwrap().len(), 2);
 }

@@ -238,6 +238,15 @@ pub struct ClassicState {
     messages: Mutex<Vec<DeliveredMessage>>,
     issuer: Arc<TokenIssuer>,
     no_role_issuer: Arc<TokenIssuer>,
+    trusted_certs: Mutex<Vec<TrustedCert>>,
+    last_api_version: Mutex<Option<String>>,
+}
+
+#[derive(Debug, Clone)]
+struct TrustedCert {
+    client_id: String,
+    x5t_s256: String,
+    public_key_pem: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -274,6 +283,10 @@ impl ClassicState {
     /// before auth, throttling and injected failures.
     pub fn calls(&self, kind: &str) -> u64 {
         lock(&self.calls).get(kind).copied().unwrap_or(0)
+    }
+    /// The last `x-ms-wvd-client-api-version` header seen.
+    pub fn last_client_api_version(&self) -> Option<String> {
+        lock(&self.last_api_version).clone()
     }
     /// Messages delivered so far.
     pub fn messages(&self) -> Vec<DeliveredMessage> {
@@ -377,6 +390,43 @@ impl ClassicState {
     pub fn allow_new_session(&self, pool: &str, host: &str) -> Option<bool> {
         self.with_pool(pool, |p| p.host(host).map(|h| h.allow_new_session))
             .flatten()
+    }
+
+    /// Trusts a certificate for client-assertion sign-in of `client_id`: `cert_der` gives the
+    /// thumbprints the assertion must name, `public_key_pem` (SPKI PEM) verifies its signature.
+    pub fn trust_certificate(&self, client_id: &str, cert_der: &[u8], public_key_pem: &str) {
+        use base64::Engine;
+        use sha2::Digest;
+        let x5t_s256 =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(cert_der));
+        lock(&self.trusted_certs).push(TrustedCert {
+            client_id: client_id.to_string(),
+            x5t_s256,
+            public_key_pem: public_key_pem.to_string(),
+        });
+    }
+
+    fn verify_assertion(&self, client_id: &str, jwt: &str) -> Result<(), String> {
+        let header = jsonwebtoken::decode_header(jwt).map_err(|e| e.to_string())?;
+        let thumb = header.x5t_s256.ok_or("no x5t#S256 header")?;
+        let certs = lock(&self.trusted_certs).clone();
+        let cert = certs
+            .iter()
+            .find(|c| c.client_id == client_id && c.x5t_s256 == thumb)
+            .ok_or("no trusted certificate with that thumbprint for this client")?;
+        let key = jsonwebtoken::DecodingKey::from_rsa_pem(cert.public_key_pem.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        v.validate_aud = false;
+        let data = jsonwebtoken::decode::<Value>(jwt, &key, &v).map_err(|e| e.to_string())?;
+        let c = &data.claims;
+        let aud_ok = c["aud"]
+            .as_str()
+            .is_some_and(|a| a.ends_with(&format!("/{}/oauth2/v2.0/token", self.opts.aad_tenant)));
+        if !aud_ok || c["iss"] != client_id || c["sub"] != client_id {
+            return Err("aud, iss or sub do not match".into());
+        }
+        Ok(())
     }
 
     fn count(&self, kind: &str) {
@@ -493,6 +543,8 @@ pub async fn start(
         messages: Mutex::new(Vec::new()),
         issuer,
         no_role_issuer,
+        trusted_certs: Mutex::new(Vec::new()),
+        last_api_version: Mutex::new(None),
         opts,
     });
 
@@ -622,6 +674,12 @@ async fn gate(State(st): State<Arc<ClassicState>>, req: Request, next: Next) -> 
         return injected_error();
     }
     let headers = req.headers();
+    if let Some(v) = headers
+        .get("x-ms-wvd-client-api-version")
+        .and_then(|v| v.to_str().ok())
+    {
+        *lock(&st.last_api_version) = Some(v.to_string());
+    }
     if st.issuer.check(headers, RDINFRA_SCOPE).is_err() {
         if st.no_role_issuer.check(headers, RDINFRA_SCOPE).is_ok() {
             return broker_error(
@@ -682,8 +740,39 @@ async fn token_dispatch(State(st): State<Arc<ClassicState>>, req: Request) -> Re
     } else {
         st.issuer.clone()
     };
-    // Forward without this router's extensions (its matched path parameters would clash).
     let mut parts = parts;
+    let assertion = url::form_urlencoded::parse(&bytes)
+        .find(|(k, _)| k == "client_assertion")
+        .map(|(_, v)| v.into_owned());
+    let bytes = match assertion {
+        None => bytes,
+        Some(jwt) => {
+            // Certificate credential: check the assertion, then let the issuer mint the token
+            // as it would for the same client's secret.
+            let cid = client.clone().unwrap_or_default();
+            if let Err(why) = st.verify_assertion(&cid, &jwt) {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    Json(json!({
+                        "error": "invalid_client",
+                        "error_description": format!("AADSTS700027: Client assertion failed signature validation: {why}"),
+                        "error_codes": [700027],
+                    })),
+                )
+                    .into_response();
+            }
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            for (k, v) in url::form_urlencoded::parse(&bytes) {
+                if k != "client_assertion" && k != "client_assertion_type" {
+                    form.append_pair(&k, &v);
+                }
+            }
+            form.append_pair("client_secret", &issuer.client_secret);
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Bytes::from(form.finish())
+        }
+    };
+    // Forward without this router's extensions (its matched path parameters would clash).
     parts.extensions = axum::http::Extensions::new();
     let req = Request::from_parts(parts, Body::from(bytes));
     match tower::ServiceExt::oneshot(issuer.router(), req).await {

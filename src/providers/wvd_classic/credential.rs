@@ -6,7 +6,7 @@ use super::config::ClassicCredentialConfig;
 use azure_core::{
     cloud::{CloudConfiguration, CustomConfiguration},
     credentials::{Secret, TokenCredential},
-    http::{ClientMethodOptions, ClientOptions, Transport},
+    http::{ClientMethodOptions, ClientOptions, ExponentialRetryOptions, RetryOptions, Transport},
 };
 use azure_identity::{
     AzureCliCredential, AzureCliCredentialOptions, ClientAssertion, ClientAssertionCredential,
@@ -22,6 +22,13 @@ fn client_options(http: &reqwest::Client, authority_host: &str) -> ClientOptions
     ClientOptions {
         transport: Some(Transport::new(Arc::new(http.clone()))),
         cloud: Some(Arc::new(CloudConfiguration::from(custom))),
+        // Bounded: a token endpoint answering 5xx must not hold a session action for a minute.
+        retry: RetryOptions::exponential(ExponentialRetryOptions {
+            max_retries: 2,
+            max_total_elapsed: azure_core::time::Duration::seconds(10),
+            max_delay: azure_core::time::Duration::seconds(2),
+            ..ExponentialRetryOptions::default()
+        }),
         ..ClientOptions::default()
     }
 }

@@ -190,11 +190,14 @@ impl ClassicProvider {
     }
 
     async fn token(&self) -> Result<String, ProviderError> {
-        match self
-            .credential
-            .get_token(&[self.scope.as_str()], None)
-            .await
-        {
+        let scopes = [self.scope.as_str()];
+        let fut = self.credential.get_token(&scopes, None);
+        let Ok(res) = tokio::time::timeout(self.timeout.saturating_mul(2), fut).await else {
+            return Err(ProviderError::Timeout(
+                "no token from the identity provider in time".into(),
+            ));
+        };
+        match res {
             Ok(t) => Ok(t.token.secret().to_string()),
             Err(e) => {
                 let msg = crate::domain::truncate_for_display(&e.to_string(), 400);
