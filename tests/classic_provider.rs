@@ -335,14 +335,30 @@ async fn bad_secret_is_upstream_auth_and_missing_role_is_forbidden() {
         Some("Active")
     );
 
-    // A revoked token is refused by the broker with 401: UpstreamAuth.
+    // A token the broker stops accepting (revoked, key rollover) is renewed once.
     let p = env.provider();
     p.list_hosts().await.unwrap();
+    let issued = env.state().issuer().issued_count();
     env.state().issuer().revoke_all();
+    p.list_hosts().await.unwrap();
+    assert_eq!(env.state().issuer().issued_count(), issued + 1);
+    assert_eq!(env.state().calls("list_hosts"), 3);
+
+    // A broker that keeps refusing tokens: one renewal, then UpstreamAuth.
+    env.state().set_reject_tokens(true);
     assert!(matches!(
-        p.list_hosts().await,
+        p.logoff(&host(SH1), SessionId(2), false).await,
         Err(ProviderError::UpstreamAuth(_))
     ));
+    assert_eq!(
+        env.state().calls("logoff-user"),
+        1 + 2,
+        "the 403 above, then one try and one retry after renewal"
+    );
+    assert_eq!(
+        env.state().session_state(POOL, SH1, 2).as_deref(),
+        Some("Active")
+    );
 }
 
 #[tokio::test]

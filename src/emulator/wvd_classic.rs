@@ -230,6 +230,7 @@ pub struct ClassicState {
     base_url: Mutex<String>,
     pools: Mutex<BTreeMap<String, PoolRec>>,
     integers: AtomicBool,
+    reject_tokens: AtomicBool,
     bucket: Mutex<Option<Arc<TokenBucket>>>,
     throttle_next: Mutex<(u32, u64)>,
     fail_next: AtomicU32,
@@ -265,6 +266,10 @@ impl ClassicState {
     pub fn set_enum_style(&self, s: EnumStyle) {
         self.integers
             .store(s == EnumStyle::Integers, Ordering::Relaxed);
+    }
+    /// Makes the broker refuse every bearer token with 401 (e.g. a broker-side key problem).
+    pub fn set_reject_tokens(&self, on: bool) {
+        self.reject_tokens.store(on, Ordering::Relaxed);
     }
     /// Token-bucket throttling `(capacity, refill per second)`, or off.
     pub fn set_throttling(&self, t: Option<(u32, u32)>) {
@@ -535,6 +540,7 @@ pub async fn start(
         base_url: Mutex::new(format!("https://127.0.0.1:{port}")),
         pools: Mutex::new(seed(&opts)),
         integers: AtomicBool::new(opts.enum_style == EnumStyle::Integers),
+        reject_tokens: AtomicBool::new(false),
         bucket: Mutex::new(opts.throttle.map(|(c, r)| Arc::new(TokenBucket::new(c, r)))),
         throttle_next: Mutex::new((0, 1)),
         fail_next: AtomicU32::new(0),
@@ -679,6 +685,9 @@ async fn gate(State(st): State<Arc<ClassicState>>, req: Request, next: Next) -> 
         .and_then(|v| v.to_str().ok())
     {
         *lock(&st.last_api_version) = Some(v.to_string());
+    }
+    if st.reject_tokens.load(Ordering::Relaxed) {
+        return challenge(&st);
     }
     if st.issuer.check(headers, RDINFRA_SCOPE).is_err() {
         if st.no_role_issuer.check(headers, RDINFRA_SCOPE).is_ok() {

@@ -46,7 +46,10 @@ pub struct ClassicProvider {
     broker: Url,
     /// `.../TenantGroups/{tg}/Tenants/{tenant}/HostPools/{pool}` as path segments (unencoded).
     pool_segments: Vec<String>,
-    credential: Arc<dyn TokenCredential>,
+    /// Replaced by a fresh one (new token cache, secret re-read) when the broker answers 401.
+    credential: std::sync::RwLock<Arc<dyn TokenCredential>>,
+    credential_cfg: ClassicCredentialConfig,
+    authority_host: String,
     scope: String,
     client_api_version: String,
     timeout: Duration,
@@ -136,7 +139,9 @@ impl ClassicProvider {
                 "HostPools".into(),
                 cfg.host_pool.clone(),
             ],
-            credential,
+            credential: std::sync::RwLock::new(credential),
+            credential_cfg: cfg.credential.clone(),
+            authority_host: cfg.authority_host.clone(),
             scope,
             client_api_version: cfg.client_api_version.clone(),
             timeout: Duration::from_secs(cfg.timeout_secs),
@@ -191,7 +196,12 @@ impl ClassicProvider {
 
     async fn token(&self) -> Result<String, ProviderError> {
         let scopes = [self.scope.as_str()];
-        let fut = self.credential.get_token(&scopes, None);
+        let cred = self
+            .credential
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let fut = cred.get_token(&scopes, None);
         let Ok(res) = tokio::time::timeout(self.timeout.saturating_mul(2), fut).await else {
             return Err(ProviderError::Timeout(
                 "no token from the identity provider in time".into(),
@@ -210,6 +220,19 @@ impl ClassicProvider {
         }
     }
 
+    /// Drops the cached token by building the credential anew (re-reading a rotated secret).
+    fn renew_credential(&self) -> Result<(), ProviderError> {
+        let fresh = credential::build_credential(
+            &self.pool_name,
+            &self.credential_cfg,
+            &self.http,
+            &self.authority_host,
+        )
+        .map_err(ProviderError::UpstreamAuth)?;
+        *self.credential.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+
     /// Sends one logical request with the retry rules described in the module docs.
     async fn send(
         &self,
@@ -219,6 +242,7 @@ impl ClassicProvider {
     ) -> Result<(StatusCode, HeaderMap, bytes::Bytes), ProviderError> {
         let started = Instant::now();
         let mut failures = 0u32;
+        let mut renewed = false;
         loop {
             let token = self.token().await?;
             let req = self
@@ -270,6 +294,13 @@ impl ClassicProvider {
                     return Err(ProviderError::Transport(without_url(&e)));
                 }
             };
+            if status == StatusCode::UNAUTHORIZED && !renewed {
+                // The broker refused the token before running anything: renew it once.
+                renewed = true;
+                tracing::info!(http.method = %method, "classic broker answered 401; renewing the token");
+                self.renew_credential()?;
+                continue;
+            }
             if status == StatusCode::TOO_MANY_REQUESTS {
                 let wait = retry_after(&headers).unwrap_or(Duration::from_secs(1));
                 if started.elapsed() + wait <= self.throttle_budget {
