@@ -355,10 +355,7 @@ impl ClassicProvider {
             else {
                 return Ok(out);
             };
-            let next = url.join(next).map_err(|_| invalid_next("is not a URL"))?;
-            if next.origin() != self.broker.origin() {
-                return Err(invalid_next("points to another origin"));
-            }
+            let next = resolve_next(&url, &self.broker, next)?;
             if seen.contains(next.as_str()) {
                 return Err(invalid_next("repeats a page already read"));
             }
@@ -405,6 +402,18 @@ impl ClassicProvider {
             e => Err(e),
         }
     }
+}
+
+/// Resolves a `next` header (absolute or relative) against the page it came with; it must stay
+/// on the broker's origin (our bearer token goes with it).
+fn resolve_next(current: &Url, broker: &Url, raw: &str) -> Result<Url, ProviderError> {
+    let next = current
+        .join(raw)
+        .map_err(|_| invalid_next("is not a URL"))?;
+    if next.origin() != broker.origin() {
+        return Err(invalid_next("points to another origin"));
+    }
+    Ok(next)
 }
 
 fn invalid_next(why: &str) -> ProviderError {
@@ -656,6 +665,23 @@ mod tests {
             }
             e => panic!("{e:?}"),
         }
+    }
+
+    #[test]
+    fn next_links_stay_on_the_broker() {
+        let broker = Url::parse("https://rdbroker.wvd.microsoft.com").unwrap();
+        let cur = Url::parse("https://rdbroker.wvd.microsoft.com/RdsManagement/V1/TenantGroups/Default%20Tenant%20Group/Tenants/t/HostPools/p/Sessions?PageSize=2&InitialSkip=0").unwrap();
+        let abs = resolve_next(
+            &cur,
+            &broker,
+            "https://rdbroker.wvd.microsoft.com/RdsManagement/V1/x?InitialSkip=2",
+        )
+        .unwrap();
+        assert_eq!(abs.query(), Some("InitialSkip=2"));
+        let rel = resolve_next(&cur, &broker, "Sessions?PageSize=2&InitialSkip=2").unwrap();
+        assert!(rel.path().ends_with("/HostPools/p/Sessions"), "{rel}");
+        assert!(resolve_next(&cur, &broker, "https://evil.example/steal").is_err());
+        assert!(resolve_next(&cur, &broker, "http://rdbroker.wvd.microsoft.com/x").is_err());
     }
 
     #[test]
