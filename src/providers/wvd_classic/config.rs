@@ -1,0 +1,201 @@
+//! Configuration of a WVD classic pool (`kind = "wvd-classic"`).
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+pub const DEFAULT_BROKER_URL: &str = "https://rdbroker.wvd.microsoft.com";
+pub const DEFAULT_TENANT_GROUP: &str = "Default Tenant Group";
+pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
+pub const DEFAULT_RESOURCE: &str = "https://mrs-prod.ame.gbl/mrs-RDInfra-prod";
+/// Sent as `x-ms-wvd-client-api-version` unless configured (the PowerShell module sends its
+/// own version there).
+pub const DEFAULT_CLIENT_API_VERSION: &str = "1.0.0.0";
+
+fn default_broker_url() -> String {
+    DEFAULT_BROKER_URL.into()
+}
+fn default_tenant_group() -> String {
+    DEFAULT_TENANT_GROUP.into()
+}
+fn default_authority_host() -> String {
+    DEFAULT_AUTHORITY_HOST.into()
+}
+fn default_resource() -> String {
+    DEFAULT_RESOURCE.into()
+}
+fn default_client_api_version() -> String {
+    DEFAULT_CLIENT_API_VERSION.into()
+}
+fn default_timeout_secs() -> u64 {
+    30
+}
+fn default_page_size() -> u32 {
+    1000
+}
+fn default_throttle_budget_secs() -> u64 {
+    30
+}
+fn default_max_retries() -> u32 {
+    3
+}
+
+/// One WVD classic host pool.
+///
+/// ```toml
+/// [providers.legacy]
+/// kind = "wvd-classic"
+/// tenant = "contoso"
+/// host_pool = "Contoso Host Pool"
+/// # broker_url = "https://rdbroker.wvd.microsoft.com"
+/// # tenant_group = "Default Tenant Group"
+/// # authority_host = "https://login.microsoftonline.com"
+/// # resource = "https://mrs-prod.ame.gbl/mrs-RDInfra-prod"
+/// # ca_bundle = "/etc/ssl/private-ca.pem"
+/// # timeout_secs = 30
+/// # client_api_version = "1.0.0.0"
+/// # page_size = 1000
+/// # throttle_budget_secs = 30
+/// # max_retries = 3
+/// [providers.legacy.credential]
+/// kind = "client_secret"
+/// tenant_id = "00000000-0000-0000-0000-000000000000"
+/// client_id = "11111111-1111-1111-1111-111111111111"
+/// secret_env = "SESSIONGATE_CLASSIC_SECRET"
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassicPoolConfig {
+    #[serde(default = "default_broker_url")]
+    pub broker_url: String,
+    #[serde(default = "default_tenant_group")]
+    pub tenant_group: String,
+    /// RDS tenant name (not the AAD tenant id).
+    pub tenant: String,
+    pub host_pool: String,
+    #[serde(default = "default_authority_host")]
+    pub authority_host: String,
+    /// Token audience; the scope requested is `{resource}/.default`.
+    #[serde(default = "default_resource")]
+    pub resource: String,
+    pub credential: ClassicCredentialConfig,
+    /// Extra CA certificates (PEM) trusted for the broker and the authority.
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    /// Per-request timeout.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    #[serde(default = "default_client_api_version")]
+    pub client_api_version: String,
+    /// `PageSize` asked of the broker for lists.
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    /// Total time one operation may spend waiting on `Retry-After` before giving up.
+    #[serde(default = "default_throttle_budget_secs")]
+    pub throttle_budget_secs: u64,
+    /// Retries of safe (GET) calls after 5xx or connection failures.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+}
+
+impl ClassicPoolConfig {
+    /// A config with defaults for everything optional.
+    pub fn new(tenant: &str, host_pool: &str, credential: ClassicCredentialConfig) -> Self {
+        Self {
+            broker_url: default_broker_url(),
+            tenant_group: default_tenant_group(),
+            tenant: tenant.into(),
+            host_pool: host_pool.into(),
+            authority_host: default_authority_host(),
+            resource: default_resource(),
+            credential,
+            ca_bundle: None,
+            timeout_secs: default_timeout_secs(),
+            client_api_version: default_client_api_version(),
+            page_size: default_page_size(),
+            throttle_budget_secs: default_throttle_budget_secs(),
+            max_retries: default_max_retries(),
+        }
+    }
+}
+
+/// How the adapter obtains broker tokens (chosen explicitly; there is no automatic chain).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClassicCredentialConfig {
+    /// Service principal with a client secret, read from an environment variable or a file.
+    ClientSecret {
+        tenant_id: String,
+        client_id: String,
+        #[serde(default)]
+        secret_env: Option<String>,
+        #[serde(default)]
+        secret_file: Option<PathBuf>,
+    },
+    /// Service principal with a certificate: one PEM file holding the certificate and its RSA key.
+    ClientCertificate {
+        tenant_id: String,
+        client_id: String,
+        cert_file: PathBuf,
+    },
+    /// Azure managed identity (system-assigned, or user-assigned by client id).
+    ManagedIdentity {
+        #[serde(default)]
+        client_id: Option<String>,
+    },
+    /// The signed-in Azure CLI account (development only).
+    AzureCli {
+        #[serde(default)]
+        tenant_id: Option<String>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_shape_parses_with_defaults() {
+        let c: ClassicPoolConfig = toml::from_str(
+            r#"
+            tenant = "contoso"
+            host_pool = "Contoso Host Pool"
+            [credential]
+            kind = "client_secret"
+            tenant_id = "t"
+            client_id = "c"
+            secret_env = "X"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.broker_url, DEFAULT_BROKER_URL);
+        assert_eq!(c.tenant_group, "Default Tenant Group");
+        assert_eq!(c.resource, DEFAULT_RESOURCE);
+        assert_eq!(c.page_size, 1000);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = toml::from_str::<ClassicPoolConfig>(
+            r#"
+            tenant = "contoso"
+            host_pool = "hp"
+            brokr_url = "x"
+            [credential]
+            kind = "azure_cli"
+            "#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("brokr_url"), "{e}");
+        let e = toml::from_str::<ClassicPoolConfig>(
+            r#"
+            tenant = "contoso"
+            host_pool = "hp"
+            [credential]
+            kind = "managed_identity"
+            secret = "x"
+            "#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("secret"), "{e}");
+    }
+}
