@@ -5,7 +5,7 @@ use crate::{
     auth::apikey,
     cli::{DemoArgs, EmulateCommand, EmulatorArgs},
     config::Config,
-    emulator::{arm, common::EmulatorTls},
+    emulator::{arm, common::EmulatorTls, wvd_classic},
 };
 use std::{
     collections::HashMap,
@@ -58,6 +58,7 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 /// Emulators started for the demo, kept alive while it runs.
 pub struct DemoBackends {
     pub arm: arm::ArmEmulator,
+    pub classic: wvd_classic::ClassicEmulator,
     pub values: HashMap<&'static str, String>,
 }
 
@@ -95,8 +96,35 @@ pub async fn start_backends(data_dir: &Path) -> Result<DemoBackends, String> {
     values.insert("ARM_SECRET_FILE", secret_file.display().to_string());
     values.insert("ARM_SUBSCRIPTION", info.subscription.clone());
     values.insert("ARM_RESOURCE_GROUP", info.resource_group.clone());
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("binding the classic broker emulator: {e}"))?;
+    let classic = wvd_classic::start(
+        listener,
+        &tls,
+        wvd_classic::ClassicEmulatorOptions {
+            host_pools: vec!["classic-hp1".into()],
+            hosts_per_pool: 2,
+            sessions_per_host: 3,
+            ..wvd_classic::ClassicEmulatorOptions::default()
+        },
+    )
+    .await
+    .map_err(|e| format!("starting the classic broker emulator: {e}"))?;
+    let ci = classic.info();
+    let classic_secret = data_dir.join("classic-client-secret");
+    write_private(&classic_secret, &ci.client_secret)
+        .map_err(|e| format!("{}: {e}", classic_secret.display()))?;
+    values.insert("CLASSIC_URL", ci.broker_url.clone());
+    values.insert("CLASSIC_AUTHORITY", ci.authority_host.clone());
+    values.insert("CLASSIC_RDS_TENANT", ci.rds_tenant.clone());
+    values.insert("CLASSIC_AAD_TENANT", ci.aad_tenant.clone());
+    values.insert("CLASSIC_CLIENT_ID", ci.client_id.clone());
+    values.insert("CLASSIC_SECRET_FILE", classic_secret.display().to_string());
     Ok(DemoBackends {
         arm: arm_emu,
+        classic,
         values,
     })
 }
@@ -239,6 +267,8 @@ Try:
   curl -s -i $SG/hostpools
   # the reader key may list but not act: 403
   curl -s -X POST -H "Authorization: Bearer {reader}" {session}/disconnect
+  # the WVD classic pool answers the same API
+  curl -s -H "Authorization: Bearer $KEY" $SG/hostpools/classic-demo/sessions
   # the auditor reads the audit log
   curl -s -H "Authorization: Bearer {auditor}" "$SG/audit?limit=5"
 
@@ -255,6 +285,7 @@ pub async fn emulate(which: EmulateCommand) -> u8 {
     crate::telemetry::init(false, "warn");
     let res = match which {
         EmulateCommand::Avd(args) => emulate_avd(args).await,
+        EmulateCommand::WvdClassic(args) => emulate_classic(args).await,
         _ => Err("this emulator is not available in this build".to_string()),
     };
     match res {
@@ -296,6 +327,28 @@ async fn emulate_avd(args: EmulatorArgs) -> Result<(), String> {
         "{}",
         serde_json::to_string(&emu.info()).map_err(|e| e.to_string())?
     );
+    crate::app::shutdown_signal().await;
+    Ok(())
+}
+
+async fn emulate_classic(args: EmulatorArgs) -> Result<(), String> {
+    let tls = EmulatorTls::generate().map_err(|e| e.to_string())?;
+    let ca = write_ca(&tls, args.ca_out)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let opts = wvd_classic::ClassicEmulatorOptions {
+        hosts_per_pool: u32::try_from(args.hosts).map_err(|_| "--hosts is too large")?,
+        sessions_per_host: u32::try_from(args.sessions_per_host)
+            .map_err(|_| "--sessions-per-host is too large")?,
+        ..wvd_classic::ClassicEmulatorOptions::default()
+    };
+    let emu = wvd_classic::start(listener, &tls, opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut info = serde_json::to_value(emu.info()).map_err(|e| e.to_string())?;
+    info["ca_pem_path"] = ca.display().to_string().into();
+    println!("{info}");
     crate::app::shutdown_signal().await;
     Ok(())
 }
