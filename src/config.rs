@@ -278,14 +278,21 @@ mod tests {
 
     #[test]
     fn duplicate_pool_is_refused() {
-        let e = Config::from_toml_with_env(
-            "[[pools]]\nname=\"a\"\nprovider=\"avd\"\n[[pools]]\nname=\"A\"\nprovider=\"avd\"\n",
-            vec![],
-        );
-        // Either the provider placeholder or the duplicate check fails; with real providers
-        // the duplicate check must name pools[1].name.
-        if let Err(e) = e {
-            assert!(e.key.starts_with("pools"), "{e}");
-        }
+        let pool = |n: &str| {
+            format!(
+                "[[pools]]\nname=\"{n}\"\nprovider=\"avd\"\nsubscription_id=\"s\"\nresource_group=\"rg\"\nhost_pool=\"hp\"\n[pools.credential]\nkind=\"azure_cli\"\n"
+            )
+        };
+        let text = format!("{}{}", pool("a"), pool("A"));
+        let e = Config::from_toml_with_env(&text, vec![]).unwrap_err();
+        assert_eq!(e.key, "pools[1].name", "{e}");
+        Config::from_toml_with_env(&pool("a"), vec![]).unwrap();
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let text = include_str!("../config/example.toml");
+        let c = Config::from_toml_with_env(text, vec![]).unwrap();
+        assert!(c.pools.len() >= 2);
     }
 }

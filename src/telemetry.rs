@@ -1,4 +1,5 @@
-//! Logging: human-readable or JSON lines, filtered by `RUST_LOG` or the config.
+//! Logging to stderr (stdout stays for command output): human-readable or JSON lines,
+//! filtered by `RUST_LOG` or the config.
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -18,7 +19,9 @@ pub fn init(json: bool, default_filter: &str) {
             )
             .try_init()
     } else {
-        registry.with(fmt::layer().with_target(true)).try_init()
+        registry
+            .with(fmt::layer().with_target(true).with_writer(std::io::stderr))
+            .try_init()
     };
     drop(res);
 }
