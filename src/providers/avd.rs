@@ -10,6 +10,7 @@
 //!   safe or idempotent calls (GET, logoff, disconnect). `sendMessage` is re-sent only when the
 //!   request provably never left (connect failure) or was refused with 429.
 
+use super::http_util::{backoff, retry_after};
 use super::{ActionEffect, PoolSessions, ProviderError, SessionFilter, SessionProvider};
 use crate::domain::{
     ActionKind, Capabilities, HostName, ProviderKind, Session, SessionHost, SessionId,
@@ -26,7 +27,6 @@ use azure_identity::{
     ClientSecretCredentialOptions, ManagedIdentityCredential, ManagedIdentityCredentialOptions,
     UserAssignedId, WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
 };
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::{
@@ -616,22 +616,6 @@ enum Target {
 struct Reply {
     status: reqwest::StatusCode,
     body: bytes::Bytes,
-}
-
-fn backoff(attempt: u32) -> Duration {
-    let base_ms = 200u64.saturating_mul(1u64 << attempt.min(10)).min(5_000);
-    let jittered = rand::rng().random_range(base_ms / 2..=base_ms);
-    Duration::from_millis(jittered)
-}
-
-fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()?;
-    let d = when - OffsetDateTime::now_utc();
-    Some(Duration::try_from(d).unwrap_or(Duration::ZERO))
 }
 
 fn error_parts(status: reqwest::StatusCode, body: &[u8]) -> (String, String) {

@@ -2,6 +2,7 @@
 //! domain types and [`ProviderError`], which the API layer maps to problem+json.
 
 pub mod avd;
+pub mod http_util;
 pub mod winrm;
 pub mod wvd_classic;
 

@@ -21,6 +21,7 @@ pub use config::{
 pub use credential::CertificateAssertion;
 pub use wire::escape_query_value;
 
+use super::http_util::{backoff, retry_after};
 use super::{ActionEffect, PoolSessions, ProviderError, SessionFilter, SessionProvider};
 use crate::domain::{
     ActionKind, Capabilities, HostName, ProviderKind, Session, SessionHost, SessionId,
@@ -424,10 +425,6 @@ fn invalid_next(why: &str) -> ProviderError {
     }
 }
 
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(200u64.saturating_mul(1 << attempt.min(5)))
-}
-
 /// Describes a reqwest error without the URL (it may carry message text in its query).
 fn without_url(e: &reqwest::Error) -> String {
     let mut s = String::from(if e.is_connect() {
@@ -446,20 +443,6 @@ fn without_url(e: &reqwest::Error) -> String {
         src = inner.source();
     }
     s
-}
-
-/// `Retry-After` as seconds or an HTTP date.
-fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let fmt = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    let at = time::PrimitiveDateTime::parse(v, &fmt).ok()?.assume_utc();
-    let d = at - time::OffsetDateTime::now_utc();
-    Some(Duration::from_secs(d.whole_seconds().max(0).unsigned_abs()))
 }
 
 /// Maps a broker error response to a typed error (the symbolic code is in `error.message`).
