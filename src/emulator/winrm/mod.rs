@@ -192,6 +192,12 @@ impl WinRmEmulatorState {
             *h.mode.lock().unwrap_or_else(|p| p.into_inner()) = mode;
         }
     }
+    /// Forgets every shell of a host (as after a WinRM service restart or idle timeout).
+    pub fn drop_shells(&self, host: &str) {
+        if let Some(h) = self.host(host) {
+            h.shells.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
     pub fn set_command_duration(&self, d: Duration) {
         self.inner
             .command_duration_ms

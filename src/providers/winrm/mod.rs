@@ -127,6 +127,37 @@ pub struct OnPremPoolConfig {
     pub gateway_account: Option<String>,
 }
 
+impl OnPremPoolConfig {
+    /// A pool with every optional key at its default.
+    pub fn new(hosts: Vec<HostConfig>, credential: CredentialConfig) -> Self {
+        Self {
+            hosts,
+            credential,
+            auth: WinRmAuth::Basic,
+            ca_bundle: None,
+            tls_server_name: None,
+            max_concurrency_per_host: d_conc(),
+            fanout_concurrency: d_fanout(),
+            operation_timeout_secs: d_op(),
+            connect_timeout_secs: d_connect(),
+            command_timeout_secs: d_cmd(),
+            shell_idle_secs: d_idle(),
+            gateway_account: None,
+        }
+    }
+}
+
+impl HostConfig {
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            endpoint: None,
+            tls_server_name: None,
+            ca_bundle: None,
+        }
+    }
+}
+
 /// One inventory host with its transport.
 #[derive(Clone)]
 pub(crate) struct HostEntry {
