@@ -193,7 +193,7 @@ fn resolve_password(pool: &str, c: &CredentialConfig) -> Result<SecretString, St
     }
 }
 
-fn read_ca(key: &str, path: &PathBuf) -> Result<String, String> {
+fn read_ca(key: &str, path: &std::path::Path) -> Result<String, String> {
     crate::httpclient::read_ca_bundle(path).map_err(|e| format!("{key}: {e}"))
 }
 

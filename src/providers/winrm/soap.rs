@@ -41,7 +41,7 @@ pub const MAX_ENVELOPE_SIZE: u32 = 512_000;
 /// Renders a WS-Man duration (`PT60S`, `PT1.500S`).
 pub fn xs_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("PT{}S", ms / 1000)
     } else {
         format!("PT{}.{:03}S", ms / 1000, ms % 1000)
