@@ -539,3 +539,30 @@ async fn wrong_flavour_scripts_fail_cleanly() {
         Err(ProviderError::Upstream { .. })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_host_concurrency_is_bounded() {
+    let env = setup(Flavour::Rds, 1, |o| o.command_duration_ms = 300).await;
+    let mut cfg = env.cfg.clone();
+    cfg.max_concurrency_per_host = 1;
+    let p = RdsProvider::from_config("rds", &cfg).unwrap();
+    let host = h(H1);
+    let t = std::time::Instant::now();
+    let (a, b, c) = tokio::join!(
+        p.list_host_sessions(&host),
+        p.list_host_sessions(&host),
+        p.list_host_sessions(&host)
+    );
+    assert!(a.is_ok() && b.is_ok() && c.is_ok());
+    // One command at a time: three 300 ms commands take at least 900 ms.
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        env.emu.state().shells_created(),
+        1,
+        "one shell serves the serialised commands"
+    );
+}

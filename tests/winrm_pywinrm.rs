@@ -37,7 +37,9 @@ fn pywinrm_available() -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pywinrm_runs_a_script_on_the_emulated_host() {
     if !pywinrm_available() {
-        eprintln!("\n*** SKIPPED pywinrm_runs_a_script_on_the_emulated_host: python3 with pywinrm is not installed (pip install pywinrm) ***\n");
+        eprintln!(
+            "\n*** SKIPPED pywinrm_runs_a_script_on_the_emulated_host: python3 with pywinrm is not installed (pip install pywinrm) ***\n"
+        );
         return;
     }
     // Commands take 1.5 s while pywinrm's OperationTimeout is 1 s: it must poll through w:TimedOut.
@@ -70,7 +72,13 @@ async fn pywinrm_runs_a_script_on_the_emulated_host() {
     assert_eq!(v["cmd"][0], 0);
     assert_eq!(v["cmd"][1].as_str().unwrap().trim(), host.name);
     assert_eq!(v["bad"][0], 1);
-    assert!(v["bad"][2].as_str().unwrap().contains("not one this host accepts"), "{v}");
+    assert!(
+        v["bad"][2]
+            .as_str()
+            .unwrap()
+            .contains("not one this host accepts"),
+        "{v}"
+    );
     // pywinrm opened and deleted its shells.
     assert!(env.emu.state().shells_created() >= 3);
     assert_eq!(env.emu.state().open_shells(&host.name), 0);
