@@ -53,6 +53,7 @@ pub fn b64(s: &str) -> String {
 
 const COMMON: &str = r#"$ErrorActionPreference = 'Stop'
 $ProgressPreference = 'SilentlyContinue'
+$ConfirmPreference = 'None'
 function Out-SgJson($o) { [Console]::Out.Write((ConvertTo-Json -InputObject $o -Compress -Depth 6)) }
 function ConvertFrom-SgB64([string]$b) { [Text.Encoding]::UTF8.GetString([Convert]::FromBase64String($b)) }
 function Test-SgProtected([string]$user, [string]$domain, [string]$protect) {
@@ -185,7 +186,7 @@ function Close-SgSessions($targets, $rows, [string]$protect, [bool]$includeAdmin
     $r = [ordered]@{ id = [uint32]$id; user = $row.user; domain = $row.domain; admin = $row.admin; status = 'closed' }
     if ($id -eq 0 -or $id -eq $own -or (Test-SgProtected $row.user $row.domain $protect)) { $r.status = 'protected'; $r; continue }
     if ($row.admin -and -not $includeAdmin) { $r.status = 'skipped_admin'; $r; continue }
-    try { Close-WmsSession -SessionId $id -Confirm:$false } catch { $r.win32 = Get-SgWin32 $_; $r.status = 'error'; $r.message = $_.Exception.Message }
+    try { Close-WmsSession -SessionId $id } catch { $r.win32 = Get-SgWin32 $_; $r.status = 'error'; $r.message = $_.Exception.Message }
     $r
   })
 }
@@ -231,16 +232,16 @@ try {
 
 const MP_DISCONNECT: &str = r#"$id = %%ID%%
 $protect = ConvertFrom-SgB64 '%%PROTECT%%'
-Invoke-SgAction $id $protect { Disconnect-WmsSession -SessionId $id -Confirm:$false }
+Invoke-SgAction $id $protect { Disconnect-WmsSession -SessionId $id }
 "#;
 
 const MP_LOCK: &str = r#"$id = %%ID%%
 $protect = ConvertFrom-SgB64 '%%PROTECT%%'
-Invoke-SgAction $id $protect { Lock-WmsSession -SessionId $id -Confirm:$false }
+Invoke-SgAction $id $protect { Lock-WmsSession -SessionId $id }
 "#;
 
 const MP_UNLOCK: &str = r#"$id = %%ID%%
-Invoke-SgAction $id '' { Unlock-WmsSession -SessionId $id -Confirm:$false }
+Invoke-SgAction $id '' { Unlock-WmsSession -SessionId $id }
 "#;
 
 /// The templates sessiongate sends.
@@ -572,7 +573,10 @@ mod tests {
         let s = rds_logoff(3, "").text;
         assert!(recognise(&s.replace("$id = 3", "$id = 3; calc")).is_none());
         assert!(recognise(&format!("{s} ")).is_none());
-        assert!(recognise(&s.replace("Logoff($id)", "Disconnect($id)")).is_none());
+        assert!(recognise(&s.replace("Logoff($id)", "Logoff($id); calc")).is_none());
+        // Swapping the verb gives exactly another template, recognised as that one.
+        let swapped = recognise(&s.replace("Logoff($id)", "Disconnect($id)")).unwrap();
+        assert_eq!(swapped.template, Template::RdsDisconnect);
         assert!(recognise("Get-Process").is_none());
         assert!(
             recognise(
