@@ -566,3 +566,33 @@ async fn per_host_concurrency_is_bounded() {
         "one shell serves the serialised commands"
     );
 }
+
+#[tokio::test]
+async fn injected_server_errors_and_dropped_connections_are_typed() {
+    use sessiongate::emulator::common::FaultSettings;
+    let env = setup(Flavour::Rds, 1, |_| {}).await;
+    let p = RdsProvider::from_config("rds", &env.cfg).unwrap();
+    env.emu.faults().set(FaultSettings {
+        latency_ms: 0,
+        error_rate: 1.0,
+        drop_rate: 0.0,
+    });
+    assert!(matches!(
+        p.list_host_sessions(&h(H1)).await,
+        Err(ProviderError::Upstream {
+            status: Some(500),
+            ..
+        })
+    ));
+    env.emu.faults().set(FaultSettings {
+        latency_ms: 0,
+        error_rate: 0.0,
+        drop_rate: 1.0,
+    });
+    assert!(matches!(
+        p.list_host_sessions(&h(H1)).await,
+        Err(ProviderError::Transport(_))
+    ));
+    env.emu.faults().set(FaultSettings::default());
+    assert_eq!(p.list_host_sessions(&h(H1)).await.unwrap().len(), 3);
+}

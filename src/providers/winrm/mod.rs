@@ -251,9 +251,26 @@ pub(crate) fn build_core(pool: &str, cfg: &OnPremPoolConfig) -> Result<Core, Str
         }
         let mut endpoint = match &h.endpoint {
             Some(u) => url::Url::parse(u).map_err(|e| format!("{key}.endpoint: {e}"))?,
-            None => url::Url::parse(&format!("https://{}:5986/wsman", h.name))
-                .map_err(|e| format!("{key}.name: cannot form an endpoint URL: {e}"))?,
+            None => {
+                let u = url::Url::parse(&format!("https://{}:5986/wsman", h.name))
+                    .map_err(|e| format!("{key}.name: cannot form an endpoint URL: {e}"))?;
+                if !u
+                    .host_str()
+                    .is_some_and(|x| x.eq_ignore_ascii_case(&h.name))
+                {
+                    return Err(format!(
+                        "{key}.name: '{}' is not a plain DNS name; set {key}.endpoint explicitly",
+                        h.name
+                    ));
+                }
+                u
+            }
         };
+        if !endpoint.username().is_empty() || endpoint.password().is_some() {
+            return Err(format!(
+                "{key}.endpoint: must not carry credentials; use pools.{pool}.credential"
+            ));
+        }
         match endpoint.scheme() {
             "https" => {}
             "http" => {
@@ -615,6 +632,32 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn config_rejects_names_that_are_not_dns_names_and_urls_with_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "secret").unwrap();
+        let mk = |host: &str| {
+            cfg(&format!(
+                r#"hosts = [{host}]
+                   credential = {{ username = "u", password_file = "{}" }}"#,
+                pw.display()
+            ))
+        };
+        let e = build_core("p", &mk(r#"{ name = "evil@attacker.example" }"#))
+            .err()
+            .unwrap();
+        assert!(e.contains("pools.p.hosts[0].name"), "{e}");
+        let e = build_core(
+            "p",
+            &mk(r#"{ name = "h1", endpoint = "https://u:pw@h1:5986/wsman" }"#),
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("pools.p.hosts[0].endpoint"), "{e}");
+        assert!(build_core("p", &mk(r#"{ name = "h1.contoso.com" }"#)).is_ok());
     }
 
     #[test]
