@@ -596,3 +596,66 @@ async fn injected_server_errors_and_dropped_connections_are_typed() {
     env.emu.faults().set(FaultSettings::default());
     assert_eq!(p.list_host_sessions(&h(H1)).await.unwrap().len(), 3);
 }
+
+mod ntlm {
+    use super::*;
+    use sessiongate::providers::winrm::WinRmAuth;
+
+    #[tokio::test]
+    async fn ntlm_pool_runs_actions_on_authenticated_connections() {
+        let env = setup(Flavour::Rds, 2, |_| {}).await;
+        let st = env.emu.state();
+        let mut cfg = env.cfg.clone();
+        cfg.auth = WinRmAuth::Ntlm;
+        cfg.credential.username = format!("CONTOSO\\{}", env.emu.info().username);
+        let p = RdsProvider::from_config("rds", &cfg).unwrap();
+        let all = p.list_sessions(&SessionFilter::default()).await.unwrap();
+        assert_eq!(all.sessions.len(), 6, "{:?}", all.unreachable_hosts);
+        assert_eq!(
+            p.logoff(&h(H1), SessionId(2), true).await.unwrap(),
+            ActionEffect::Done
+        );
+        assert!(!st.sessions(H1).contains_key(&2));
+        let ok = eventually(|| p.transport_stats().round_trips == st.round_trips()).await;
+        assert!(
+            ok,
+            "client {:?} vs emulator {}",
+            p.transport_stats(),
+            st.round_trips()
+        );
+        // Per host: NEGOTIATE leg (401) + Create/Command/Receive/Signal; then a second action on
+        // the warm shell and authenticated connection costs Command/Receive/Signal only.
+        assert_eq!(st.host_round_trips(H2), 5);
+        let before = st.host_round_trips(H2);
+        assert_eq!(
+            p.disconnect(&h(H2), SessionId(3)).await.unwrap(),
+            ActionEffect::Done
+        );
+        assert!(eventually(|| st.host_round_trips(H2) == before + 3).await);
+    }
+
+    #[tokio::test]
+    async fn ntlm_wrong_password_is_upstream_auth() {
+        let env = setup(Flavour::Rds, 1, |_| {}).await;
+        let pw = env.dir.path().join("wrong");
+        std::fs::write(&pw, "nope").unwrap();
+        let mut cfg = env.cfg.clone();
+        cfg.auth = WinRmAuth::Ntlm;
+        cfg.credential.password_file = Some(pw);
+        let p = RdsProvider::from_config("rds", &cfg).unwrap();
+        assert!(matches!(
+            p.list_host_sessions(&h(H1)).await,
+            Err(ProviderError::UpstreamAuth(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn ntlm_over_plain_http_is_rejected_at_build() {
+        let env = setup(Flavour::Rds, 1, |_| {}).await;
+        let mut cfg = env.cfg.clone();
+        cfg.auth = WinRmAuth::Ntlm;
+        cfg.hosts[0].endpoint = Some("http://127.0.0.1:5985/wsman".into());
+        let e = RdsProvider::from_config("rds", &cfg).err().unwrap();
+        assert!(e.contains("hosts[0].endpoint"), "{e}");
+    }
+}

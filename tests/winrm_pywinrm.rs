@@ -10,8 +10,8 @@ use winrm_support::setup;
 const PY: &str = r#"
 import json, sys
 import winrm
-endpoint, user, pw, ca, script_path = sys.argv[1:6]
-s = winrm.Session(endpoint, auth=(user, pw), transport='basic',
+endpoint, user, pw, ca, script_path, transport = sys.argv[1:7]
+s = winrm.Session(endpoint, auth=(user, pw), transport=transport,
                   server_cert_validation='validate', ca_trust_path=ca,
                   operation_timeout_sec=1, read_timeout_sec=10)
 with open(script_path, newline='') as f:
@@ -34,11 +34,10 @@ fn pywinrm_available() -> bool {
         .unwrap_or(false)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pywinrm_runs_a_script_on_the_emulated_host() {
+async fn run_pywinrm(transport: &str, user_prefix: &str) {
     if !pywinrm_available() {
         eprintln!(
-            "\n*** SKIPPED pywinrm_runs_a_script_on_the_emulated_host: python3 with pywinrm is not installed (pip install pywinrm) ***\n"
+            "\n*** SKIPPED pywinrm test ({transport}): python3 with pywinrm is not installed (pip install pywinrm) ***\n"
         );
         return;
     }
@@ -52,10 +51,11 @@ async fn pywinrm_runs_a_script_on_the_emulated_host() {
     let out = tokio::process::Command::new("python3")
         .arg(&py_path)
         .arg(&host.endpoint)
-        .arg(&env.emu.info().username)
+        .arg(format!("{user_prefix}{}", env.emu.info().username))
         .arg(&env.emu.info().password)
         .arg(&env.ca_path)
         .arg(&script_path)
+        .arg(transport)
         .output()
         .await
         .unwrap();
@@ -82,4 +82,16 @@ async fn pywinrm_runs_a_script_on_the_emulated_host() {
     // pywinrm opened and deleted its shells.
     assert!(env.emu.state().shells_created() >= 3);
     assert_eq!(env.emu.state().open_shells(&host.name), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pywinrm_basic_runs_a_script_on_the_emulated_host() {
+    run_pywinrm("basic", "").await;
+}
+
+/// pywinrm's NTLM (pyspnego) is an independent NTLMv2 implementation: this checks the
+/// emulator's NTLM server, which in turn checks our client (`winrm_provider` NTLM tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pywinrm_ntlm_runs_a_script_on_the_emulated_host() {
+    run_pywinrm("ntlm", "CONTOSO\\").await;
 }

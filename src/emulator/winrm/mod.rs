@@ -9,7 +9,10 @@ mod host;
 
 pub use host::{EmuSession, ReceivedScript, SentMessage};
 
-use crate::emulator::common::{EmulatorTls, FaultSettings, Faults, Running, serve_tls};
+use crate::emulator::common::{
+    ConnectionId, EmulatorTls, FaultSettings, Faults, Running, serve_tls,
+};
+use crate::providers::winrm::ntlm;
 use crate::providers::winrm::soap;
 use crate::providers::winrm::transport::STDIN_BOOTSTRAP;
 use crate::providers::winrm::xml::{self, Element, esc};
@@ -113,6 +116,9 @@ pub(crate) struct StateInner {
     round_trips: AtomicU64,
     shells_created: AtomicU64,
     command_duration_ms: AtomicU64,
+    /// NTLM: challenge issued per connection, and connections that authenticated.
+    ntlm_pending: Mutex<HashMap<u64, [u8; 8]>>,
+    ntlm_authed: Mutex<std::collections::HashSet<u64>>,
 }
 
 /// Handle on the emulator's state for tests and benchmarks.
@@ -314,6 +320,8 @@ pub async fn start(
         round_trips: AtomicU64::new(0),
         shells_created: AtomicU64::new(0),
         command_duration_ms: AtomicU64::new(opts.command_duration_ms),
+        ntlm_pending: Mutex::new(HashMap::new()),
+        ntlm_authed: Mutex::new(std::collections::HashSet::new()),
     });
     let mut running = Vec::new();
     let mut announced = Vec::new();
@@ -351,7 +359,7 @@ pub async fn start(
             flavour: opts.flavour,
             username: opts.username,
             password: opts.password,
-            auth: vec!["basic"],
+            auth: vec!["basic", "ntlm"],
             hosts: announced,
         },
         state: WinRmEmulatorState { inner },
@@ -435,11 +443,95 @@ fn unauthorized() -> Response {
     r
 }
 
-fn basic_ok(st: &StateInner, headers: &HeaderMap) -> bool {
-    let Some(raw) = headers
+enum AuthOutcome {
+    Ok,
+    Refused,
+    /// NTLM CHALLENGE to send back in a 401.
+    Challenge(Vec<u8>),
+}
+
+/// Basic on every request, or NTLM (under `Negotiate` or `NTLM`) once per connection.
+fn authenticate(
+    st: &StateInner,
+    host: &HostState,
+    conn: Option<u64>,
+    headers: &HeaderMap,
+) -> AuthOutcome {
+    let raw = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
+        .and_then(|v| v.to_str().ok());
+    let token = raw.and_then(|r| {
+        r.strip_prefix("Negotiate ")
+            .or_else(|| r.strip_prefix("NTLM "))
+            .and_then(|t| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(t.trim())
+                    .ok()
+            })
+    });
+    match (token, conn) {
+        (Some(tok), Some(c)) => {
+            if ntlm::is_negotiate(&tok) {
+                let sc: [u8; 8] = rand::random();
+                st.ntlm_pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(c, sc);
+                let info = ntlm::av_pairs(&[
+                    (ntlm::AV_NB_DOMAIN, ntlm::utf16le("CONTOSO")),
+                    (
+                        ntlm::AV_NB_COMPUTER,
+                        ntlm::utf16le(&host.name.to_ascii_uppercase()),
+                    ),
+                    (
+                        ntlm::AV_TIMESTAMP,
+                        ntlm::filetime_now().to_le_bytes().to_vec(),
+                    ),
+                ]);
+                return AuthOutcome::Challenge(ntlm::challenge_message(sc, &info, "CONTOSO"));
+            }
+            let pending = st
+                .ntlm_pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&c);
+            match pending {
+                Some(sc) if ntlm::verify_authenticate(&tok, sc, &st.username, &st.password) => {
+                    st.ntlm_authed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(c);
+                    AuthOutcome::Ok
+                }
+                _ => AuthOutcome::Refused,
+            }
+        }
+        (Some(_), None) => AuthOutcome::Refused,
+        (None, _) if raw.is_some() => {
+            if basic_ok(st, raw) {
+                AuthOutcome::Ok
+            } else {
+                AuthOutcome::Refused
+            }
+        }
+        (None, Some(c)) => {
+            if st
+                .ntlm_authed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&c)
+            {
+                AuthOutcome::Ok
+            } else {
+                AuthOutcome::Refused
+            }
+        }
+        (None, None) => AuthOutcome::Refused,
+    }
+}
+
+fn basic_ok(st: &StateInner, raw: Option<&str>) -> bool {
+    let Some(raw) = raw else {
         return false;
     };
     let Some(b64) = raw
@@ -512,13 +604,25 @@ fn powershell_script(cmdline: &str) -> Option<Result<String, String>> {
 
 async fn wsman(
     State((st, host)): State<(Arc<StateInner>, Arc<HostState>)>,
+    conn: Option<axum::Extension<ConnectionId>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     st.round_trips.fetch_add(1, Ordering::Relaxed);
     host.round_trips.fetch_add(1, Ordering::Relaxed);
-    if !basic_ok(&st, &headers) {
-        return unauthorized();
+    match authenticate(&st, &host, conn.map(|c| c.0.0), &headers) {
+        AuthOutcome::Ok => {}
+        AuthOutcome::Refused => return unauthorized(),
+        AuthOutcome::Challenge(msg) => {
+            let mut r = (StatusCode::UNAUTHORIZED, "").into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "Negotiate {}",
+                base64::engine::general_purpose::STANDARD.encode(msg)
+            )) {
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            return r;
+        }
     }
     let ct_ok = headers
         .get(header::CONTENT_TYPE)

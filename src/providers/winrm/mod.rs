@@ -6,6 +6,8 @@
 //! only; a host that is not in the inventory is never contacted.
 
 pub mod multipoint;
+pub mod ntlm;
+pub mod ntlm_http;
 pub mod rds;
 pub mod scripts;
 pub mod soap;
@@ -33,7 +35,8 @@ pub enum WinRmAuth {
     /// HTTP Basic (local accounts), only over HTTPS. The one this build implements.
     #[default]
     Basic,
-    /// NTLM / Negotiate: accepted by the config syntax, rejected at config check (not built yet).
+    /// NTLMv2 (sent under the `Negotiate` scheme), only over HTTPS; domain accounts as
+    /// `DOMAIN\\user`. No channel binding (hosts with `CbtHardeningLevel=Strict` refuse it).
     Ntlm,
     /// Kerberos: accepted by the config syntax, rejected at config check (not built yet).
     Kerberos,
@@ -199,17 +202,10 @@ fn read_ca(key: &str, path: &std::path::Path) -> Result<String, String> {
 
 /// Validates the configuration and builds one transport per host. No connection is made.
 pub(crate) fn build_core(pool: &str, cfg: &OnPremPoolConfig) -> Result<Core, String> {
-    match cfg.auth {
-        WinRmAuth::Basic => {}
-        other => {
-            return Err(format!(
-                "pools.{pool}.auth: '{}' is not supported by this build; use \"basic\" (HTTPS only)",
-                match other {
-                    WinRmAuth::Ntlm => "ntlm",
-                    _ => "kerberos",
-                }
-            ));
-        }
+    if cfg.auth == WinRmAuth::Kerberos {
+        return Err(format!(
+            "pools.{pool}.auth: 'kerberos' is not supported by this build; use \"ntlm\" or \"basic\" (HTTPS only)"
+        ));
     }
     if cfg.hosts.is_empty() {
         return Err(format!("pools.{pool}.hosts: at least one host is required"));
@@ -274,9 +270,14 @@ pub(crate) fn build_core(pool: &str, cfg: &OnPremPoolConfig) -> Result<Core, Str
         match endpoint.scheme() {
             "https" => {}
             "http" => {
-                return Err(format!(
-                    "{key}.endpoint: Basic authentication over plain http would send the password in clear; use https"
-                ));
+                return Err(match cfg.auth {
+                    WinRmAuth::Basic => format!(
+                        "{key}.endpoint: Basic authentication over plain http would send the password in clear; use https"
+                    ),
+                    _ => format!(
+                        "{key}.endpoint: plain http needs WinRM message encryption, which this build does not implement; use https"
+                    ),
+                });
             }
             other => return Err(format!("{key}.endpoint: unsupported scheme '{other}'")),
         }
@@ -288,7 +289,21 @@ pub(crate) fn build_core(pool: &str, cfg: &OnPremPoolConfig) -> Result<Core, Str
             Some(p) => Some(read_ca(&format!("{key}.ca_bundle"), p)?),
             None => None,
         };
-        let http = if sni.is_some() || host_ca.is_some() {
+        let http = if cfg.auth == WinRmAuth::Ntlm {
+            let ca = host_ca.as_deref().or(pool_ca.as_deref());
+            let tls = ntlm_http::tls_config(ca).map_err(|e| format!("{key}.ca_bundle: {e}"))?;
+            transport::HttpChannel::Ntlm(Box::new(
+                ntlm_http::NtlmHttp::new(ntlm_http::NtlmSettings {
+                    endpoint: endpoint.clone(),
+                    tls_server_name: sni.clone(),
+                    tls,
+                    connect_timeout: connect,
+                    username: cfg.credential.username.clone(),
+                    password: password.clone(),
+                })
+                .map_err(|e| format!("{key}: {e}"))?,
+            ))
+        } else if sni.is_some() || host_ca.is_some() {
             let ca = host_ca.as_deref().or(pool_ca.as_deref());
             let mut b = reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -316,10 +331,12 @@ pub(crate) fn build_core(pool: &str, cfg: &OnPremPoolConfig) -> Result<Core, Str
                     .map_err(|e| format!("{key}.tls_server_name: {e}"))?;
                 b = b.resolve(sni, std::net::SocketAddr::new(ip, port));
             }
-            b.build()
-                .map_err(|e| format!("{key}: building HTTP client: {e}"))?
+            transport::HttpChannel::Basic(
+                b.build()
+                    .map_err(|e| format!("{key}: building HTTP client: {e}"))?,
+            )
         } else {
-            shared.clone()
+            transport::HttpChannel::Basic(shared.clone())
         };
         let client = WsManClient::new(
             transport::ClientSettings {
@@ -612,7 +629,7 @@ mod tests {
     #[test]
     fn config_rejects_unsupported_auth_and_unknown_keys() {
         let c = cfg(r#"hosts = [{ name = "h1" }]
-               auth = "ntlm"
+               auth = "kerberos"
                credential = { username = "u", password_env = "NOPE_NOT_SET_1234" }"#);
         let e = build_core("p", &c).err().unwrap();
         assert!(e.contains("pools.p.auth"), "{e}");

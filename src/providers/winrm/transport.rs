@@ -26,7 +26,8 @@ pub struct CommandOutput {
 /// Counters of one host's transport.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TransportStats {
-    /// HTTP round trips sent (every WS-Man request, retries and background Signals included).
+    /// HTTP round trips sent (every WS-Man request, retries, background Signals and NTLM
+    /// NEGOTIATE legs included).
     pub round_trips: u64,
     pub shells_created: u64,
     pub shells_deleted: u64,
@@ -134,9 +135,17 @@ struct IdleShell {
     last_used: Instant,
 }
 
+/// How requests reach the host.
+pub enum HttpChannel {
+    /// reqwest with Basic credentials on every request.
+    Basic(reqwest::Client),
+    /// Our own NTLM-authenticated connections.
+    Ntlm(Box<super::ntlm_http::NtlmHttp>),
+}
+
 struct Inner {
     s: ClientSettings,
-    http: reqwest::Client,
+    http: HttpChannel,
     sem: Arc<Semaphore>,
     idle: Mutex<Vec<IdleShell>>,
     round_trips: AtomicU64,
@@ -196,7 +205,7 @@ fn classify(e: reqwest::Error) -> WinRmError {
 }
 
 impl WsManClient {
-    pub fn new(s: ClientSettings, http: reqwest::Client) -> Self {
+    pub fn new(s: ClientSettings, http: HttpChannel) -> Self {
         let max = s.max_concurrency.max(1);
         Self {
             inner: Arc::new(Inner {
@@ -233,24 +242,34 @@ impl Inner {
             body,
         );
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        let resp = self
-            .http
-            .post(self.s.endpoint.clone())
-            .basic_auth(&self.s.username, Some(self.s.password.expose_secret()))
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/soap+xml;charset=UTF-8",
-            )
-            .timeout(self.s.operation_timeout + Duration::from_secs(15))
-            .body(env)
-            .send()
-            .await
-            .map_err(classify)?;
-        let status = resp.status().as_u16();
+        let http_timeout = self.s.operation_timeout + Duration::from_secs(15);
+        let (status, text) = match &self.http {
+            HttpChannel::Basic(client) => {
+                let resp = client
+                    .post(self.s.endpoint.clone())
+                    .basic_auth(&self.s.username, Some(self.s.password.expose_secret()))
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/soap+xml;charset=UTF-8",
+                    )
+                    .timeout(http_timeout)
+                    .body(env)
+                    .send()
+                    .await
+                    .map_err(classify)?;
+                let status = resp.status().as_u16();
+                if status == 401 {
+                    return Err(WinRmError::Auth);
+                }
+                (status, resp.text().await.map_err(classify)?)
+            }
+            HttpChannel::Ntlm(n) => tokio::time::timeout(http_timeout, n.exchange(env))
+                .await
+                .map_err(|_| WinRmError::Timeout("no answer within the HTTP timeout".into()))??,
+        };
         if status == 401 {
             return Err(WinRmError::Auth);
         }
-        let text = resp.text().await.map_err(classify)?;
         let parsed = if text.trim().is_empty() {
             None
         } else {
@@ -482,8 +501,12 @@ impl WinRmTransport for WsManClient {
     }
 
     fn stats(&self) -> TransportStats {
+        let handshakes = match &self.inner.http {
+            HttpChannel::Ntlm(n) => n.handshake_round_trips(),
+            HttpChannel::Basic(_) => 0,
+        };
         TransportStats {
-            round_trips: self.inner.round_trips.load(Ordering::Relaxed),
+            round_trips: self.inner.round_trips.load(Ordering::Relaxed) + handshakes,
             shells_created: self.inner.shells_created.load(Ordering::Relaxed),
             shells_deleted: self.inner.shells_deleted.load(Ordering::Relaxed),
         }
