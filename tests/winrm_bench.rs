@@ -10,7 +10,7 @@ mod winrm_support;
 use futures::StreamExt;
 use sessiongate::domain::{HostName, SessionId};
 use sessiongate::emulator::winrm::Flavour;
-use sessiongate::providers::winrm::RdsProvider;
+use sessiongate::providers::winrm::{RdsProvider, WinRmAuth};
 use sessiongate::providers::{ActionEffect, SessionFilter, SessionProvider};
 use std::time::{Duration, Instant};
 use winrm_support::{eventually, setup};
@@ -30,7 +30,7 @@ async fn quiesce(st: &sessiongate::emulator::winrm::WinRmEmulatorState) -> u64 {
     }
 }
 
-async fn run(fanout: usize, logoff_concurrency: usize) {
+async fn run(fanout: usize, logoff_concurrency: usize, auth: WinRmAuth) {
     let env = setup(Flavour::Rds, HOSTS, |o| {
         o.latency_ms = 100;
         o.sessions_per_host = 5;
@@ -39,6 +39,7 @@ async fn run(fanout: usize, logoff_concurrency: usize) {
     let st = env.emu.state();
     let mut cfg = env.cfg.clone();
     cfg.fanout_concurrency = fanout;
+    cfg.auth = auth;
     let p = RdsProvider::from_config("bench", &cfg).unwrap();
 
     let t = Instant::now();
@@ -72,7 +73,7 @@ async fn run(fanout: usize, logoff_concurrency: usize) {
     let rt_logoff = quiesce(&st).await - rt_cold - rt_warm;
 
     println!(
-        "BENCH hosts={HOSTS} latency=100ms fanout={fanout} logoff_concurrency={logoff_concurrency}: \
+        "BENCH auth={auth:?} hosts={HOSTS} latency=100ms fanout={fanout} logoff_concurrency={logoff_concurrency}: \
          list cold {:.2}s ({:.2} rt/host), list warm {:.2}s ({:.2} rt/host), \
          logoff x{HOSTS} {:.2}s ({:.2} rt/action), shells created {}",
         cold_t.as_secs_f64(),
@@ -89,7 +90,9 @@ async fn run(fanout: usize, logoff_concurrency: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with --release --ignored --nocapture"]
 async fn bench_fanout_200_hosts() {
-    run(32, 32).await;
-    run(64, 64).await;
-    run(200, 200).await;
+    run(32, 32, WinRmAuth::Basic).await;
+    run(64, 64, WinRmAuth::Basic).await;
+    run(200, 200, WinRmAuth::Basic).await;
+    run(32, 32, WinRmAuth::Ntlm).await;
+    run(64, 64, WinRmAuth::Ntlm).await;
 }

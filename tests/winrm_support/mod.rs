@@ -4,7 +4,7 @@
 
 use sessiongate::emulator::common::EmulatorTls;
 use sessiongate::emulator::winrm::{self, Flavour, WinRmEmulator, WinRmEmulatorOptions};
-use sessiongate::providers::winrm::{CredentialConfig, HostConfig, OnPremPoolConfig};
+use sessiongate::providers::winrm::{CredentialConfig, HostConfig, OnPremPoolConfig, WinRmAuth};
 use std::time::{Duration, Instant};
 
 pub const GATEWAY: &str = "CONTOSO\\svc-gateway";
@@ -58,6 +58,7 @@ pub async fn setup(
             password_file: Some(pw),
         },
     );
+    cfg.auth = WinRmAuth::Basic;
     cfg.ca_bundle = Some(ca_path.clone());
     cfg.operation_timeout_secs = 5;
     cfg.connect_timeout_secs = 2;

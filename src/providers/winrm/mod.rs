@@ -32,13 +32,14 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WinRmAuth {
-    /// HTTP Basic (local accounts), only over HTTPS. The one this build implements.
-    #[default]
+    /// HTTP Basic (local accounts only; WinRM's `Auth/Basic` must be enabled), only over HTTPS.
     Basic,
     /// NTLMv2 (sent under the `Negotiate` scheme), only over HTTPS; domain accounts as
     /// `DOMAIN\\user`. No channel binding (hosts with `CbtHardeningLevel=Strict` refuse it).
+    /// The default: Negotiate is enabled on WinRM out of the box, Basic is not.
+    #[default]
     Ntlm,
-    /// Kerberos: accepted by the config syntax, rejected at config check (not built yet).
+    /// Kerberos: accepted by the config syntax, rejected at config check (not built).
     Kerberos,
 }
 
@@ -136,7 +137,7 @@ impl OnPremPoolConfig {
         Self {
             hosts,
             credential,
-            auth: WinRmAuth::Basic,
+            auth: WinRmAuth::default(),
             ca_bundle: None,
             tls_server_name: None,
             max_concurrency_per_host: d_conc(),
