@@ -659,3 +659,18 @@ mod ntlm {
         assert!(e.contains("hosts[0].endpoint"), "{e}");
     }
 }
+
+#[tokio::test]
+async fn idle_shells_expire_and_are_deleted() {
+    let env = setup(Flavour::Rds, 1, |_| {}).await;
+    let st = env.emu.state();
+    let mut cfg = env.cfg.clone();
+    cfg.shell_idle_secs = 0;
+    let p = RdsProvider::from_config("rds", &cfg).unwrap();
+    p.list_host_sessions(&h(H1)).await.unwrap();
+    assert!(eventually(|| st.round_trips() == 4).await);
+    p.list_host_sessions(&h(H1)).await.unwrap();
+    assert_eq!(st.shells_created(), 2, "an expired shell is not reused");
+    assert!(eventually(|| p.transport_stats().shells_deleted == 1).await);
+    assert!(eventually(|| st.open_shells(H1) == 1).await);
+}

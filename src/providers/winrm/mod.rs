@@ -238,6 +238,15 @@ pub(crate) fn build_core(pool: &str, cfg: &OnPremPoolConfig) -> Result<Core, Str
     )
     .map_err(|e| format!("pools.{pool}.ca_bundle: {e}"))?;
 
+    // One TLS client config for the NTLM connections of every host without its own CA bundle.
+    let pool_ntlm_tls = if cfg.auth == WinRmAuth::Ntlm {
+        Some(
+            ntlm_http::tls_config(pool_ca.as_deref())
+                .map_err(|e| format!("pools.{pool}.ca_bundle: {e}"))?,
+        )
+    } else {
+        None
+    };
     let mut seen = std::collections::HashSet::new();
     let mut hosts = Vec::with_capacity(cfg.hosts.len());
     for (i, h) in cfg.hosts.iter().enumerate() {
@@ -290,9 +299,13 @@ pub(crate) fn build_core(pool: &str, cfg: &OnPremPoolConfig) -> Result<Core, Str
             Some(p) => Some(read_ca(&format!("{key}.ca_bundle"), p)?),
             None => None,
         };
-        let http = if cfg.auth == WinRmAuth::Ntlm {
-            let ca = host_ca.as_deref().or(pool_ca.as_deref());
-            let tls = ntlm_http::tls_config(ca).map_err(|e| format!("{key}.ca_bundle: {e}"))?;
+        let http = if let Some(pool_tls) = &pool_ntlm_tls {
+            let tls = match host_ca.as_deref() {
+                Some(ca) => {
+                    ntlm_http::tls_config(Some(ca)).map_err(|e| format!("{key}.ca_bundle: {e}"))?
+                }
+                None => pool_tls.clone(),
+            };
             transport::HttpChannel::Ntlm(Box::new(
                 ntlm_http::NtlmHttp::new(ntlm_http::NtlmSettings {
                     endpoint: endpoint.clone(),
