@@ -357,13 +357,20 @@ impl Inner {
         tokio::spawn(async move { me.delete_shell(&id).await });
     }
 
-    async fn start_command(&self, shell: &str, args: &[&str]) -> Result<String, WinRmError> {
+    async fn start_command(
+        &self,
+        shell: &str,
+        args: &[&str],
+        stdin: bool,
+    ) -> Result<String, WinRmError> {
+        // A script on stdin is read to its end: a pipe (not console mode) delivers the EOF.
+        let console = if stdin { "FALSE" } else { "TRUE" };
         let env = self
             .post(
                 soap::ACTION_COMMAND,
                 Some(shell),
                 &[
-                    ("WINRS_CONSOLEMODE_STDIN", "TRUE"),
+                    ("WINRS_CONSOLEMODE_STDIN", console),
                     ("WINRS_SKIP_CMD_SHELL", "TRUE"),
                 ],
                 &soap::command_body("powershell.exe", args),
@@ -445,7 +452,7 @@ impl WinRmTransport for WsManClient {
                 Some(s) => (s, true),
                 None => (inner.create_shell().await?, false),
             };
-            match inner.start_command(&shell, &args).await {
+            match inner.start_command(&shell, &args, use_stdin).await {
                 Ok(cmd) => break (shell, cmd),
                 Err(WinRmError::Fault(f)) if warm && attempt < 2 => {
                     tracing::debug!(fault = %f, "warm shell rejected; opening a new one");
