@@ -589,6 +589,20 @@ mod tests {
     }
 
     #[test]
+    fn ordinary_scripts_fit_on_the_command_line() {
+        use crate::providers::winrm::transport::{MAX_ENCODED_COMMAND_LINE, encode_command};
+        for s in [
+            rds_list(),
+            rds_message(1, "Maintenance", &"x".repeat(1000)),
+            mp_close_all(true, "CONTOSO\\svc-gateway"),
+            mp_close(&(1..=50).collect::<Vec<_>>(), "CONTOSO\\svc-gateway"),
+        ] {
+            let n = encode_command(&s.text).len();
+            assert!(n < MAX_ENCODED_COMMAND_LINE, "{:?}: {n}", s.template);
+        }
+    }
+
+    #[test]
     fn slots_are_listed() {
         assert_eq!(Template::RdsMessage.slots(), vec!["ID", "TITLE", "BODY"]);
         assert!(Template::RdsList.slots().is_empty());
