@@ -151,6 +151,13 @@ impl Drop for Running {
     }
 }
 
+/// Identifies the connection a request arrived on (added to every request's extensions by
+/// [`serve_tls`]), for connection-bound authentication such as NTLM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionId(pub u64);
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
 /// Serves `router` over HTTPS on `listener`, applying latency, 5xx and dropped-connection
 /// faults before the router sees the request. `error_body` renders the injected 5xx in the
 /// emulated service's own error shape.
@@ -171,6 +178,7 @@ pub fn serve_tls(
             let acceptor = acceptor.clone();
             let router = router.clone();
             let faults = faults.clone();
+            let conn_id = ConnectionId(NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed));
             tokio::spawn(async move {
                 let Ok(stream) = acceptor.accept(tcp).await else {
                     return;
@@ -192,7 +200,8 @@ pub fn serve_tls(
                             if faults.should_error() {
                                 return Ok(error_body());
                             }
-                            let req = req.map(axum::body::Body::new);
+                            let mut req = req.map(axum::body::Body::new);
+                            req.extensions_mut().insert(conn_id);
                             let resp = tower::ServiceExt::oneshot(router, req)
                                 .await
                                 .unwrap_or_else(|e: Infallible| match e {});

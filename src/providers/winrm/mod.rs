@@ -1,18 +1,707 @@
 //! On-premises RD Session Host and MultiPoint over WinRM.
+//!
+//! Layers: [`transport`] (our WS-Man client behind the [`WinRmTransport`] trait) →
+//! [`scripts`] (fixed PowerShell templates, free text only as base64) → [`rds`] /
+//! [`multipoint`] (the [`SessionProvider`] adapters). Hosts come from configured inventory
+//! only; a host that is not in the inventory is never contacted.
 
-use super::SessionProvider;
+pub mod multipoint;
+pub mod ntlm;
+pub mod ntlm_http;
+pub mod rds;
+pub mod scripts;
+pub mod soap;
+pub mod transport;
+pub mod xml;
+
+pub use multipoint::{BulkLogoffItem, BulkLogoffStatus, MultiPointProvider};
+pub use rds::RdsProvider;
+pub use transport::{CommandOutput, TransportStats, WinRmError, WinRmTransport, WsManClient};
+
+use crate::domain::{HostName, Session, SessionHost, SessionId, SessionState};
+use crate::providers::{PoolSessions, ProviderError, SessionProvider, UnreachableHost};
+use futures::StreamExt;
+use scripts::{ScriptResult, SessionRow};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-/// Placeholder until the adapter lands.
-#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
-pub struct OnPremPoolConfig {}
-
-pub fn build_rds(_pool: &str, _cfg: &OnPremPoolConfig) -> Result<Arc<dyn SessionProvider>, String> {
-    Err("provider not available in this build".into())
+/// How we authenticate to WinRM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WinRmAuth {
+    /// HTTP Basic (local accounts only; WinRM's `Auth/Basic` must be enabled), only over HTTPS.
+    Basic,
+    /// NTLMv2 (sent under the `Negotiate` scheme), only over HTTPS; domain accounts as
+    /// `DOMAIN\\user`. No channel binding (hosts with `CbtHardeningLevel=Strict` refuse it).
+    /// The default: Negotiate is enabled on WinRM out of the box, Basic is not.
+    #[default]
+    Ntlm,
+    /// Kerberos: accepted by the config syntax, rejected at config check (not built).
+    Kerberos,
 }
+
+/// Where the password comes from (exactly one of the two).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    pub username: String,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+/// One on-prem host of the inventory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// The host's FQDN: how callers address it and (by default) where we connect.
+    pub name: String,
+    /// WS-Man endpoint URL; default `https://{name}:5986/wsman`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Name the TLS certificate must carry when it differs from the endpoint host
+    /// (requires the endpoint host to be an IP address).
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    /// Extra CA bundle (PEM) for this host, replacing the pool's.
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+}
+
+fn d_conc() -> usize {
+    2
+}
+fn d_fanout() -> usize {
+    32
+}
+fn d_op() -> u64 {
+    20
+}
+fn d_connect() -> u64 {
+    5
+}
+fn d_cmd() -> u64 {
+    120
+}
+fn d_idle() -> u64 {
+    60
+}
+
+/// An on-prem pool (RD Session Host or MultiPoint), TOML:
+/// ```toml
+/// [pools.rds-east.winrm]
+/// auth = "basic"
+/// ca_bundle = "/etc/sessiongate/corp-ca.pem"
+/// gateway_account = "CONTOSO\\svc-sessiongate"
+/// credential = { username = "svc-sessiongate", password_file = "/run/secrets/winrm" }
+/// hosts = [ { name = "rdsh-01.contoso.com" }, { name = "rdsh-02.contoso.com", endpoint = "https://10.0.0.12:5986/wsman", tls_server_name = "rdsh-02.contoso.com" } ]
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnPremPoolConfig {
+    pub hosts: Vec<HostConfig>,
+    pub credential: CredentialConfig,
+    #[serde(default)]
+    pub auth: WinRmAuth,
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    #[serde(default = "d_conc")]
+    pub max_concurrency_per_host: usize,
+    #[serde(default = "d_fanout")]
+    pub fanout_concurrency: usize,
+    /// WS-Man OperationTimeout of each request (a Receive waits this long for output).
+    #[serde(default = "d_op")]
+    pub operation_timeout_secs: u64,
+    #[serde(default = "d_connect")]
+    pub connect_timeout_secs: u64,
+    /// Upper bound for one remote command, Receive polling included.
+    #[serde(default = "d_cmd")]
+    pub command_timeout_secs: u64,
+    /// Warm shells unused this long are deleted instead of reused.
+    #[serde(default = "d_idle")]
+    pub shell_idle_secs: u64,
+    /// The account the gateway signs in as; its sessions are never logged off or disconnected.
+    #[serde(default)]
+    pub gateway_account: Option<String>,
+}
+
+impl OnPremPoolConfig {
+    /// A pool with every optional key at its default.
+    pub fn new(hosts: Vec<HostConfig>, credential: CredentialConfig) -> Self {
+        Self {
+            hosts,
+            credential,
+            auth: WinRmAuth::default(),
+            ca_bundle: None,
+            tls_server_name: None,
+            max_concurrency_per_host: d_conc(),
+            fanout_concurrency: d_fanout(),
+            operation_timeout_secs: d_op(),
+            connect_timeout_secs: d_connect(),
+            command_timeout_secs: d_cmd(),
+            shell_idle_secs: d_idle(),
+            gateway_account: None,
+        }
+    }
+}
+
+impl HostConfig {
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            endpoint: None,
+            tls_server_name: None,
+            ca_bundle: None,
+        }
+    }
+}
+
+/// One inventory host with its transport.
+#[derive(Clone)]
+pub(crate) struct HostEntry {
+    pub name: HostName,
+    pub transport: Arc<dyn WinRmTransport>,
+}
+
+/// What both adapters share: inventory, fan-out bound, protected account.
+#[derive(Clone)]
+pub(crate) struct Core {
+    pub pool: String,
+    pub hosts: Vec<HostEntry>,
+    pub fanout: usize,
+    pub gateway_account: String,
+}
+
+fn resolve_password(pool: &str, c: &CredentialConfig) -> Result<SecretString, String> {
+    match (&c.password_env, &c.password_file) {
+        (Some(var), None) => std::env::var(var).map(SecretString::from).map_err(|_| {
+            format!("pools.{pool}.credential.password_env: environment variable '{var}' is not set")
+        }),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|s| SecretString::from(s.trim_end_matches(['\r', '\n']).to_string()))
+            .map_err(|e| {
+                format!(
+                    "pools.{pool}.credential.password_file: cannot read {}: {e}",
+                    path.display()
+                )
+            }),
+        _ => Err(format!(
+            "pools.{pool}.credential: set exactly one of password_env or password_file"
+        )),
+    }
+}
+
+fn read_ca(key: &str, path: &std::path::Path) -> Result<String, String> {
+    crate::httpclient::read_ca_bundle(path).map_err(|e| format!("{key}: {e}"))
+}
+
+/// Validates the configuration and builds one transport per host. No connection is made.
+pub(crate) fn build_core(pool: &str, cfg: &OnPremPoolConfig) -> Result<Core, String> {
+    if cfg.auth == WinRmAuth::Kerberos {
+        return Err(format!(
+            "pools.{pool}.auth: 'kerberos' is not supported by this build; use \"ntlm\" or \"basic\" (HTTPS only)"
+        ));
+    }
+    if cfg.hosts.is_empty() {
+        return Err(format!("pools.{pool}.hosts: at least one host is required"));
+    }
+    if cfg.credential.username.trim().is_empty() {
+        return Err(format!(
+            "pools.{pool}.credential.username: must not be empty"
+        ));
+    }
+    if cfg.max_concurrency_per_host == 0 || cfg.fanout_concurrency == 0 {
+        return Err(format!(
+            "pools.{pool}.max_concurrency_per_host / fanout_concurrency: must be at least 1"
+        ));
+    }
+    if cfg.operation_timeout_secs == 0 || cfg.connect_timeout_secs == 0 {
+        return Err(format!(
+            "pools.{pool}.operation_timeout_secs / connect_timeout_secs: must be at least 1"
+        ));
+    }
+    let password = resolve_password(pool, &cfg.credential)?;
+    let connect = Duration::from_secs(cfg.connect_timeout_secs);
+    let pool_ca = match &cfg.ca_bundle {
+        Some(p) => Some(read_ca(&format!("pools.{pool}.ca_bundle"), p)?),
+        None => None,
+    };
+    let shared = crate::httpclient::build_client(
+        pool_ca.as_deref().map(|pem| ("pool ca_bundle", pem)),
+        connect,
+    )
+    .map_err(|e| format!("pools.{pool}.ca_bundle: {e}"))?;
+
+    // One TLS client config for the NTLM connections of every host without its own CA bundle.
+    let pool_ntlm_tls = if cfg.auth == WinRmAuth::Ntlm {
+        Some(
+            ntlm_http::tls_config(pool_ca.as_deref())
+                .map_err(|e| format!("pools.{pool}.ca_bundle: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut hosts = Vec::with_capacity(cfg.hosts.len());
+    for (i, h) in cfg.hosts.iter().enumerate() {
+        let key = format!("pools.{pool}.hosts[{i}]");
+        let name = HostName::parse(&h.name).map_err(|e| format!("{key}.name: {e}"))?;
+        if !seen.insert(h.name.to_ascii_lowercase()) {
+            return Err(format!("{key}.name: '{}' is listed twice", h.name));
+        }
+        let mut endpoint = match &h.endpoint {
+            Some(u) => url::Url::parse(u).map_err(|e| format!("{key}.endpoint: {e}"))?,
+            None => {
+                let u = url::Url::parse(&format!("https://{}:5986/wsman", h.name))
+                    .map_err(|e| format!("{key}.name: cannot form an endpoint URL: {e}"))?;
+                if !u
+                    .host_str()
+                    .is_some_and(|x| x.eq_ignore_ascii_case(&h.name))
+                {
+                    return Err(format!(
+                        "{key}.name: '{}' is not a plain DNS name; set {key}.endpoint explicitly",
+                        h.name
+                    ));
+                }
+                u
+            }
+        };
+        if !endpoint.username().is_empty() || endpoint.password().is_some() {
+            return Err(format!(
+                "{key}.endpoint: must not carry credentials; use pools.{pool}.credential"
+            ));
+        }
+        match endpoint.scheme() {
+            "https" => {}
+            "http" => {
+                return Err(match cfg.auth {
+                    WinRmAuth::Basic => format!(
+                        "{key}.endpoint: Basic authentication over plain http would send the password in clear; use https"
+                    ),
+                    _ => format!(
+                        "{key}.endpoint: plain http needs WinRM message encryption, which this build does not implement; use https"
+                    ),
+                });
+            }
+            other => return Err(format!("{key}.endpoint: unsupported scheme '{other}'")),
+        }
+        let sni = h
+            .tls_server_name
+            .clone()
+            .or_else(|| cfg.tls_server_name.clone());
+        let host_ca = match &h.ca_bundle {
+            Some(p) => Some(read_ca(&format!("{key}.ca_bundle"), p)?),
+            None => None,
+        };
+        let http = if let Some(pool_tls) = &pool_ntlm_tls {
+            let tls = match host_ca.as_deref() {
+                Some(ca) => {
+                    ntlm_http::tls_config(Some(ca)).map_err(|e| format!("{key}.ca_bundle: {e}"))?
+                }
+                None => pool_tls.clone(),
+            };
+            transport::HttpChannel::Ntlm(Box::new(
+                ntlm_http::NtlmHttp::new(ntlm_http::NtlmSettings {
+                    endpoint: endpoint.clone(),
+                    tls_server_name: sni.clone(),
+                    tls,
+                    connect_timeout: connect,
+                    username: cfg.credential.username.clone(),
+                    password: password.clone(),
+                })
+                .map_err(|e| format!("{key}: {e}"))?,
+            ))
+        } else if sni.is_some() || host_ca.is_some() {
+            let ca = host_ca.as_deref().or(pool_ca.as_deref());
+            let mut b = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(connect)
+                .pool_idle_timeout(Duration::from_secs(60))
+                .user_agent(concat!("sessiongate/", env!("CARGO_PKG_VERSION")));
+            if let Some(pem) = ca {
+                let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                    .map_err(|e| format!("{key}.ca_bundle: {e}"))?;
+                for c in certs {
+                    b = b.add_root_certificate(c);
+                }
+            }
+            if let Some(sni) = &sni {
+                let ip: std::net::IpAddr = endpoint
+                    .host_str()
+                    .map(|s| s.trim_start_matches('[').trim_end_matches(']'))
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| {
+                        format!("{key}.tls_server_name: the endpoint host must be an IP address when tls_server_name is set")
+                    })?;
+                let port = endpoint.port_or_known_default().unwrap_or(5986);
+                endpoint
+                    .set_host(Some(sni))
+                    .map_err(|e| format!("{key}.tls_server_name: {e}"))?;
+                b = b.resolve(sni, std::net::SocketAddr::new(ip, port));
+            }
+            transport::HttpChannel::Basic(
+                b.build()
+                    .map_err(|e| format!("{key}: building HTTP client: {e}"))?,
+            )
+        } else {
+            transport::HttpChannel::Basic(shared.clone())
+        };
+        let client = WsManClient::new(
+            transport::ClientSettings {
+                host: h.name.clone(),
+                endpoint,
+                username: cfg.credential.username.clone(),
+                password: password.clone(),
+                max_concurrency: cfg.max_concurrency_per_host,
+                operation_timeout: Duration::from_secs(cfg.operation_timeout_secs),
+                command_timeout: Duration::from_secs(cfg.command_timeout_secs.max(1)),
+                shell_idle: Duration::from_secs(cfg.shell_idle_secs),
+            },
+            http,
+        );
+        hosts.push(HostEntry {
+            name,
+            transport: Arc::new(client),
+        });
+    }
+    Ok(Core {
+        pool: pool.to_string(),
+        hosts,
+        fanout: cfg.fanout_concurrency,
+        gateway_account: cfg.gateway_account.clone().unwrap_or_default(),
+    })
+}
+
+/// Builds an RD Session Host pool provider.
+pub fn build_rds(pool: &str, cfg: &OnPremPoolConfig) -> Result<Arc<dyn SessionProvider>, String> {
+    Ok(Arc::new(RdsProvider::from_config(pool, cfg)?))
+}
+
+/// Builds a MultiPoint pool provider.
 pub fn build_multipoint(
-    _pool: &str,
-    _cfg: &OnPremPoolConfig,
+    pool: &str,
+    cfg: &OnPremPoolConfig,
 ) -> Result<Arc<dyn SessionProvider>, String> {
-    Err("provider not available in this build".into())
+    Ok(Arc::new(MultiPointProvider::from_config(pool, cfg)?))
+}
+
+/// Maps a Win32 error reported by a script.
+pub(crate) fn win32_error(host: &str, code: u32, message: Option<&str>) -> ProviderError {
+    let msg = format!("{host}: {}", message.unwrap_or("").trim());
+    match code {
+        5 => ProviderError::UpstreamForbidden(msg),
+        1168 => ProviderError::SessionNotFound,
+        1722 => ProviderError::HostUnreachable(msg),
+        c => ProviderError::Upstream {
+            status: None,
+            code: format!("win32:{c}"),
+            message: msg,
+        },
+    }
+}
+
+impl Core {
+    pub fn find(&self, host: &HostName) -> Option<&HostEntry> {
+        self.hosts
+            .iter()
+            .find(|h| h.name.eq_ignore_case(host.as_str()))
+    }
+
+    pub fn entry(&self, host: &HostName) -> Result<&HostEntry, ProviderError> {
+        self.find(host).ok_or(ProviderError::HostNotFound)
+    }
+
+    pub fn stats(&self) -> TransportStats {
+        self.hosts
+            .iter()
+            .fold(TransportStats::default(), |a, h| a + h.transport.stats())
+    }
+
+    pub async fn close(&self) {
+        for h in &self.hosts {
+            h.transport.close().await;
+        }
+    }
+
+    /// Runs a script on a host and returns its JSON result (`ok` not yet checked).
+    pub async fn run(
+        &self,
+        entry: &HostEntry,
+        script: &scripts::Script,
+    ) -> Result<ScriptResult, ProviderError> {
+        let host = entry.name.as_str();
+        let out = entry
+            .transport
+            .run_powershell(&script.text)
+            .await
+            .map_err(|e| e.into_provider(host))?;
+        if out.exit_code != 0 {
+            return Err(ProviderError::Upstream {
+                status: None,
+                code: format!("exit_code:{}", out.exit_code),
+                message: format!(
+                    "{host}: {}",
+                    crate::domain::truncate_for_display(clean_stderr(&out.stderr).trim(), 500)
+                ),
+            });
+        }
+        scripts::parse_result(&out.stdout).map_err(|m| ProviderError::Upstream {
+            status: None,
+            code: "bad_script_output".into(),
+            message: format!("{host}: {m}"),
+        })
+    }
+
+    /// Runs a list script and maps its rows.
+    pub async fn list_rows(
+        &self,
+        entry: &HostEntry,
+        script: &scripts::Script,
+    ) -> Result<Vec<SessionRow>, ProviderError> {
+        let r = self.run(entry, script).await?;
+        if !r.ok {
+            return Err(win32_error(
+                entry.name.as_str(),
+                r.win32.unwrap_or(0),
+                r.message.as_deref(),
+            ));
+        }
+        Ok(r.sessions.unwrap_or_default())
+    }
+
+    pub fn to_session(&self, host: &HostName, r: &SessionRow) -> Session {
+        let ad_user = if r.user.is_empty() {
+            None
+        } else if r.domain.is_empty() {
+            Some(r.user.clone())
+        } else {
+            Some(format!("{}\\{}", r.domain, r.user))
+        };
+        Session {
+            pool: self.pool.clone(),
+            host: host.as_str().to_string(),
+            id: SessionId(r.id),
+            user: None,
+            ad_user,
+            state: SessionState::from_raw(&r.state),
+            raw_state: r.state.clone(),
+            application_type: None,
+            created_at: None,
+        }
+    }
+
+    /// User sessions of a host: session 0 and sessions without a user are left out.
+    pub async fn host_sessions(
+        &self,
+        entry: &HostEntry,
+        script: &scripts::Script,
+    ) -> Result<Vec<Session>, ProviderError> {
+        let rows = self.list_rows(entry, script).await?;
+        let mut v: Vec<Session> = rows
+            .iter()
+            .filter(|r| r.id != 0 && !r.user.is_empty())
+            .map(|r| self.to_session(&entry.name, r))
+            .collect();
+        v.sort_by_key(|s| s.id);
+        Ok(v)
+    }
+
+    /// Lists every host concurrently (bounded); failing hosts are reported, not fatal.
+    pub async fn fan_out(&self, script: &scripts::Script) -> PoolSessions {
+        let results: Vec<(HostName, Result<Vec<Session>, ProviderError>)> =
+            futures::stream::iter(self.hosts.iter().cloned())
+                .map(|h: HostEntry| async move {
+                    let r = self.host_sessions(&h, script).await;
+                    (h.name, r)
+                })
+                .buffer_unordered(self.fanout)
+                .collect()
+                .await;
+        let mut out = PoolSessions::default();
+        for (host, r) in results {
+            match r {
+                Ok(mut s) => out.sessions.append(&mut s),
+                Err(e) => out.unreachable_hosts.push(UnreachableHost {
+                    host: host.as_str().to_string(),
+                    error: format!("{}: {e}", e.kind()),
+                }),
+            }
+        }
+        out.sessions
+            .sort_by(|a, b| a.host.cmp(&b.host).then(a.id.cmp(&b.id)));
+        out.unreachable_hosts.sort_by(|a, b| a.host.cmp(&b.host));
+        out
+    }
+
+    pub async fn hosts_status(&self, script: &scripts::Script) -> Vec<SessionHost> {
+        let mut v: Vec<SessionHost> = futures::stream::iter(self.hosts.iter().cloned())
+            .map(|h: HostEntry| async move {
+                let r = self.host_sessions(&h, script).await;
+                let (status, raw, count, hb) = match r {
+                    Ok(s) => (
+                        "available".to_string(),
+                        "reachable".to_string(),
+                        s.len() as u32,
+                        Some(time::OffsetDateTime::now_utc()),
+                    ),
+                    Err(e) => ("unreachable".to_string(), e.kind().to_string(), 0, None),
+                };
+                SessionHost {
+                    pool: self.pool.clone(),
+                    name: h.name.as_str().to_string(),
+                    status,
+                    raw_status: raw,
+                    session_count: count,
+                    drain: false,
+                    last_heartbeat: hb,
+                }
+            })
+            .buffer_unordered(self.fanout)
+            .collect()
+            .await;
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Rejects session 0 before anything is sent.
+    pub fn check_not_services(&self, id: SessionId) -> Result<(), ProviderError> {
+        if id.0 == 0 {
+            return Err(ProviderError::Protected(
+                "session 0 is the services session".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Maps an action's `{ok, win32, protected}` result.
+    pub fn action_result(
+        &self,
+        host: &HostName,
+        r: ScriptResult,
+        logoff: bool,
+    ) -> Result<crate::providers::ActionEffect, ProviderError> {
+        if r.ok {
+            return Ok(crate::providers::ActionEffect::Done);
+        }
+        if r.protected == Some(true) {
+            return Err(ProviderError::Protected(
+                "the session belongs to the gateway account".into(),
+            ));
+        }
+        let code = r.win32.unwrap_or(0);
+        if logoff && code == 1168 {
+            return Ok(crate::providers::ActionEffect::AlreadyGone);
+        }
+        Err(win32_error(host.as_str(), code, r.message.as_deref()))
+    }
+}
+
+/// PowerShell writes errors to stderr as CLIXML when run with `-EncodedCommand`; keep the text.
+fn clean_stderr(s: &str) -> String {
+    if !s.trim_start().starts_with("#< CLIXML") {
+        return s.to_string();
+    }
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("<S S=\"Error\">") {
+        let after = &rest[i + 13..];
+        let end = after.find("</S>").unwrap_or(after.len());
+        out.push_str(&after[..end].replace("_x000D_", "").replace("_x000A_", "\n"));
+        rest = &after[end..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(toml_text: &str) -> OnPremPoolConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn config_rejects_http_with_basic_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "secret\n").unwrap();
+        let c = cfg(&format!(
+            r#"hosts = [{{ name = "h1.contoso.com", endpoint = "http://h1.contoso.com:5985/wsman" }}]
+               credential = {{ username = "u", password_file = "{}" }}"#,
+            pw.display()
+        ));
+        let e = build_core("p", &c).err().unwrap();
+        assert!(e.contains("pools.p.hosts[0].endpoint"), "{e}");
+    }
+
+    #[test]
+    fn config_rejects_unsupported_auth_and_unknown_keys() {
+        let c = cfg(r#"hosts = [{ name = "h1" }]
+               auth = "kerberos"
+               credential = { username = "u", password_env = "NOPE_NOT_SET_1234" }"#);
+        let e = build_core("p", &c).err().unwrap();
+        assert!(e.contains("pools.p.auth"), "{e}");
+        assert!(
+            toml::from_str::<OnPremPoolConfig>(
+                r#"hosts = []
+               credential = { username = "u" }
+               bogus = 1"#
+            )
+            .is_err()
+        );
+        assert!(
+            toml::from_str::<OnPremPoolConfig>(
+                r#"hosts = []
+               auth = "digest"
+               credential = { username = "u" }"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn config_rejects_names_that_are_not_dns_names_and_urls_with_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "secret").unwrap();
+        let mk = |host: &str| {
+            cfg(&format!(
+                r#"hosts = [{host}]
+                   credential = {{ username = "u", password_file = "{}" }}"#,
+                pw.display()
+            ))
+        };
+        let e = build_core("p", &mk(r#"{ name = "evil@attacker.example" }"#))
+            .err()
+            .unwrap();
+        assert!(e.contains("pools.p.hosts[0].name"), "{e}");
+        let e = build_core(
+            "p",
+            &mk(r#"{ name = "h1", endpoint = "https://u:pw@h1:5986/wsman" }"#),
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("pools.p.hosts[0].endpoint"), "{e}");
+        assert!(build_core("p", &mk(r#"{ name = "h1.contoso.com" }"#)).is_ok());
+    }
+
+    #[test]
+    fn config_needs_exactly_one_password_source() {
+        let c = cfg(r#"hosts = [{ name = "h1" }]
+               credential = { username = "u" }"#);
+        let e = build_core("p", &c).err().unwrap();
+        assert!(e.contains("pools.p.credential"), "{e}");
+    }
+
+    #[test]
+    fn clixml_stderr_is_reduced_to_text() {
+        let s = "#< CLIXML\r\n<Objs><S S=\"Error\">boom_x000D__x000A_</S></Objs>";
+        assert_eq!(clean_stderr(s), "boom\n");
+    }
 }

@@ -1,1 +1,0 @@
-//! WinRM host emulator.
