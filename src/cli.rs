@@ -68,7 +68,7 @@ pub struct DemoArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct EmulatorArgs {
-    /// Address to listen on (one port; the WinRM emulator uses one port per host from here).
+    /// Address to listen on (the WinRM emulator ignores it: one loopback port per emulated host).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
     /// Session hosts per pool.

@@ -5,7 +5,7 @@ use crate::{
     auth::apikey,
     cli::{DemoArgs, EmulateCommand, EmulatorArgs},
     config::Config,
-    emulator::{arm, common::EmulatorTls, wvd_classic},
+    emulator::{arm, common::EmulatorTls, winrm, wvd_classic},
 };
 use std::{
     collections::HashMap,
@@ -55,10 +55,21 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Emulated RD Session Hosts of the demo's `rds-demo` pool.
+pub const RDS_HOSTS: [&str; 3] = [
+    "rdsh-01.contoso.test",
+    "rdsh-02.contoso.test",
+    "rdsh-03.contoso.test",
+];
+/// The demo's emulated MultiPoint server.
+pub const MPS_HOST: &str = "mps-01.contoso.test";
+
 /// Emulators started for the demo, kept alive while it runs.
 pub struct DemoBackends {
     pub arm: arm::ArmEmulator,
     pub classic: wvd_classic::ClassicEmulator,
+    pub rds: winrm::WinRmEmulator,
+    pub multipoint: winrm::WinRmEmulator,
     pub values: HashMap<&'static str, String>,
 }
 
@@ -122,9 +133,49 @@ pub async fn start_backends(data_dir: &Path) -> Result<DemoBackends, String> {
     values.insert("CLASSIC_AAD_TENANT", ci.aad_tenant.clone());
     values.insert("CLASSIC_CLIENT_ID", ci.client_id.clone());
     values.insert("CLASSIC_SECRET_FILE", classic_secret.display().to_string());
+
+    let rds = winrm::start(
+        &tls,
+        winrm::WinRmEmulatorOptions {
+            flavour: winrm::Flavour::Rds,
+            hosts: RDS_HOSTS.iter().map(|h| h.to_string()).collect(),
+            sessions_per_host: 3,
+            ..winrm::WinRmEmulatorOptions::default()
+        },
+    )
+    .await
+    .map_err(|e| format!("starting the WinRM (RDS) emulator: {e}"))?;
+    let multipoint = winrm::start(
+        &tls,
+        winrm::WinRmEmulatorOptions {
+            flavour: winrm::Flavour::MultiPoint,
+            hosts: vec![MPS_HOST.to_string()],
+            sessions_per_host: 4,
+            ..winrm::WinRmEmulatorOptions::default()
+        },
+    )
+    .await
+    .map_err(|e| format!("starting the WinRM (MultiPoint) emulator: {e}"))?;
+    let winrm_pw = data_dir.join("winrm-password");
+    write_private(&winrm_pw, &rds.info().password)
+        .map_err(|e| format!("{}: {e}", winrm_pw.display()))?;
+    values.insert("WINRM_USER", rds.info().username.clone());
+    values.insert("WINRM_PASSWORD_FILE", winrm_pw.display().to_string());
+    for (i, h) in RDS_HOSTS.iter().enumerate() {
+        let url = rds
+            .endpoint(h)
+            .ok_or_else(|| format!("the WinRM emulator did not start host {h}"))?;
+        values.insert(["RDS_1_URL", "RDS_2_URL", "RDS_3_URL"][i], url);
+    }
+    let url = multipoint
+        .endpoint(MPS_HOST)
+        .ok_or_else(|| format!("the WinRM emulator did not start host {MPS_HOST}"))?;
+    values.insert("MPS_1_URL", url);
     Ok(DemoBackends {
         arm: arm_emu,
         classic,
+        rds,
+        multipoint,
         values,
     })
 }
@@ -267,8 +318,10 @@ Try:
   curl -s -i $SG/hostpools
   # the reader key may list but not act: 403
   curl -s -X POST -H "Authorization: Bearer {reader}" {session}/disconnect
-  # the WVD classic pool answers the same API
+  # the WVD classic pool, the on-prem RDS farm and the MultiPoint server answer the same API
   curl -s -H "Authorization: Bearer $KEY" $SG/hostpools/classic-demo/sessions
+  curl -s -H "Authorization: Bearer $KEY" $SG/hostpools/rds-demo/sessions
+  curl -s -X POST -H "Authorization: Bearer $KEY" $SG/hostpools/multipoint-demo/sessionhosts/{mps}/sessions/2/lock
   # the auditor reads the audit log
   curl -s -H "Authorization: Bearer {auditor}" "$SG/audit?limit=5"
 
@@ -278,6 +331,7 @@ Stop with Ctrl-C.
         reader = keys.reader,
         admin = keys.admin,
         auditor = keys.auditor,
+        mps = MPS_HOST,
     );
 }
 
@@ -286,7 +340,7 @@ pub async fn emulate(which: EmulateCommand) -> u8 {
     let res = match which {
         EmulateCommand::Avd(args) => emulate_avd(args).await,
         EmulateCommand::WvdClassic(args) => emulate_classic(args).await,
-        _ => Err("this emulator is not available in this build".to_string()),
+        EmulateCommand::Winrm { args, flavour } => emulate_winrm(args, flavour).await,
     };
     match res {
         Ok(()) => 0,
@@ -346,6 +400,33 @@ async fn emulate_classic(args: EmulatorArgs) -> Result<(), String> {
     let emu = wvd_classic::start(listener, &tls, opts)
         .await
         .map_err(|e| e.to_string())?;
+    let mut info = serde_json::to_value(emu.info()).map_err(|e| e.to_string())?;
+    info["ca_pem_path"] = ca.display().to_string().into();
+    println!("{info}");
+    crate::app::shutdown_signal().await;
+    Ok(())
+}
+
+async fn emulate_winrm(
+    args: EmulatorArgs,
+    flavour: crate::cli::WinrmFlavour,
+) -> Result<(), String> {
+    let tls = EmulatorTls::generate().map_err(|e| e.to_string())?;
+    let ca = write_ca(&tls, args.ca_out)?;
+    let (flavour, prefix) = match flavour {
+        crate::cli::WinrmFlavour::Rds => (winrm::Flavour::Rds, "rdsh"),
+        crate::cli::WinrmFlavour::Multipoint => (winrm::Flavour::MultiPoint, "mps"),
+    };
+    let opts = winrm::WinRmEmulatorOptions {
+        flavour,
+        hosts: (1..=args.hosts.max(1))
+            .map(|i| format!("{prefix}-{i:02}.contoso.test"))
+            .collect(),
+        sessions_per_host: u32::try_from(args.sessions_per_host)
+            .map_err(|_| "--sessions-per-host is too large")?,
+        ..winrm::WinRmEmulatorOptions::default()
+    };
+    let emu = winrm::start(&tls, opts).await.map_err(|e| e.to_string())?;
     let mut info = serde_json::to_value(emu.info()).map_err(|e| e.to_string())?;
     info["ca_pem_path"] = ca.display().to_string().into();
     println!("{info}");

@@ -216,6 +216,10 @@ pub struct Session {
     #[serde(with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub created_at: Option<OffsetDateTime>,
+    /// Whether the user is an administrator of the host, where the backend reports it
+    /// (MultiPoint). Administrators' sessions may be closed only by the `admin` role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<bool>,
 }
 
 impl Session {

@@ -170,6 +170,7 @@ fn request_event(
         200..=399 => "ok",
         401 => "unauthenticated",
         403 => "denied",
+        429 => "rate_limited",
         400..=499 => "invalid",
         _ => "failed",
     };

@@ -258,10 +258,14 @@ impl Gateway {
             ActionKind::Logoff | ActionKind::Disconnect | ActionKind::Lock
         );
         if guarded {
-            match self
+            let mut protection = self
                 .guard
-                .classify(session.user.as_deref(), session.ad_user.as_deref())
-            {
+                .classify(session.user.as_deref(), session.ad_user.as_deref());
+            // "Only administrators can close administrator sessions" (MultiPoint).
+            if protection == Protection::None && session.admin == Some(true) {
+                protection = Protection::Protected;
+            }
+            match protection {
                 Protection::None => {}
                 Protection::ServiceAccount => {
                     return Err(ServiceError::Protected {

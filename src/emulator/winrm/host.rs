@@ -180,7 +180,7 @@ pub(super) fn run_script(
                 domain: x.domain.clone(),
                 state: x.state.clone(),
                 station: x.station.clone(),
-                admin: st.flavour == Flavour::MultiPoint && x.admin,
+                admin: (st.flavour == Flavour::MultiPoint).then_some(x.admin),
             })
             .collect()
     };

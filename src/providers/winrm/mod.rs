@@ -493,6 +493,7 @@ impl Core {
             raw_state: r.state.clone(),
             application_type: None,
             created_at: None,
+            admin: r.admin,
         }
     }
 

@@ -67,7 +67,7 @@ impl MultiPointProvider {
         Ok(rows
             .iter()
             .filter(|r| r.id != 0 && !r.user.is_empty())
-            .map(|r| (self.core.to_session(&e.name, r), r.admin))
+            .map(|r| (self.core.to_session(&e.name, r), r.admin.unwrap_or(false)))
             .collect())
     }
 

@@ -480,9 +480,10 @@ pub struct SessionRow {
     pub state: String,
     #[serde(default)]
     pub station: String,
-    /// MultiPoint only: the user is a member of the host's Administrators group.
+    /// MultiPoint only: the user is a member of the host's Administrators group
+    /// (absent where the script does not report it).
     #[serde(default)]
-    pub admin: bool,
+    pub admin: Option<bool>,
 }
 
 /// One entry of a MultiPoint close result.
