@@ -156,7 +156,10 @@ async fn sigkill_mid_burst_loses_no_acknowledged_or_performed_action() {
     let logoff_calls = arm.calls(ArmOp::Logoff);
     for (t, o) in acks.values() {
         if o == "done" {
-            assert!(logged_off.contains(t), "acknowledged done but present: {t:?}");
+            assert!(
+                logged_off.contains(t),
+                "acknowledged done but present: {t:?}"
+            );
         }
     }
 

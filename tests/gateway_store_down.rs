@@ -154,7 +154,11 @@ async fn actions_refused_without_provider_call_while_store_cannot_write() {
     assert_eq!(arm.calls(ArmOp::Logoff), 1);
     assert_eq!(arm.calls(ArmOp::Disconnect), 1);
     assert_eq!(arm.calls(ArmOp::SendMessage), 1);
-    assert!(!arm.sessions(ARM_POOL).iter().any(|s| &s.host == h0 && s.id == *i0));
+    assert!(
+        !arm.sessions(ARM_POOL)
+            .iter()
+            .any(|s| &s.host == h0 && s.id == *i0)
+    );
 
     gw.stop().await;
     let events = gateway_support::store_events(&cfg).await;
@@ -175,7 +179,10 @@ async fn actions_refused_without_provider_call_while_store_cannot_write() {
     }
     // The refused requests left nothing behind that claims an action was under way.
     for rid in &refused {
-        assert!(!map.contains_key(rid), "refused request {rid} has intent/outcome");
+        assert!(
+            !map.contains_key(rid),
+            "refused request {rid} has intent/outcome"
+        );
     }
     assert_eq!(
         events
@@ -188,7 +195,9 @@ async fn actions_refused_without_provider_call_while_store_cannot_write() {
     let report = sessiongate::audit::open_read_only(&cfg.audit, &cfg.server.data_dir)
         .await
         .unwrap();
-    let report = sessiongate::audit::AuditStore::verify(&report).await.unwrap();
+    let report = sessiongate::audit::AuditStore::verify(&report)
+        .await
+        .unwrap();
     assert!(report.ok, "{report:#?}");
     eprintln!(
         "store-down figures: 3 concurrent refusals in {refused_in:?} (write_timeout 700 ms), \
