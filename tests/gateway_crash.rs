@@ -1,9 +1,11 @@
 //! Crash test of the audit log through the real binary: `sessiongate serve` in front of the
-//! in-process ARM emulator, a burst of concurrent logoffs, SIGKILL in the middle of it,
-//! restart with the same config, then:
+//! in-process ARM emulator, bursts of concurrent logoffs, SIGKILL in the middle of each burst
+//! (at a different point each round), restart with the same config, then:
 //! (a) every action acknowledged to a client (200 done/already_gone) has its `outcome` event;
-//! (b) every session the emulator logged off has an `intent` event for that target;
-//! (c) `sessiongate audit verify --config FILE` exits 0 (and again after more actions).
+//! (b) every session the emulator logged off has an `intent` event for that target, and there
+//!     were no more logoff calls than intents;
+//! (c) `sessiongate audit verify --config FILE` exits 0 after each crash, and the restarted
+//!     gateway continues the chain.
 //! Run: `cargo nextest run --test gateway_crash`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,9 +13,10 @@ mod gateway_support;
 
 use gateway_support::{ARM_POOL, Backends, GatewayProcess, api_events, cli_verify, free_port};
 use serde_json::Value;
-use sessiongate::emulator::arm::ArmOp;
+use sessiongate::emulator::arm::{ArmOp, ArmState};
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
+    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -21,92 +24,81 @@ use std::{
     time::{Duration, Instant},
 };
 
-const TARGETS: usize = 200;
+type Target = (String, u32);
+
+/// Targets per round, and the number of acknowledged actions after which the round's
+/// gateway is SIGKILLed (early, middle, late in the burst).
+const ROUNDS: [(usize, usize); 3] = [(80, 10), (80, 40), (80, 65)];
 const CLIENTS: usize = 8;
-/// SIGKILL once this many actions were acknowledged (mid-burst).
-const KILL_AFTER_ACKS: usize = 70;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_burst_loses_no_acknowledged_or_performed_action() {
-    let t_start = Instant::now();
-    let b = Backends::start().await;
-    let targets = b.seed("crash", TARGETS);
-    let arm = b.arm();
-    let target_set: BTreeSet<(String, u32)> = targets.iter().cloned().collect();
-    let present = |arm: &sessiongate::emulator::arm::ArmState| -> BTreeSet<(String, u32)> {
-        arm.sessions(ARM_POOL)
-            .into_iter()
-            .map(|s| (s.host, s.id))
-            .filter(|t| target_set.contains(t))
-            .collect()
-    };
-    let before = present(&arm);
-    assert_eq!(before.len(), TARGETS);
+/// What the clients of one burst saw.
+#[derive(Default)]
+struct Round {
+    sent: usize,
+    /// request id -> (target, outcome) of every acknowledged action.
+    acks: HashMap<String, (Target, String)>,
+    /// Requests that got no HTTP answer (cut off by the kill).
+    cut_off: usize,
+    /// Acknowledged count when the kill fired.
+    acked_at_kill: usize,
+}
 
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let cfg_path = b.dir.path().join("sessiongate.toml");
-    std::fs::write(
-        &cfg_path,
-        b.config_text(&format!("127.0.0.1:{port}"), None, None),
-    )
-    .unwrap();
+fn present(arm: &ArmState, of: &BTreeSet<Target>) -> BTreeSet<Target> {
+    arm.sessions(ARM_POOL)
+        .into_iter()
+        .map(|s| (s.host, s.id))
+        .filter(|t| of.contains(t))
+        .collect()
+}
 
-    let gw = GatewayProcess::spawn(&cfg_path, &url, b.dir.path().join("serve-1.log")).await;
+/// Logs `targets` off through `url` with CLIENTS concurrent clients and SIGKILLs `gw` once
+/// `kill_after` actions were acknowledged. Each client stops at its first request that got no
+/// HTTP answer.
+async fn burst_and_kill(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    targets: &[Target],
+    kill_after: usize,
+    gw: GatewayProcess,
+) -> (Round, String) {
     let gw = Arc::new(Mutex::new(gw));
-
-    // The burst: CLIENTS workers share the target queue; each stops at its first request
-    // that got no HTTP answer (the gateway died under it).
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
-    let queue = Arc::new(Mutex::new(targets.clone()));
+    let queue = Arc::new(Mutex::new(targets.to_vec()));
+    let round = Arc::new(Mutex::new(Round::default()));
     let acked = Arc::new(AtomicUsize::new(0));
-    // request id -> (target, outcome) of every acknowledged action.
-    let acks: Arc<Mutex<HashMap<String, ((String, u32), String)>>> = Arc::default();
-    let sent = Arc::new(AtomicUsize::new(0));
-    let lost = Arc::new(AtomicUsize::new(0));
     let other: Arc<Mutex<Vec<(u16, Value)>>> = Arc::default();
 
     let killer = {
-        let gw = gw.clone();
-        let acked = acked.clone();
+        let (gw, acked) = (gw.clone(), acked.clone());
         tokio::spawn(async move {
             let t0 = Instant::now();
-            while acked.load(Ordering::SeqCst) < KILL_AFTER_ACKS {
-                if t0.elapsed() > Duration::from_secs(20) {
-                    break;
-                }
+            while acked.load(Ordering::SeqCst) < kill_after
+                && t0.elapsed() < Duration::from_secs(20)
+            {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            let in_flight_at_kill = acked.load(Ordering::SeqCst);
+            let at = acked.load(Ordering::SeqCst);
             gw.lock().unwrap().kill();
-            in_flight_at_kill
+            at
         })
     };
-
     let mut workers = Vec::new();
     for _ in 0..CLIENTS {
-        let (http, queue, acked, acks, sent, lost, other) = (
+        let (http, queue, round, acked, other) = (
             http.clone(),
             queue.clone(),
+            round.clone(),
             acked.clone(),
-            acks.clone(),
-            sent.clone(),
-            lost.clone(),
             other.clone(),
         );
-        let key = b.keys.operator.clone();
-        let url = url.clone();
+        let (key, url) = (key.to_string(), url.to_string());
         workers.push(tokio::spawn(async move {
             loop {
                 let Some((host, id)) = queue.lock().unwrap().pop() else {
                     return;
                 };
                 let u = format!("{}/logoff", Backends::session_url(&url, &host, id));
-                sent.fetch_add(1, Ordering::SeqCst);
+                round.lock().unwrap().sent += 1;
                 match gateway_support::post_action(&http, &u, &key, None).await {
                     Ok(a) if a.status == 200 => {
                         let outcome = a.body["outcome"].as_str().unwrap_or("").to_string();
@@ -116,14 +108,16 @@ async fn sigkill_mid_burst_loses_no_acknowledged_or_performed_action() {
                             a.body
                         );
                         assert_eq!(a.body["request_id"], a.request_id.as_str());
-                        acks.lock()
+                        round
+                            .lock()
                             .unwrap()
+                            .acks
                             .insert(a.request_id.clone(), ((host, id), outcome));
                         acked.fetch_add(1, Ordering::SeqCst);
                     }
                     Ok(a) => other.lock().unwrap().push((a.status, a.body)),
                     Err(_) => {
-                        lost.fetch_add(1, Ordering::SeqCst);
+                        round.lock().unwrap().cut_off += 1;
                         return;
                     }
                 }
@@ -133,26 +127,79 @@ async fn sigkill_mid_burst_loses_no_acknowledged_or_performed_action() {
     for w in workers {
         w.await.unwrap();
     }
-    let acked_at_kill = killer.await.unwrap();
-    let burst_log = gw.lock().unwrap().log_text();
+    let at = killer.await.unwrap();
+    let log = gw.lock().unwrap().log_text();
     let other = other.lock().unwrap().clone();
-    assert!(
-        other.is_empty(),
-        "unexpected answers: {other:?}\n{burst_log}"
-    );
-    let acks = acks.lock().unwrap().clone();
-    let lost = lost.load(Ordering::SeqCst);
-    assert!(
-        acks.len() >= KILL_AFTER_ACKS && acks.len() < TARGETS,
-        "the kill did not land mid-burst: {} of {TARGETS} acknowledged",
-        acks.len()
-    );
-    assert!(lost >= 1, "no request was cut off by the kill");
+    assert!(other.is_empty(), "unexpected answers: {other:?}\n{log}");
+    let mut r = std::mem::take(&mut *round.lock().unwrap());
+    r.acked_at_kill = at;
+    (r, log)
+}
 
-    // Let the emulator finish any request that reached it before the kill.
+async fn verify_ok(cfg_path: &Path, when: &str) {
+    let (code, out) = cli_verify(cfg_path).await;
+    assert_eq!(code, 0, "audit verify {when}:\n{out}");
+    assert!(out.contains("INTACT"), "{when}: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_burst_loses_no_acknowledged_or_performed_action() {
+    let t_start = Instant::now();
+    let b = Backends::start().await;
+    let total: usize = ROUNDS.iter().map(|r| r.0).sum();
+    let all_targets = b.seed("crash", total + 1);
+    let arm = b.arm();
+    let target_set: BTreeSet<Target> = all_targets.iter().cloned().collect();
+    let before = present(&arm, &target_set);
+    assert_eq!(before.len(), total + 1);
+
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let cfg_path = b.dir.path().join("sessiongate.toml");
+    std::fs::write(
+        &cfg_path,
+        b.config_text(&format!("127.0.0.1:{port}"), None, None),
+    )
+    .unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+
+    let mut acks: HashMap<String, (Target, String)> = HashMap::new();
+    let mut figures = Vec::new();
+    let mut offset = 0;
+    for (n, (count, kill_after)) in ROUNDS.iter().copied().enumerate() {
+        let targets = &all_targets[offset..offset + count];
+        offset += count;
+        // Round 0 starts on an empty store; later rounds are restarts after a SIGKILL.
+        let gw =
+            GatewayProcess::spawn(&cfg_path, &url, b.dir.path().join(format!("serve-{n}.log")))
+                .await;
+        let (round, _log) =
+            burst_and_kill(&http, &url, &b.keys.operator, targets, kill_after, gw).await;
+        assert!(
+            round.acks.len() >= kill_after && round.acks.len() < count,
+            "round {n}: the kill did not land mid-burst: {} of {count} acknowledged",
+            round.acks.len()
+        );
+        assert!(round.cut_off >= 1, "round {n}: no request was cut off");
+        verify_ok(&cfg_path, &format!("after SIGKILL in round {n}")).await;
+        figures.push(format!(
+            "round {n}: sent={} acked={} (kill fired at {}) cut_off={}",
+            round.sent,
+            round.acks.len(),
+            round.acked_at_kill,
+            round.cut_off
+        ));
+        acks.extend(round.acks);
+    }
+
+    // Let the emulator finish any request that reached it before the last kill.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = present(&arm);
-    let logged_off: BTreeSet<(String, u32)> = before.difference(&after).cloned().collect();
+    let after = present(&arm, &target_set);
+    let logged_off: BTreeSet<Target> = before.difference(&after).cloned().collect();
     let logoff_calls = arm.calls(ArmOp::Logoff);
     for (t, o) in acks.values() {
         if o == "done" {
@@ -163,12 +210,12 @@ async fn sigkill_mid_burst_loses_no_acknowledged_or_performed_action() {
         }
     }
 
-    // Restart on the same config (same port, same SQLite file).
-    let gw2 = GatewayProcess::spawn(&cfg_path, &url, b.dir.path().join("serve-2.log")).await;
+    // Restart once more and read the log through the API.
+    let gw = GatewayProcess::spawn(&cfg_path, &url, b.dir.path().join("serve-final.log")).await;
     let events = api_events(&http, &url, &b.keys.auditor).await;
 
     let mut outcomes: HashMap<String, Vec<&Value>> = HashMap::new();
-    let mut intents_by_target: HashMap<(String, u32), Vec<&Value>> = HashMap::new();
+    let mut intents_by_target: HashMap<Target, Vec<&Value>> = HashMap::new();
     let mut intent_rids: HashSet<String> = HashSet::new();
     for e in &events {
         match e["kind"].as_str() {
@@ -184,7 +231,10 @@ async fn sigkill_mid_burst_loses_no_acknowledged_or_performed_action() {
                     e["target"]["host"].as_str().unwrap().to_string(),
                     u32::try_from(e["target"]["session_id"].as_u64().unwrap()).unwrap(),
                 );
-                intent_rids.insert(e["request_id"].as_str().unwrap().to_string());
+                assert!(
+                    intent_rids.insert(e["request_id"].as_str().unwrap().to_string()),
+                    "two intents for one request: {e}"
+                );
                 intents_by_target.entry(t).or_default().push(e);
             }
             _ => {}
@@ -217,7 +267,6 @@ async fn sigkill_mid_burst_loses_no_acknowledged_or_performed_action() {
         "{logoff_calls} logoff calls but only {intents} intents"
     );
     assert!(logged_off.len() >= acks.len());
-    // Every outcome has its intent (same request id).
     for rid in outcomes.keys() {
         assert!(intent_rids.contains(rid), "outcome {rid} without intent");
     }
@@ -226,13 +275,8 @@ async fn sigkill_mid_burst_loses_no_acknowledged_or_performed_action() {
         .filter(|r| !outcomes.contains_key(*r))
         .count();
 
-    // (c) The chain verifies after the crash...
-    let (code, out) = cli_verify(&cfg_path).await;
-    assert_eq!(code, 0, "audit verify after crash:\n{out}");
-    assert!(out.contains("INTACT"), "{out}");
-
-    // ...and the restarted gateway continues it: one more action, verify again.
-    let (host, id) = after.iter().next().cloned().expect("a session left");
+    // (c) The restarted gateway continues the chain: one more action, kill, verify again.
+    let (host, id) = all_targets[total].clone();
     let a = gateway_support::post_action(
         &http,
         &format!("{}/logoff", Backends::session_url(&url, &host, id)),
@@ -241,11 +285,10 @@ async fn sigkill_mid_burst_loses_no_acknowledged_or_performed_action() {
     )
     .await
     .unwrap();
-    assert_eq!(a.status, 200, "{:?}\n{}", a.body, gw2.log_text());
+    assert_eq!(a.status, 200, "{:?}\n{}", a.body, gw.log_text());
     assert_eq!(a.body["outcome"], "done");
-    drop(gw2);
-    let (code, out) = cli_verify(&cfg_path).await;
-    assert_eq!(code, 0, "audit verify after restart + second kill:\n{out}");
+    drop(gw);
+    verify_ok(&cfg_path, "after the final restart").await;
     let cfg = b.config(&format!("127.0.0.1:{port}"), None, None);
     let stored = gateway_support::store_events(&cfg).await;
     let map = gateway_support::by_request(&stored);
@@ -253,13 +296,17 @@ async fn sigkill_mid_burst_loses_no_acknowledged_or_performed_action() {
     assert_eq!((i.len(), o.len()), (1, 1));
     assert_eq!(i[0].chain, o[0].chain);
     assert!(i[0].seq < o[0].seq);
+    assert_eq!(
+        o[0].seq,
+        i64::try_from(stored.iter().filter(|e| e.chain == o[0].chain).count()).unwrap(),
+        "seq gap after restarts"
+    );
 
     eprintln!(
-        "crash figures: targets={TARGETS} clients={CLIENTS} sent={} acknowledged={} \
-         (kill triggered at {acked_at_kill}) cut_off={lost} emulator_logged_off={} \
-         logoff_calls={logoff_calls} intents={intents} outcomes={} \
-         intents_without_outcome={intents_without_outcome} events={} elapsed={:?}",
-        sent.load(Ordering::SeqCst),
+        "crash figures: {} | total acknowledged={} emulator_logged_off={} logoff_calls={logoff_calls} \
+         intents={intents} outcomes={} intents_without_outcome={intents_without_outcome} \
+         events={} elapsed={:?}",
+        figures.join("; "),
         acks.len(),
         logged_off.len(),
         outcomes.len(),
