@@ -28,7 +28,7 @@ type Target = (String, u32);
 
 /// Targets per round, and the number of acknowledged actions after which the round's
 /// gateway is SIGKILLed (early, middle, late in the burst).
-const ROUNDS: [(usize, usize); 3] = [(80, 10), (80, 40), (80, 65)];
+const ROUNDS: [(usize, usize); 3] = [(80, 10), (80, 35), (80, 60)];
 const CLIENTS: usize = 8;
 
 /// What the clients of one burst saw.
