@@ -614,6 +614,78 @@ async fn oidc_app_roles_map_to_grants() {
 }
 
 #[tokio::test]
+async fn roles_by_routes_matrix_with_oidc_tokens() {
+    let o = oidc_app(|_| {}).await;
+    let tok = |roles: &[&str]| o.token(roles, |_| {});
+    let act = Want::Forbidden("sessions.act");
+    let audit = Want::Forbidden("audit.read");
+    let profiles = [
+        Profile {
+            name: "jwt-reader",
+            cred: Some(tok(&["Reader"])),
+            lists_pool: true,
+            read: Want::Ok,
+            act,
+            audit,
+            openapi: Want::Ok,
+        },
+        Profile {
+            name: "jwt-operator",
+            cred: Some(tok(&["Operator"])),
+            lists_pool: true,
+            read: Want::Ok,
+            act: Want::Ok,
+            audit,
+            openapi: Want::Ok,
+        },
+        Profile {
+            name: "jwt-admin",
+            cred: Some(tok(&["Admin"])),
+            lists_pool: true,
+            read: Want::Ok,
+            act: Want::Ok,
+            audit,
+            openapi: Want::Ok,
+        },
+        Profile {
+            name: "jwt-auditor",
+            cred: Some(tok(&["Auditor"])),
+            lists_pool: true,
+            read: Want::Forbidden("sessions.read"),
+            act,
+            audit: Want::Ok,
+            openapi: Want::Ok,
+        },
+        Profile {
+            // Authenticated, but no role maps to a grant: no pool exists for it.
+            name: "jwt-unscoped",
+            cred: Some(tok(&[])),
+            lists_pool: false,
+            read: Want::PoolNotFound,
+            act: Want::PoolNotFound,
+            audit,
+            openapi: Want::Ok,
+        },
+    ];
+    for p in &profiles {
+        run_profile(&o.app, p).await;
+    }
+    assert_eq!(o.app.arm().calls(ArmOp::SendMessage), 2);
+    assert_eq!(o.app.arm().calls(ArmOp::Disconnect), 2);
+    assert_eq!(o.app.arm().calls(ArmOp::Logoff), 2);
+}
+
+#[tokio::test]
+async fn tokens_are_refused_when_oidc_is_not_configured() {
+    let issuer = TestIssuer::start().await.unwrap();
+    let app = TestApp::start().await;
+    let mut c = issuer.claims(AUD);
+    c["roles"] = json!(["Admin"]);
+    let t = issuer.mint(&c).unwrap();
+    bad_token(&app, &t, "invalid_credentials").await;
+}
+
+#[tokio::test]
 async fn oidc_role_map_scopes_grants_to_pools() {
     let o = oidc_app(|c| {
         let mut m = BTreeMap::new();
@@ -979,6 +1051,35 @@ async fn protected_sessions_need_admin_and_service_accounts_nobody() {
         "session_protected",
     )
     .await;
+    // The down-level pattern `*\Administrator` protects by the AD name, whatever the UPN.
+    let (_, adm) = new_session(&app, "Administrator@fabrikam.com");
+    let r = app
+        .get(
+            &app.keys.reader,
+            &format!("/hostpools/{AVD_POOL}/sessionhosts/{host}/sessions/{adm}"),
+        )
+        .await;
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["ad_user"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase()
+            .ends_with("\\administrator"),
+        "{v}"
+    );
+    problem(
+        app.post(
+            &app.keys.operator,
+            &format!("{}/disconnect", app.session_url(AVD_POOL, &host, adm)),
+            None,
+        )
+        .await,
+        403,
+        "session_protected",
+    )
+    .await;
+    assert_eq!(app.arm().calls(ArmOp::Disconnect), 0);
     // An ordinary user next to them is not protected.
     let (_, plain) = new_session(&app, "jane@contoso.com");
     assert_eq!(
