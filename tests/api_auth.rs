@@ -1278,6 +1278,11 @@ async fn cors_answers_only_the_configured_origin() {
         .send()
         .await
         .unwrap();
+    // ...which its script may read (the origin is echoed on errors too).
+    assert_eq!(
+        header(&r, "access-control-allow-origin").as_deref(),
+        Some(PORTAL)
+    );
     problem(r, 401, "unauthenticated").await;
     // From another origin the call is answered (CORS is for browsers), without CORS headers.
     let r = app
