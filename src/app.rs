@@ -71,6 +71,14 @@ pub async fn build_app_with_audit(cfg: &Config, audit: AuditLog) -> Result<App, 
             message_body_max: cfg.server.message_body_max,
         },
     ));
+    match gateway.close_interrupted_actions().await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            interrupted = n,
+            "actions interrupted by the previous stop were marked in the audit log"
+        ),
+        Err(e) => return Err(StartError::Audit(e.to_string())),
+    }
     let st = AppState {
         gateway: gateway.clone(),
         authenticator: Arc::new(authenticator),

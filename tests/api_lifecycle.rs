@@ -84,3 +84,71 @@ async fn probes_need_no_key_and_carry_request_ids() {
     assert_ne!(rid, "bad id with spaces");
     assert!(uuid::Uuid::parse_str(rid).is_ok());
 }
+
+#[tokio::test]
+async fn intents_left_without_outcome_are_marked_interrupted_at_start() {
+    use sessiongate::audit::{NewEvent, Target};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = sessiongate::config::Config::from_toml_with_env(
+        &format!(
+            "[server]\ndata_dir = {:?}\n",
+            dir.path().display().to_string()
+        ),
+        std::iter::empty(),
+    )
+    .unwrap();
+    let audit = sessiongate::audit::open(&cfg.audit, &cfg.server.data_dir)
+        .await
+        .unwrap();
+    // A previous run recorded an intent, then died before the outcome.
+    audit
+        .record(NewEvent {
+            kind: Some(EventKind::Intent),
+            request_id: "req-crashed".into(),
+            action: "logoff".into(),
+            target: Target {
+                pool: Some("p".into()),
+                host: Some("h".into()),
+                session_id: Some(4),
+                user: Some("u@contoso.com".into()),
+            },
+            outcome: "pending".into(),
+            ..NewEvent::default()
+        })
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        // Two starts: the second must not mark it again.
+        sessiongate::app::build_app_with_audit(&cfg, audit.clone())
+            .await
+            .unwrap();
+    }
+    let page = audit
+        .query(&AuditQuery {
+            request_id: Some("req-crashed".into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let outcomes: Vec<_> = page
+        .events
+        .iter()
+        .filter(|e| e.event.kind == Some(EventKind::Outcome))
+        .collect();
+    assert_eq!(outcomes.len(), 1, "{:?}", page.events);
+    assert_eq!(outcomes[0].event.outcome, "interrupted");
+    assert_eq!(
+        outcomes[0].event.error_code.as_deref(),
+        Some("gateway_restarted")
+    );
+    assert_eq!(outcomes[0].event.target.session_id, Some(4));
+    let starts = audit
+        .query(&AuditQuery {
+            action: Some(sessiongate::service::STARTED.into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(starts.events.len(), 2);
+    assert!(audit.verify().await.unwrap().ok);
+}

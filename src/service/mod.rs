@@ -6,9 +6,11 @@
 
 mod actions;
 mod error;
+mod recovery;
 
 pub use actions::{ActionError, ActionRequest, ActionResult, ActionTarget};
 pub use error::ServiceError;
+pub use recovery::STARTED;
 
 use crate::{
     audit::{Actor, AuditLog, NewEvent, Target},

@@ -1,0 +1,90 @@
+//! Start-up recovery: actions whose intent was recorded but whose outcome never was (the
+//! process died between the two) get an `interrupted` outcome, so an auditor can tell which
+//! actions need checking against the backend.
+
+use super::Gateway;
+use crate::audit::{Actor, AuditError, AuditQuery, EventKind, NewEvent};
+use std::collections::HashSet;
+
+/// Action name of the marker event written at every start.
+pub const STARTED: &str = "gateway_started";
+/// How many of this chain's newest events a start looks through at most.
+const SCAN_LIMIT: usize = 100_000;
+
+impl Gateway {
+    /// Closes intents left without an outcome since the previous start of this chain, then
+    /// records a start marker. Returns how many actions were marked `interrupted`.
+    pub async fn close_interrupted_actions(&self) -> Result<usize, AuditError> {
+        let chain = self.audit.chain();
+        let mut outcomes: HashSet<String> = HashSet::new();
+        let mut orphans: Vec<NewEvent> = Vec::new();
+        let mut cursor = None;
+        let mut scanned = 0usize;
+        'scan: loop {
+            let page = self
+                .audit
+                .query(&AuditQuery {
+                    cursor: cursor.take(),
+                    limit: Some(1000),
+                    ..AuditQuery::default()
+                })
+                .await?;
+            for ev in &page.events {
+                if chain.as_ref().is_some_and(|c| c != &ev.chain) {
+                    continue;
+                }
+                scanned += 1;
+                let e = &ev.event;
+                if e.action == STARTED || scanned > SCAN_LIMIT {
+                    break 'scan;
+                }
+                match e.kind {
+                    Some(EventKind::Outcome) => {
+                        outcomes.insert(e.request_id.clone());
+                    }
+                    Some(EventKind::Intent) if !outcomes.contains(&e.request_id) => {
+                        orphans.push(e.clone());
+                    }
+                    _ => {}
+                }
+            }
+            match page.next_cursor {
+                Some(c) if !page.events.is_empty() => cursor = Some(c),
+                _ => break,
+            }
+        }
+        let n = orphans.len();
+        for mut ev in orphans {
+            tracing::warn!(
+                request_id = %ev.request_id,
+                action = %ev.action,
+                "action interrupted by a gateway stop: its outcome is unknown; check the backend"
+            );
+            ev.kind = Some(EventKind::Outcome);
+            ev.outcome = "interrupted".into();
+            ev.error_code = Some("gateway_restarted".into());
+            ev.duration_ms = None;
+            self.audit.record(ev).await?;
+        }
+        self.audit
+            .record(NewEvent {
+                kind: Some(EventKind::Request),
+                request_id: uuid::Uuid::now_v7().to_string(),
+                actor: Actor {
+                    id: "system".into(),
+                    display: Some("sessiongate".into()),
+                    auth_method: None,
+                    roles: vec![],
+                },
+                action: STARTED.into(),
+                params: serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "interrupted_actions": n,
+                }),
+                outcome: "ok".into(),
+                ..NewEvent::default()
+            })
+            .await?;
+        Ok(n)
+    }
+}
