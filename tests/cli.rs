@@ -294,3 +294,34 @@ fn openapi_command_matches_committed_file() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), committed);
 }
+
+#[test]
+fn emulate_winrm_prints_one_json_line_with_host_endpoints() {
+    let child = Command::new(BIN)
+        .args([
+            "emulate",
+            "winrm",
+            "--flavour",
+            "multipoint",
+            "--hosts",
+            "2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut k = Killer(child);
+    let lines = read_until(&mut k.0, |l| l.starts_with('{'));
+    let v: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    let hosts = v["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 2, "{v}");
+    assert!(
+        hosts[0]["endpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://127.0.0.1:")
+    );
+    for f in ["username", "password", "auth", "flavour", "ca_pem_path"] {
+        assert!(v.get(f).is_some_and(|x| !x.is_null()), "{f} in {v}");
+    }
+}
