@@ -76,7 +76,7 @@ fn d_conc() -> usize {
     2
 }
 fn d_fanout() -> usize {
-    32
+    64
 }
 fn d_op() -> u64 {
     20
