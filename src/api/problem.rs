@@ -216,7 +216,6 @@ impl From<ServiceError> for ApiError {
 
 fn from_provider(code: &'static str, pe: ProviderError) -> ApiError {
     use StatusCode as S;
-    tracing::warn!(error = %pe, code, "upstream failure");
     match pe {
         ProviderError::SessionNotFound => ApiError::new(
             S::NOT_FOUND,

@@ -274,15 +274,8 @@ impl Gateway {
     }
 
     fn map_pool_err(&self, p: &Pool, e: crate::providers::ProviderError) -> ServiceError {
-        match e {
-            crate::providers::ProviderError::PoolNotFound => {
-                ServiceError::Provider(crate::providers::ProviderError::PoolNotFound)
-            }
-            other => {
-                tracing::warn!(pool = %p.name, error = %other, "provider call failed");
-                ServiceError::Provider(other)
-            }
-        }
+        tracing::warn!(pool = %p.name, error = %e, "provider call failed");
+        ServiceError::Provider(e)
     }
 
     fn map_target_err(
