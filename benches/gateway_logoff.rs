@@ -381,6 +381,81 @@ fn fsync_latency(dir: &Path, rounds: usize, data_only: bool) -> Res<(Duration, D
     Ok((percentile(&lat, 50.0), percentile(&lat, 99.0)))
 }
 
+/// Sequential `AuditLog::record` calls (one event per durable commit, as at 1 connection):
+/// latency p50/p99 and this process's context switches per record.
+async fn audit_record_latency(dir: &Path, rounds: usize) -> Res<(Duration, Duration, f64)> {
+    use sessiongate::audit::{self, Actor, EventKind, NewEvent, Target};
+    std::fs::create_dir_all(dir)?;
+    let cfg = audit::AuditConfig {
+        url: format!("sqlite://{}", dir.join("probe-audit.sqlite").display()),
+        ..audit::AuditConfig::default()
+    };
+    let log = audit::open(&cfg, dir).await?;
+    let ev = NewEvent {
+        kind: Some(EventKind::Intent),
+        request_id: uuid::Uuid::now_v7().to_string(),
+        actor: Actor {
+            id: "apikey:bench".into(),
+            auth_method: Some("api_key".into()),
+            roles: vec!["operator".into()],
+            ..Actor::default()
+        },
+        client_addr: Some("127.0.0.1".into()),
+        action: "logoff".into(),
+        target: Target {
+            pool: Some(GW_POOL.into()),
+            host: Some("hp-demo-sh0.contoso.com".into()),
+            session_id: Some(2),
+            user: Some("bench@contoso.com".into()),
+        },
+        params: serde_json::json!({"force": false, "dry_run": false}),
+        outcome: "pending".into(),
+        ..NewEvent::default()
+    };
+    for _ in 0..20 {
+        log.record(ev.clone()).await?;
+    }
+    let sw0 = ctx_switches(std::process::id());
+    let mut lat = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        log.record(ev.clone()).await?;
+        lat.push(t0.elapsed());
+    }
+    let sw = ctx_switches(std::process::id()).saturating_sub(sw0);
+    lat.sort_unstable();
+    Ok((
+        percentile(&lat, 50.0),
+        percentile(&lat, 99.0),
+        sw as f64 / rounds as f64,
+    ))
+}
+
+/// One sqlx round trip to SQLite (`SELECT 1` on a held connection): sqlx runs each SQLite
+/// connection on its own thread, so every statement is a hand-off between threads.
+async fn sqlx_round_trip(dir: &Path, rounds: usize) -> Res<(Duration, f64)> {
+    use sqlx::{Connection, sqlite::SqliteConnectOptions};
+    std::fs::create_dir_all(dir)?;
+    let opts = SqliteConnectOptions::new()
+        .filename(dir.join("probe-rt.sqlite"))
+        .create_if_missing(true);
+    let mut conn = sqlx::SqliteConnection::connect_with(&opts).await?;
+    for _ in 0..20 {
+        sqlx::query("SELECT 1").execute(&mut conn).await?;
+    }
+    let sw0 = ctx_switches(std::process::id());
+    let mut lat = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        sqlx::query("SELECT 1").execute(&mut conn).await?;
+        lat.push(t0.elapsed());
+    }
+    let sw = ctx_switches(std::process::id()).saturating_sub(sw0);
+    conn.close().await?;
+    lat.sort_unstable();
+    Ok((percentile(&lat, 50.0), sw as f64 / rounds as f64))
+}
+
 fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
@@ -605,6 +680,18 @@ async fn run() -> Res<()> {
     // Bare fsync on the audit log's disk.
     let (fdatasync_p50, fdatasync_p99) = fsync_latency(&audit_dir, 200, true)?;
     let (fsync_p50, fsync_p99) = fsync_latency(&audit_dir, 200, false)?;
+    // One audit record (= one durable group commit of one event), on this disk and on tmpfs.
+    let rec_disk = audit_record_latency(&audit_dir.join("probe"), 300).await?;
+    let round_trip = sqlx_round_trip(&audit_dir.join("probe"), 300).await?;
+    let shm = Path::new("/dev/shm");
+    let rec_tmpfs = if shm.is_dir() {
+        let d = shm.join(format!("sg-bench-{}", uuid::Uuid::new_v4().simple()));
+        let r = audit_record_latency(&d, 300).await;
+        let _ = std::fs::remove_dir_all(&d);
+        Some(r?)
+    } else {
+        None
+    };
 
     // The gateway, as a child process.
     let port = free_port()?;
@@ -689,6 +776,25 @@ async fn run() -> Res<()> {
         ms(fdatasync_p99),
         ms(fsync_p50),
         ms(fsync_p99)
+    );
+    println!(
+        "one AuditLog::record (1-event durable commit), sequential: on the audit disk p50 {} ms, p99 {} ms, {:.1} context switches/record",
+        ms(rec_disk.0),
+        ms(rec_disk.1),
+        rec_disk.2
+    );
+    if let Some(r) = rec_tmpfs {
+        println!(
+            "  same on tmpfs (/dev/shm): p50 {} ms, p99 {} ms, {:.1} context switches/record",
+            ms(r.0),
+            ms(r.1),
+            r.2
+        );
+    }
+    println!(
+        "one sqlx statement round trip (SELECT 1, held SQLite connection): p50 {} ms, {:.1} context switches",
+        ms(round_trip.0),
+        round_trip.1
     );
     println!();
     println!(
