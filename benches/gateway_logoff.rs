@@ -20,6 +20,8 @@
 //! - `SG_BENCH_GATEWAY_LOG`: the gateway's log filter (default `info`, the shipped default).
 //! - `SG_BENCH_LEVELS`: concurrency levels, comma separated (default `1,8,32`).
 //! - `SG_BENCH_SCALE`: multiplies the request counts (default 1; 0.25 for a quick look).
+//! - `SG_BENCH_UPSTREAM_LATENCY_MS`: latency the emulator adds to every request (default 0),
+//!   to see the ratio against a backend that is not in memory (use with a small scale).
 //!
 //! Bounded: every phase has a fixed request count and a time cap, every request a timeout,
 //! and the child gateway is stopped (SIGTERM, then killed) at the end.
@@ -659,6 +661,7 @@ async fn run() -> Res<()> {
     let backends = demo::start_backends(dir.path()).await?;
     let arm = backends.arm.state();
     arm.set_throttling(None);
+    let upstream_latency_ms: u64 = env_or("SG_BENCH_UPSTREAM_LATENCY_MS", "0").parse()?;
     for n in 0..EXTRA_HOSTS {
         if !arm.add_host(ARM_POOL, &format!("bench-sh{n}.contoso.com")) {
             return Err("add_host failed".into());
@@ -667,6 +670,12 @@ async fn run() -> Res<()> {
     let info = backends.arm.info();
     let ca_pem = Arc::new(std::fs::read_to_string(dir.path().join("emulator-ca.pem"))?);
     let token = Arc::new(fetch_token(&ca_pem, &info).await?);
+    if upstream_latency_ms > 0 {
+        arm.set_faults(sessiongate::emulator::common::FaultSettings {
+            latency_ms: upstream_latency_ms,
+            ..Default::default()
+        });
+    }
     let sessions_url = format!(
         "{}/subscriptions/{}/resourceGroups/{}/providers/Microsoft.DesktopVirtualization/hostPools/{ARM_POOL}/sessionHosts",
         info.base_url, info.subscription, info.resource_group
@@ -767,7 +776,7 @@ async fn run() -> Res<()> {
     println!("## gateway_logoff results");
     println!();
     println!(
-        "audit dir: {} | gateway log filter: {log_filter} | load average before: {load_start}, after: {load_end}",
+        "audit dir: {} | gateway log filter: {log_filter} | upstream latency added: {upstream_latency_ms} ms | load average before: {load_start}, after: {load_end}",
         audit_dir.display()
     );
     println!(
