@@ -12,6 +12,7 @@ RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
 COPY src ./src
 COPY config ./config
 COPY openapi.yaml ./
+COPY benches ./benches
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin sessiongate
 
 FROM debian:bookworm-slim AS runtime
