@@ -497,6 +497,21 @@ impl Core {
         }
     }
 
+    /// One user session of `host`, found by listing the host with `list`.
+    pub async fn find_session(
+        &self,
+        host: &HostName,
+        list: &scripts::Script,
+        id: SessionId,
+    ) -> Result<Session, ProviderError> {
+        let e = self.entry(host)?;
+        self.host_sessions(e, list)
+            .await?
+            .into_iter()
+            .find(|s| s.id == id)
+            .ok_or(ProviderError::SessionNotFound)
+    }
+
     /// User sessions of a host: session 0 and sessions without a user are left out.
     pub async fn host_sessions(
         &self,

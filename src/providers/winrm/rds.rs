@@ -72,13 +72,7 @@ impl SessionProvider for RdsProvider {
 
     #[tracing::instrument(skip_all, fields(pool = %self.core.pool, host = %host, session.id = id.0))]
     async fn get_session(&self, host: &HostName, id: SessionId) -> Result<Session, ProviderError> {
-        let e = self.core.entry(host)?;
-        self.core
-            .host_sessions(e, &scripts::rds_list())
-            .await?
-            .into_iter()
-            .find(|s| s.id == id)
-            .ok_or(ProviderError::SessionNotFound)
+        self.core.find_session(host, &scripts::rds_list(), id).await
     }
 
     #[tracing::instrument(skip_all, fields(pool = %self.core.pool, host = %host, session.id = id.0))]
