@@ -896,12 +896,14 @@ async fn sqlite_fused_append(
     chain: &str,
     events: Vec<NewEvent>,
 ) -> Result<Vec<AuditEvent>, AuditError> {
-    let row = sqlx::query(SQLITE_BEGIN_HEAD_SQL)
+    // `fetch_all`: both statements run to completion (no statement left active, holding a
+    // read snapshot, after the commit). `chain` is the primary key: at most one row.
+    let rows = sqlx::query(SQLITE_BEGIN_HEAD_SQL)
         .bind(chain)
-        .fetch_optional(&mut *conn)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_err)?;
-    let Some(row) = row else {
+    let Some(row) = rows.first() else {
         return Err(AuditError::Unavailable(format!(
             "audit chain {chain} has no head row"
         )));
