@@ -1485,6 +1485,38 @@ mod tests {
         assert_eq!(r.events_checked, 3 + INSERT_CHUNK as u64 + 5);
     }
 
+    /// Commits cancelled at arbitrary points (the committer's write timeout drops the future)
+    /// never leave a half-open transaction in a pooled connection: later batches commit and the
+    /// chain stays gapless and verifiable.
+    #[tokio::test]
+    async fn cancelled_fused_commits_leave_no_open_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = Location::Sqlite(dir.path().join("a.sqlite3"));
+        let mut store = SqlStore::connect(&loc, Duration::from_secs(2), true)
+            .await
+            .unwrap();
+        store.claim_chain("c").await.unwrap();
+        let ev = |i: u64| NewEvent {
+            request_id: format!("r{i}"),
+            action: "list_sessions".into(),
+            outcome: "ok".into(),
+            params: serde_json::json!({ "i": i }),
+            ..Default::default()
+        };
+        let mut committed = 0i64;
+        for i in 0..60u64 {
+            let t = Duration::from_micros(20 + i * 25);
+            if let Ok(r) = tokio::time::timeout(t, store.append_batch(vec![ev(i), ev(i)])).await {
+                r.unwrap();
+            }
+            let out = store.append_batch(vec![ev(1000 + i)]).await.unwrap();
+            committed = out[0].seq;
+        }
+        let r = store.verify().await.unwrap();
+        assert!(r.ok, "{r:#?}");
+        assert_eq!(r.events_checked, u64::try_from(committed).unwrap());
+    }
+
     #[test]
     fn insert_sql_shape() {
         assert_eq!(COLS.split(',').count(), NCOLS);
