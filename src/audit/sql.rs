@@ -57,8 +57,13 @@ const NCOLS: usize = 27;
 const INSERT_CHUNK: usize = 256;
 
 /// `INSERT INTO audit_events (COLS) VALUES ($1, …, $27), ($28, …), …` for `rows` rows.
-fn insert_sql(rows: usize) -> String {
-    let mut sql = format!("INSERT INTO audit_events ({COLS}) VALUES ");
+/// `qmark`: anonymous `?` placeholders instead (SQLite: binding and parsing `$N` names is
+/// linear per name, so quadratic for a large batch; `?` is positional and cheap).
+fn insert_sql(rows: usize, qmark: bool) -> String {
+    let mut sql = String::with_capacity(300 + rows * NCOLS * 6);
+    sql.push_str("INSERT INTO audit_events (");
+    sql.push_str(COLS);
+    sql.push_str(") VALUES ");
     for r in 0..rows {
         if r > 0 {
             sql.push_str(", ");
@@ -68,13 +73,33 @@ fn insert_sql(rows: usize) -> String {
             if c > 0 {
                 sql.push_str(", ");
             }
-            sql.push('$');
-            sql.push_str(&(r * NCOLS + c + 1).to_string());
+            if qmark {
+                sql.push('?');
+            } else {
+                sql.push('$');
+                sql.push_str(&(r * NCOLS + c + 1).to_string());
+            }
         }
         sql.push(')');
     }
     sql
 }
+
+/// SQLite fused commit, first round trip: take the write lock and read the chain head.
+const SQLITE_BEGIN_HEAD_SQL: &str =
+    "BEGIN IMMEDIATE; SELECT head_seq, head_hash FROM audit_chains WHERE chain = ?";
+
+/// SQLite fused commit, second round trip: the rows, the head move and the commit, as one
+/// multi-statement query (positional `?`: the row binds, then head seq, head hash, chain).
+fn sqlite_fused_sql(rows: usize) -> String {
+    let mut sql = insert_sql(rows, true);
+    sql.push_str("; UPDATE audit_chains SET head_seq = ?, head_hash = ? WHERE chain = ?; COMMIT");
+    sql
+}
+
+/// Batch sizes up to this keep their fused statement prepared (sqlx statement cache);
+/// larger ones are rare (only under heavy load) and prepared per use.
+const SQLITE_CACHED_ROWS: usize = 16;
 
 const HEADS_SQL: &str = "SELECT chain, head_seq, head_hash, anchor_seq, anchor_hash \
      FROM audit_chains ORDER BY chain";
@@ -273,6 +298,8 @@ impl SqlStore {
                     }
                 }
                 let pool = SqlitePoolOptions::new()
+                    // A local file: no liveness ping (a worker round trip) per acquire.
+                    .test_before_acquire(false)
                     .max_connections(max)
                     .min_connections(if max == 1 { 1 } else { 0 })
                     .acquire_timeout(write_timeout)
@@ -363,14 +390,16 @@ impl SqlStore {
         }
     }
 
-    /// Statement run first in a PostgreSQL write transaction: bounds lock waits and statements.
-    fn pg_setup_sql(&self) -> Option<String> {
+    /// The statement opening an append transaction. PostgreSQL: `BEGIN` and a statement
+    /// timeout bounding lock waits and statements, sent together (simple query protocol: one
+    /// round trip).
+    fn write_begin_sql(&self) -> String {
         match self.db {
-            Db::Sqlite(_) => None,
-            Db::Postgres(_) => Some(format!(
-                "SET LOCAL statement_timeout = {}",
+            Db::Sqlite(_) => "BEGIN IMMEDIATE".to_owned(),
+            Db::Postgres(_) => format!(
+                "BEGIN; SET LOCAL statement_timeout = {}",
                 self.write_timeout.as_millis().max(1)
-            )),
+            ),
         }
     }
 
@@ -731,10 +760,73 @@ where
     Ok((ev, os("ticket")?))
 }
 
+/// Hashes `events` onto the chain head `(seq, prev)`: the stored events, in order.
+fn chain_events(
+    chain: &str,
+    mut seq: i64,
+    mut prev: String,
+    events: Vec<NewEvent>,
+) -> Vec<AuditEvent> {
+    let mut out = Vec::with_capacity(events.len());
+    for ev in events {
+        seq += 1;
+        let ts_us = unix_micros(OffsetDateTime::now_utc());
+        let mut stored = AuditEvent {
+            id: uuid::Uuid::now_v7().to_string(),
+            chain: chain.to_owned(),
+            seq,
+            time: from_unix_micros(ts_us),
+            event: ev,
+            prev_hash: prev,
+            hash: String::new(),
+        };
+        stored.hash = chain::event_hash(&stored);
+        prev = stored.hash.clone();
+        out.push(stored);
+    }
+    out
+}
+
+/// Binds the [`NCOLS`] column values of `$stored` to query `$q`, in [`COLS`] order.
+macro_rules! bind_event {
+    ($q:expr, $stored:expr) => {{
+        let stored = $stored;
+        let e = &stored.event;
+        $q.bind(&stored.id)
+            .bind(&stored.chain)
+            .bind(stored.seq)
+            .bind(unix_micros(stored.time))
+            .bind(e.kind.map(|k| k.as_str()))
+            .bind(&e.request_id)
+            .bind(&e.actor.id)
+            .bind(&e.actor.display)
+            .bind(&e.actor.auth_method)
+            .bind(serde_json::to_string(&e.actor.roles).unwrap_or_else(|_| "[]".into()))
+            .bind(&e.client_addr)
+            .bind(&e.method)
+            .bind(&e.route)
+            .bind(&e.action)
+            .bind(&e.target.pool)
+            .bind(&e.target.host)
+            .bind(e.target.session_id.map(i64::from))
+            .bind(&e.target.user)
+            .bind(serde_json::to_string(&e.params).unwrap_or_else(|_| "null".into()))
+            .bind(e.ticket())
+            .bind(&e.outcome)
+            .bind(&e.error_code)
+            .bind(e.http_status.map(i32::from))
+            .bind(e.upstream_status.map(i32::from))
+            .bind(e.duration_ms.map(|d| i64::try_from(d).unwrap_or(i64::MAX)))
+            .bind(&stored.prev_hash)
+            .bind(&stored.hash)
+    }};
+}
+
 /// Appends `events` to `$chain` inside transaction `$tx`: reads the chain head (locked), hashes
-/// and inserts each event, moves the head. Evaluates to the stored events.
+/// and inserts each event, moves the head. Evaluates to the stored events. `$qmark`: SQLite
+/// (`?` placeholders in the INSERT).
 macro_rules! append_in_tx {
-    ($tx:ident, $head_sql:expr, $chain:expr, $events:expr) => {{
+    ($tx:ident, $head_sql:expr, $chain:expr, $events:expr, $qmark:expr) => {{
         let row = sqlx::query($head_sql)
             .bind($chain)
             .fetch_optional(&mut *$tx)
@@ -746,72 +838,98 @@ macro_rules! append_in_tx {
                 $chain
             )));
         };
-        let mut seq: i64 = row.try_get("head_seq").map_err(db_err)?;
-        let mut prev: String = row.try_get("head_hash").map_err(db_err)?;
-        let events: Vec<NewEvent> = $events;
-        let mut out = Vec::with_capacity(events.len());
-        for ev in events {
-            seq += 1;
-            let ts_us = unix_micros(OffsetDateTime::now_utc());
-            let mut stored = AuditEvent {
-                id: uuid::Uuid::now_v7().to_string(),
-                chain: $chain.to_owned(),
-                seq,
-                time: from_unix_micros(ts_us),
-                event: ev,
-                prev_hash: prev,
-                hash: String::new(),
-            };
-            stored.hash = chain::event_hash(&stored);
-            prev = stored.hash.clone();
-            out.push(stored);
-        }
+        let seq: i64 = row.try_get("head_seq").map_err(db_err)?;
+        let prev: String = row.try_get("head_hash").map_err(db_err)?;
+        let out = chain_events($chain, seq, prev, $events);
         // Multi-row INSERTs: one statement per INSERT_CHUNK events.
         for chunk in out.chunks(INSERT_CHUNK) {
-            let sql = insert_sql(chunk.len());
-            let mut q = sqlx::query(&sql).persistent(chunk.len() == 1);
+            let sql = insert_sql(chunk.len(), $qmark);
+            let mut q = sqlx::query(&sql).persistent(chunk.len() <= SQLITE_CACHED_ROWS);
             for stored in chunk {
-                let e = &stored.event;
-                q = q
-                    .bind(&stored.id)
-                    .bind(&stored.chain)
-                    .bind(stored.seq)
-                    .bind(unix_micros(stored.time))
-                    .bind(e.kind.map(|k| k.as_str()))
-                    .bind(&e.request_id)
-                    .bind(&e.actor.id)
-                    .bind(&e.actor.display)
-                    .bind(&e.actor.auth_method)
-                    .bind(serde_json::to_string(&e.actor.roles).unwrap_or_else(|_| "[]".into()))
-                    .bind(&e.client_addr)
-                    .bind(&e.method)
-                    .bind(&e.route)
-                    .bind(&e.action)
-                    .bind(&e.target.pool)
-                    .bind(&e.target.host)
-                    .bind(e.target.session_id.map(i64::from))
-                    .bind(&e.target.user)
-                    .bind(serde_json::to_string(&e.params).unwrap_or_else(|_| "null".into()))
-                    .bind(e.ticket())
-                    .bind(&e.outcome)
-                    .bind(&e.error_code)
-                    .bind(e.http_status.map(i32::from))
-                    .bind(e.upstream_status.map(i32::from))
-                    .bind(e.duration_ms.map(|d| i64::try_from(d).unwrap_or(i64::MAX)))
-                    .bind(&stored.prev_hash)
-                    .bind(&stored.hash);
+                q = bind_event!(q, stored);
             }
             q.execute(&mut *$tx).await.map_err(db_err)?;
         }
-        sqlx::query("UPDATE audit_chains SET head_seq = $1, head_hash = $2 WHERE chain = $3")
-            .bind(seq)
-            .bind(&prev)
-            .bind($chain)
-            .execute(&mut *$tx)
-            .await
-            .map_err(db_err)?;
+        let (seq, prev) = out
+            .last()
+            .map_or((seq, String::new()), |l| (l.seq, l.hash.clone()));
+        if !out.is_empty() {
+            sqlx::query("UPDATE audit_chains SET head_seq = $1, head_hash = $2 WHERE chain = $3")
+                .bind(seq)
+                .bind(&prev)
+                .bind($chain)
+                .execute(&mut *$tx)
+                .await
+                .map_err(db_err)?;
+        }
         out
     }};
+}
+
+/// A SQLite connection that may hold a transaction opened by raw SQL (sqlx does not track
+/// it). Dropped before [`TxConn::release`] (an error, or the commit future cancelled by the
+/// write timeout), the connection is closed instead of going back to the pool: closing rolls
+/// the transaction back and frees the write lock.
+struct TxConn(Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>);
+
+impl TxConn {
+    /// Back to the pool: only when no transaction is open.
+    fn release(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for TxConn {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            c.close_on_drop();
+        }
+    }
+}
+
+/// The SQLite fused commit on `conn` (at most [`INSERT_CHUNK`] events: one INSERT statement;
+/// larger batches take the generic path): two worker round trips per batch (lock + head read;
+/// rows + head move + commit), same transaction and same chain semantics as the generic path.
+/// On error the transaction may still be open: the caller must not reuse the connection.
+async fn sqlite_fused_append(
+    conn: &mut sqlx::SqliteConnection,
+    chain: &str,
+    events: Vec<NewEvent>,
+) -> Result<Vec<AuditEvent>, AuditError> {
+    // `fetch_all`: both statements run to completion (no statement left active, holding a
+    // read snapshot, after the commit). `chain` is the primary key: at most one row.
+    let rows = sqlx::query(SQLITE_BEGIN_HEAD_SQL)
+        .bind(chain)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    let Some(row) = rows.first() else {
+        return Err(AuditError::Unavailable(format!(
+            "audit chain {chain} has no head row"
+        )));
+    };
+    let seq: i64 = row.try_get("head_seq").map_err(db_err)?;
+    let prev: String = row.try_get("head_hash").map_err(db_err)?;
+    let out = chain_events(chain, seq, prev, events);
+    let Some(last) = out.last() else {
+        sqlx::query("ROLLBACK")
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        return Ok(out);
+    };
+    let sql = sqlite_fused_sql(out.len());
+    let mut q = sqlx::query(&sql).persistent(out.len() <= SQLITE_CACHED_ROWS);
+    for stored in &out {
+        q = bind_event!(q, stored);
+    }
+    q.bind(last.seq)
+        .bind(&last.hash)
+        .bind(chain)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    Ok(out)
 }
 
 /// Decodes a cursor `base64url("v1:<time_us>:<id>")`.
@@ -990,7 +1108,7 @@ impl SqlStore {
                 outcome: "ok".into(),
                 ..Default::default()
             };
-            let mut out = append_in_tx!(tx, head_sql, own, vec![ev]);
+            let mut out = append_in_tx!(tx, head_sql, own, vec![ev], !is_pg);
             tx.commit().await.map_err(db_err)?;
             report.deleted = deleted;
             report.anchors = anchors;
@@ -1003,6 +1121,33 @@ impl SqlStore {
 }
 
 impl SqlStore {
+    /// SQLite `append_batch`: the fused commit on a pooled connection (no liveness ping).
+    /// A batch that fails leaves nothing behind (rolled back) and the connection is closed.
+    async fn append_sqlite(
+        &self,
+        pool: &SqlitePool,
+        chain: &str,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<AuditEvent>, AuditError> {
+        let mut conn = TxConn(Some(pool.acquire().await.map_err(db_err)?));
+        let Some(c) = conn.0.as_mut() else {
+            return Err(AuditError::Unavailable("no connection".into()));
+        };
+        match sqlite_fused_append(c, chain, events).await {
+            Ok(out) => {
+                conn.release();
+                self.transactions.fetch_add(1, Ordering::Relaxed);
+                Ok(out)
+            }
+            Err(e) => {
+                // Best effort; the connection is closed anyway (dropping `conn`), which
+                // rolls back whatever is still open.
+                let _ = sqlx::query("ROLLBACK").execute(&mut **c).await;
+                Err(e)
+            }
+        }
+    }
+
     async fn select_events(
         &self,
         sql: &str,
@@ -1033,14 +1178,16 @@ impl AuditStore for SqlStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        if let Db::Sqlite(p) = &self.db
+            && events.len() <= INSERT_CHUNK
+        {
+            return self.append_sqlite(p, chain, events).await;
+        }
         let head_sql = self.head_sql();
-        let setup = self.pg_setup_sql();
+        let qmark = !self.is_postgres();
         let out = with_pool!(&self.db, p => {
-            let mut tx = p.begin_with(self.begin_sql()).await.map_err(db_err)?;
-            if let Some(s) = &setup {
-                sqlx::query(s.as_str()).execute(&mut *tx).await.map_err(db_err)?;
-            }
-            let out = append_in_tx!(tx, head_sql, chain, events);
+            let mut tx = p.begin_with(self.write_begin_sql()).await.map_err(db_err)?;
+            let out = append_in_tx!(tx, head_sql, chain, events, qmark);
             tx.commit().await.map_err(db_err)?;
             out
         });
@@ -1115,12 +1262,8 @@ impl AuditStore for SqlStore {
         let Some(chain) = self.chain.as_deref() else {
             return Ok(());
         };
-        let setup = self.pg_setup_sql();
         with_pool!(&self.db, p => {
-            let mut tx = p.begin_with(self.begin_sql()).await.map_err(db_err)?;
-            if let Some(s) = &setup {
-                sqlx::query(s.as_str()).execute(&mut *tx).await.map_err(db_err)?;
-            }
+            let mut tx = p.begin_with(self.write_begin_sql()).await.map_err(db_err)?;
             sqlx::query("UPDATE audit_chains SET head_seq = head_seq WHERE chain = $1")
                 .bind(chain)
                 .execute(&mut *tx)
@@ -1281,12 +1424,111 @@ mod tests {
         assert_eq!(r.events_checked, 20);
     }
 
+    /// A batch failing inside the fused commit (here: a foreign row already holds the next
+    /// seq) leaves the head where it was and nothing half-written; the next batch continues
+    /// the chain and it verifies.
+    #[tokio::test]
+    async fn failed_fused_batch_leaves_no_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = Location::Sqlite(dir.path().join("a.sqlite3"));
+        let mut store = SqlStore::connect(&loc, Duration::from_secs(2), true)
+            .await
+            .unwrap();
+        store.claim_chain("c").await.unwrap();
+        let ev = |i: usize| NewEvent {
+            request_id: format!("r{i}"),
+            action: "list_sessions".into(),
+            outcome: "ok".into(),
+            params: serde_json::json!({ "i": i }),
+            ..Default::default()
+        };
+        let first = store.append_batch(vec![ev(0), ev(1)]).await.unwrap();
+        assert_eq!(first[1].seq, 2);
+        let Db::Sqlite(p) = &store.db else { panic!() };
+        // Squat seq 3 (as a broken writer would), outside the chain head.
+        sqlx::query(
+            "INSERT INTO audit_events (id, chain, seq, ts_us, request_id, actor_id, actor_roles, \
+             action, params, outcome, prev_hash, hash) \
+             VALUES ('x', 'c', 3, 0, 'x', 'x', '[]', 'x', '{}', 'x', 'x', 'x')",
+        )
+        .execute(p)
+        .await
+        .unwrap();
+        for _ in 0..3 {
+            assert!(store.append_batch(vec![ev(2), ev(3)]).await.is_err());
+        }
+        let head = store.head("c").await.unwrap().unwrap();
+        assert_eq!(
+            (head.head_seq, head.head_hash.as_str()),
+            (2, first[1].hash.as_str())
+        );
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events")
+            .fetch_one(p)
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
+        sqlx::query("DELETE FROM audit_events WHERE id = 'x'")
+            .execute(p)
+            .await
+            .unwrap();
+        let next = store.append_batch(vec![ev(4)]).await.unwrap();
+        assert_eq!(
+            (next[0].seq, next[0].prev_hash.as_str()),
+            (3, first[1].hash.as_str())
+        );
+        // A batch above one INSERT statement takes the generic path.
+        let big: Vec<NewEvent> = (0..INSERT_CHUNK + 5).map(ev).collect();
+        let out = store.append_batch(big).await.unwrap();
+        assert_eq!(out.last().unwrap().seq, 3 + INSERT_CHUNK as i64 + 5);
+        let r = store.verify().await.unwrap();
+        assert!(r.ok, "{r:#?}");
+        assert_eq!(r.events_checked, 3 + INSERT_CHUNK as u64 + 5);
+    }
+
+    /// Commits cancelled at arbitrary points (the committer's write timeout drops the future)
+    /// never leave a half-open transaction in a pooled connection: later batches commit and the
+    /// chain stays gapless and verifiable.
+    #[tokio::test]
+    async fn cancelled_fused_commits_leave_no_open_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = Location::Sqlite(dir.path().join("a.sqlite3"));
+        let mut store = SqlStore::connect(&loc, Duration::from_secs(2), true)
+            .await
+            .unwrap();
+        store.claim_chain("c").await.unwrap();
+        let ev = |i: u64| NewEvent {
+            request_id: format!("r{i}"),
+            action: "list_sessions".into(),
+            outcome: "ok".into(),
+            params: serde_json::json!({ "i": i }),
+            ..Default::default()
+        };
+        let mut committed = 0i64;
+        for i in 0..60u64 {
+            let t = Duration::from_micros(20 + i * 25);
+            if let Ok(r) = tokio::time::timeout(t, store.append_batch(vec![ev(i), ev(i)])).await {
+                r.unwrap();
+            }
+            let out = store.append_batch(vec![ev(1000 + i)]).await.unwrap();
+            committed = out[0].seq;
+        }
+        let r = store.verify().await.unwrap();
+        assert!(r.ok, "{r:#?}");
+        assert_eq!(r.events_checked, u64::try_from(committed).unwrap());
+    }
+
     #[test]
     fn insert_sql_shape() {
         assert_eq!(COLS.split(',').count(), NCOLS);
-        let one = insert_sql(1);
+        let one = insert_sql(1, false);
         assert!(one.ends_with("$26, $27)"));
-        let two = insert_sql(2);
+        let q = insert_sql(2, true);
+        assert_eq!(q.matches('?').count(), 2 * NCOLS);
+        assert!(!q.contains('$'));
+        let f = sqlite_fused_sql(3);
+        assert_eq!(f.matches('?').count(), 3 * NCOLS + 3);
+        assert!(f.ends_with("WHERE chain = ?; COMMIT"));
+        let two = insert_sql(2, false);
         assert!(two.ends_with("), ($28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49, $50, $51, $52, $53, $54)"));
     }
 
