@@ -846,13 +846,14 @@ async fn run() -> Res<()> {
         arm.all_calls(),
         arm.tokens_issued()
     );
-    // Every audited logoff leaves an intent and an outcome event (and nothing else).
+    // Every audited logoff leaves an intent and an outcome event; the gateway adds one
+    // `gateway_started` marker at start.
     println!(
-        "audit verify (exit {}): {} / {} (expected {} events: intent + outcome for each of {gw_ok_total} gateway logoffs)",
+        "audit verify (exit {}): {} / {} (expected {} events: intent + outcome for each of {gw_ok_total} gateway logoffs, plus the start marker)",
         verify.status.code().unwrap_or(-1),
         verify_out.lines().next().unwrap_or("").trim(),
         verify_out.lines().last().unwrap_or("").trim(),
-        2 * gw_ok_total
+        2 * gw_ok_total + 1
     );
     println!(
         "total run time: {:.1} s",
