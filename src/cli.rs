@@ -94,6 +94,13 @@ pub enum EmulateCommand {
         args: EmulatorArgs,
         #[arg(long, value_enum, default_value_t = WinrmFlavour::Rds)]
         flavour: WinrmFlavour,
+        /// Also accept Kerberos (Negotiate) with the `HTTP/<host>` keys of this keytab
+        /// (needs MIT's libgssapi_krb5.so.2 and `KRB5_CONFIG` for the realm).
+        #[arg(long)]
+        kerberos_keytab: Option<PathBuf>,
+        /// The client principal Kerberos must prove (default: the emulator's user at any realm).
+        #[arg(long, requires = "kerberos_keytab")]
+        kerberos_principal: Option<String>,
     },
 }
 

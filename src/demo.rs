@@ -340,7 +340,12 @@ pub async fn emulate(which: EmulateCommand) -> u8 {
     let res = match which {
         EmulateCommand::Avd(args) => emulate_avd(args).await,
         EmulateCommand::WvdClassic(args) => emulate_classic(args).await,
-        EmulateCommand::Winrm { args, flavour } => emulate_winrm(args, flavour).await,
+        EmulateCommand::Winrm {
+            args,
+            flavour,
+            kerberos_keytab,
+            kerberos_principal,
+        } => emulate_winrm(args, flavour, kerberos_keytab, kerberos_principal).await,
     };
     match res {
         Ok(()) => 0,
@@ -410,6 +415,8 @@ async fn emulate_classic(args: EmulatorArgs) -> Result<(), String> {
 async fn emulate_winrm(
     args: EmulatorArgs,
     flavour: crate::cli::WinrmFlavour,
+    kerberos_keytab: Option<PathBuf>,
+    kerberos_principal: Option<String>,
 ) -> Result<(), String> {
     let tls = EmulatorTls::generate().map_err(|e| e.to_string())?;
     let ca = write_ca(&tls, args.ca_out)?;
@@ -424,6 +431,8 @@ async fn emulate_winrm(
             .collect(),
         sessions_per_host: u32::try_from(args.sessions_per_host)
             .map_err(|_| "--sessions-per-host is too large")?,
+        kerberos_keytab,
+        kerberos_principal,
         ..winrm::WinRmEmulatorOptions::default()
     };
     let emu = winrm::start(&tls, opts).await.map_err(|e| e.to_string())?;

@@ -32,6 +32,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Clone)]
 pub struct EmulatorTls {
     ca_pem: String,
+    leaf_der: Arc<Vec<u8>>,
     acceptor: TlsAcceptor,
 }
 
@@ -59,6 +60,7 @@ impl EmulatorTls {
             .push(DnType::CommonName, "localhost");
         let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
 
+        let leaf_der = Arc::new(leaf.der().to_vec());
         let certs = vec![leaf.der().clone(), ca_cert.der().clone()];
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
             rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
@@ -71,8 +73,14 @@ impl EmulatorTls {
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             ca_pem: ca_cert.pem(),
+            leaf_der,
             acceptor: TlsAcceptor::from(Arc::new(cfg)),
         })
+    }
+
+    /// The server (end-entity) certificate, DER: the input of TLS channel bindings.
+    pub fn leaf_der(&self) -> &[u8] {
+        &self.leaf_der
     }
 
     /// The CA certificate (PEM) a client must trust.

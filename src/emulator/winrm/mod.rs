@@ -12,10 +12,10 @@ pub use host::{EmuSession, ReceivedScript, SentMessage};
 use crate::emulator::common::{
     ConnectionId, EmulatorTls, FaultSettings, Faults, Running, serve_tls,
 };
-use crate::providers::winrm::ntlm;
 use crate::providers::winrm::soap;
 use crate::providers::winrm::transport::STDIN_BOOTSTRAP;
 use crate::providers::winrm::xml::{self, Element, esc};
+use crate::providers::winrm::{cbt, gssapi, ntlm};
 use axum::{
     Router,
     body::Bytes,
@@ -61,6 +61,12 @@ pub struct WinRmEmulatorOptions {
     pub unreachable: Vec<String>,
     /// How long each remote command "runs" before its output is ready.
     pub command_duration_ms: u64,
+    /// Accept Kerberos (under `Negotiate`/`Kerberos`) with the keys of this keytab
+    /// (`HTTP/<host>` principals); needs MIT's `libgssapi_krb5.so.2`.
+    pub kerberos_keytab: Option<std::path::PathBuf>,
+    /// The client principal Kerberos must prove (`user@REALM`); default: `username` at any
+    /// realm.
+    pub kerberos_principal: Option<String>,
 }
 
 impl Default for WinRmEmulatorOptions {
@@ -75,6 +81,8 @@ impl Default for WinRmEmulatorOptions {
             faults: FaultSettings::default(),
             unreachable: Vec::new(),
             command_duration_ms: 0,
+            kerberos_keytab: None,
+            kerberos_principal: None,
         }
     }
 }
@@ -119,6 +127,16 @@ pub(crate) struct StateInner {
     /// NTLM: challenge issued per connection, and connections that authenticated.
     ntlm_pending: Mutex<HashMap<u64, [u8; 8]>>,
     ntlm_authed: Mutex<std::collections::HashSet<u64>>,
+    kerberos: Option<KerberosAcceptor>,
+    /// Connections authenticated with Kerberos: client principal, channel bindings verified.
+    kerberos_clients: Mutex<Vec<(String, bool)>>,
+}
+
+struct KerberosAcceptor {
+    cred: gssapi::Credential,
+    principal: Option<String>,
+    /// `tls-server-end-point` application data of our own certificate.
+    app_data: Vec<u8>,
 }
 
 /// Handle on the emulator's state for tests and benchmarks.
@@ -203,6 +221,26 @@ impl WinRmEmulatorState {
         if let Some(h) = self.host(host) {
             h.shells.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
+    }
+    /// Client principals of the connections that authenticated with Kerberos, in order.
+    pub fn kerberos_clients(&self) -> Vec<String> {
+        self.inner
+            .kerberos_clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+    /// For each Kerberos-authenticated connection: whether its channel bindings matched.
+    pub fn kerberos_bound(&self) -> Vec<bool> {
+        self.inner
+            .kerberos_clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(_, b)| *b)
+            .collect()
     }
     pub fn set_command_duration(&self, d: Duration) {
         self.inner
@@ -296,6 +334,23 @@ pub async fn start(
         faults_cfg.latency_ms = opts.latency_ms;
     }
     let faults = Faults::new(faults_cfg);
+    let kerberos = match &opts.kerberos_keytab {
+        None => None,
+        Some(kt) => {
+            let cred = gssapi::Credential::acceptor_from_keytab(kt)
+                .map_err(|e| std::io::Error::other(format!("Kerberos keytab: {e}")))?;
+            let hash = cbt::tls_server_end_point(tls.leaf_der()).map_err(std::io::Error::other)?;
+            Some(KerberosAcceptor {
+                cred,
+                principal: opts.kerberos_principal.clone(),
+                app_data: cbt::application_data(&hash),
+            })
+        }
+    };
+    let mut auth_schemes = vec!["basic", "ntlm"];
+    if kerberos.is_some() {
+        auth_schemes.push("kerberos");
+    }
     let hosts: Vec<Arc<HostState>> = opts
         .hosts
         .iter()
@@ -322,6 +377,8 @@ pub async fn start(
         command_duration_ms: AtomicU64::new(opts.command_duration_ms),
         ntlm_pending: Mutex::new(HashMap::new()),
         ntlm_authed: Mutex::new(std::collections::HashSet::new()),
+        kerberos,
+        kerberos_clients: Mutex::new(Vec::new()),
     });
     let mut running = Vec::new();
     let mut announced = Vec::new();
@@ -359,7 +416,7 @@ pub async fn start(
             flavour: opts.flavour,
             username: opts.username,
             password: opts.password,
-            auth: vec!["basic", "ntlm"],
+            auth: auth_schemes,
             hosts: announced,
         },
         state: WinRmEmulatorState { inner },
@@ -448,6 +505,42 @@ enum AuthOutcome {
     Refused,
     /// NTLM CHALLENGE to send back in a 401.
     Challenge(Vec<u8>),
+    /// Kerberos accepted: the AP-REP goes back on the answer (mutual authentication).
+    OkWithReply(Vec<u8>),
+}
+
+/// Kerberos under `Negotiate`/`Kerberos`: one leg authenticates the connection.
+fn kerberos_authenticate(st: &StateInner, conn: u64, token: &[u8]) -> AuthOutcome {
+    let Some(k) = &st.kerberos else {
+        return AuthOutcome::Refused;
+    };
+    let accepted = match gssapi::accept(&k.cred, token, Some(&k.app_data)) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(target: "sessiongate::emulator", error = %e, "Kerberos refused");
+            return AuthOutcome::Refused;
+        }
+    };
+    let allowed = match &k.principal {
+        Some(p) => accepted.client.eq_ignore_ascii_case(p),
+        None => accepted
+            .client
+            .split('@')
+            .next()
+            .is_some_and(|u| u.eq_ignore_ascii_case(&st.username)),
+    };
+    if !allowed {
+        return AuthOutcome::Refused;
+    }
+    st.ntlm_authed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(conn);
+    st.kerberos_clients
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((accepted.client, accepted.channel_bound));
+    AuthOutcome::OkWithReply(accepted.reply)
 }
 
 /// Basic on every request, or NTLM (under `Negotiate` or `NTLM`) once per connection.
@@ -463,6 +556,7 @@ fn authenticate(
     let token = raw.and_then(|r| {
         r.strip_prefix("Negotiate ")
             .or_else(|| r.strip_prefix("NTLM "))
+            .or_else(|| r.strip_prefix("Kerberos "))
             .and_then(|t| {
                 base64::engine::general_purpose::STANDARD
                     .decode(t.trim())
@@ -470,6 +564,9 @@ fn authenticate(
             })
     });
     match (token, conn) {
+        (Some(tok), Some(c)) if !tok.starts_with(b"NTLMSSP\0") => {
+            kerberos_authenticate(st, c, &tok)
+        }
         (Some(tok), Some(c)) => {
             if ntlm::is_negotiate(&tok) {
                 let sc: [u8; 8] = rand::random();
@@ -612,6 +709,16 @@ async fn wsman(
     host.round_trips.fetch_add(1, Ordering::Relaxed);
     match authenticate(&st, &host, conn.map(|c| c.0.0), &headers) {
         AuthOutcome::Ok => {}
+        AuthOutcome::OkWithReply(reply) => {
+            let mut r = wsman_authenticated(&st, &host, &headers, &body).await;
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "Negotiate {}",
+                base64::engine::general_purpose::STANDARD.encode(reply)
+            )) {
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            return r;
+        }
         AuthOutcome::Refused => return unauthorized(),
         AuthOutcome::Challenge(msg) => {
             let mut r = (StatusCode::UNAUTHORIZED, "").into_response();
@@ -624,6 +731,16 @@ async fn wsman(
             return r;
         }
     }
+    wsman_authenticated(&st, &host, &headers, &body).await
+}
+
+/// One WS-Man request on an authenticated connection.
+async fn wsman_authenticated(
+    st: &Arc<StateInner>,
+    host: &Arc<HostState>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
     let ct_ok = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -631,7 +748,7 @@ async fn wsman(
     if !ct_ok {
         return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "").into_response();
     }
-    let text = String::from_utf8_lossy(&body);
+    let text = String::from_utf8_lossy(body);
     let env = match xml::parse(&text) {
         Ok(e) if e.name == "Envelope" => e,
         _ => {
@@ -763,7 +880,7 @@ async fn wsman(
             match powershell_script(&cmdline) {
                 Some(Ok(script)) if script == STDIN_BOOTSTRAP => cmd.awaiting_stdin = true,
                 Some(Ok(script)) => {
-                    let (o, e, x) = host::run_script(&st, &host, &cmdline, false, &script);
+                    let (o, e, x) = host::run_script(st, host, &cmdline, false, &script);
                     cmd.stdout = o.into_bytes();
                     cmd.stderr = e.into_bytes();
                     cmd.exit = x;
@@ -837,7 +954,7 @@ async fn wsman(
                 }
             }
             if let Some((script, cl)) = run {
-                let (o, e, x) = host::run_script(&st, &host, &cl, true, &script);
+                let (o, e, x) = host::run_script(st, host, &cl, true, &script);
                 let duration =
                     Duration::from_millis(st.command_duration_ms.load(Ordering::Relaxed));
                 if let Some(c) = host

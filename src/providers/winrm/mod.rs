@@ -5,6 +5,8 @@
 //! [`multipoint`] (the [`SessionProvider`] adapters). Hosts come from configured inventory
 //! only; a host that is not in the inventory is never contacted.
 
+pub mod cbt;
+pub mod gssapi;
 pub mod multipoint;
 pub mod ntlm;
 pub mod ntlm_http;
@@ -39,7 +41,10 @@ pub enum WinRmAuth {
     /// The default: Negotiate is enabled on WinRM out of the box, Basic is not.
     #[default]
     Ntlm,
-    /// Kerberos: accepted by the config syntax, rejected at config check (not built).
+    /// Kerberos (sent under the `Negotiate` scheme, mutual authentication, TLS channel
+    /// bindings), only over HTTPS, through the system's MIT GSS-API library
+    /// (`libgssapi_krb5.so.2`, loaded at start). The credential's `username` is the
+    /// principal (`svc-sessiongate@CONTOSO.COM`); the KDC comes from `krb5.conf`.
     Kerberos,
 }
 
@@ -70,6 +75,10 @@ pub struct HostConfig {
     /// Extra CA bundle (PEM) for this host, replacing the pool's.
     #[serde(default)]
     pub ca_bundle: Option<PathBuf>,
+    /// Kerberos only: the host's service principal, `HTTP/<fqdn>` or `HTTP/<fqdn>@REALM`;
+    /// default `HTTP/<name>` (realm from `krb5.conf`'s `domain_realm`).
+    #[serde(default)]
+    pub spn: Option<String>,
 }
 
 fn d_conc() -> usize {
@@ -158,6 +167,7 @@ impl HostConfig {
             endpoint: None,
             tls_server_name: None,
             ca_bundle: None,
+            spn: None,
         }
     }
 }
@@ -201,13 +211,30 @@ fn read_ca(key: &str, path: &std::path::Path) -> Result<String, String> {
     crate::httpclient::read_ca_bundle(path).map_err(|e| format!("{key}: {e}"))
 }
 
+/// The service principal of a Kerberos host: the configured `spn` or `HTTP/<name>`.
+fn kerberos_spn(key: &str, h: &HostConfig) -> Result<String, String> {
+    match &h.spn {
+        None => Ok(format!("HTTP/{}", h.name.to_ascii_lowercase())),
+        Some(s) => {
+            let ok = s.split_once('/').is_some_and(|(svc, rest)| {
+                !svc.is_empty()
+                    && !rest.is_empty()
+                    && !rest.starts_with('@')
+                    && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+            });
+            if ok {
+                Ok(s.clone())
+            } else {
+                Err(format!(
+                    "{key}.spn: '{s}' is not a service principal like 'HTTP/rdsh-01.contoso.com' or 'HTTP/rdsh-01.contoso.com@CONTOSO.COM'"
+                ))
+            }
+        }
+    }
+}
+
 /// Validates the configuration and builds one transport per host. No connection is made.
 pub(crate) fn build_core(pool: &str, cfg: &OnPremPoolConfig) -> Result<Core, String> {
-    if cfg.auth == WinRmAuth::Kerberos {
-        return Err(format!(
-            "pools.{pool}.auth: 'kerberos' is not supported by this build; use \"ntlm\" or \"basic\" (HTTPS only)"
-        ));
-    }
     if cfg.hosts.is_empty() {
         return Err(format!("pools.{pool}.hosts: at least one host is required"));
     }
@@ -226,7 +253,22 @@ pub(crate) fn build_core(pool: &str, cfg: &OnPremPoolConfig) -> Result<Core, Str
             "pools.{pool}.operation_timeout_secs / connect_timeout_secs: must be at least 1"
         ));
     }
+    if cfg.auth == WinRmAuth::Kerberos {
+        let u = &cfg.credential.username;
+        if u.contains('\\') {
+            return Err(format!(
+                "pools.{pool}.credential.username: Kerberos needs a principal such as 'svc-sessiongate@CONTOSO.COM', not '{u}'"
+            ));
+        }
+        gssapi::available().map_err(|e| format!("pools.{pool}.auth: 'kerberos': {e}"))?;
+    }
     let password = resolve_password(pool, &cfg.credential)?;
+    let kerberos_creds = (cfg.auth == WinRmAuth::Kerberos).then(|| {
+        Arc::new(gssapi::CredentialCache::new(
+            cfg.credential.username.clone(),
+            password.clone(),
+        ))
+    });
     let connect = Duration::from_secs(cfg.connect_timeout_secs);
     let pool_ca = match &cfg.ca_bundle {
         Some(p) => Some(read_ca(&format!("pools.{pool}.ca_bundle"), p)?),
@@ -239,7 +281,7 @@ pub(crate) fn build_core(pool: &str, cfg: &OnPremPoolConfig) -> Result<Core, Str
     .map_err(|e| format!("pools.{pool}.ca_bundle: {e}"))?;
 
     // One TLS client config for the NTLM connections of every host without its own CA bundle.
-    let pool_ntlm_tls = if cfg.auth == WinRmAuth::Ntlm {
+    let pool_ntlm_tls = if matches!(cfg.auth, WinRmAuth::Ntlm | WinRmAuth::Kerberos) {
         Some(
             ntlm_http::tls_config(pool_ca.as_deref())
                 .map_err(|e| format!("pools.{pool}.ca_bundle: {e}"))?,
@@ -252,6 +294,12 @@ pub(crate) fn build_core(pool: &str, cfg: &OnPremPoolConfig) -> Result<Core, Str
     for (i, h) in cfg.hosts.iter().enumerate() {
         let key = format!("pools.{pool}.hosts[{i}]");
         let name = HostName::parse(&h.name).map_err(|e| format!("{key}.name: {e}"))?;
+        if h.spn.is_some() && cfg.auth != WinRmAuth::Kerberos {
+            return Err(format!(
+                "{key}.spn: only used with auth = \"kerberos\" (this pool uses {:?})",
+                cfg.auth
+            ));
+        }
         if !seen.insert(h.name.to_ascii_lowercase()) {
             return Err(format!("{key}.name: '{}' is listed twice", h.name));
         }
@@ -314,6 +362,13 @@ pub(crate) fn build_core(pool: &str, cfg: &OnPremPoolConfig) -> Result<Core, Str
                     connect_timeout: connect,
                     username: cfg.credential.username.clone(),
                     password: password.clone(),
+                    kerberos: match &kerberos_creds {
+                        Some(creds) => Some(ntlm_http::KerberosSettings {
+                            creds: creds.clone(),
+                            spn: kerberos_spn(&key, h)?,
+                        }),
+                        None => None,
+                    },
                 })
                 .map_err(|e| format!("{key}: {e}"))?,
             ))
@@ -657,12 +712,38 @@ mod tests {
     }
 
     #[test]
-    fn config_rejects_unsupported_auth_and_unknown_keys() {
-        let c = cfg(r#"hosts = [{ name = "h1" }]
+    fn config_rejects_bad_kerberos_settings_and_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "secret").unwrap();
+        let c = cfg(&format!(
+            r#"hosts = [{{ name = "h1.contoso.com" }}]
                auth = "kerberos"
-               credential = { username = "u", password_env = "NOPE_NOT_SET_1234" }"#);
+               credential = {{ username = "CONTOSO\\svc", password_file = "{}" }}"#,
+            pw.display()
+        ));
         let e = build_core("p", &c).err().unwrap();
-        assert!(e.contains("pools.p.auth"), "{e}");
+        assert!(e.contains("pools.p.credential.username"), "{e}");
+        assert!(e.contains("svc-sessiongate@CONTOSO.COM"), "{e}");
+        if gssapi::available().is_ok() {
+            for bad in ["HTTP", "HTTP/", "/h1", "HTTP/@X", "HTTP/h 1"] {
+                let c = cfg(&format!(
+                    r#"hosts = [{{ name = "h1.contoso.com", spn = "{bad}" }}]
+                       auth = "kerberos"
+                       credential = {{ username = "svc@CONTOSO.COM", password_file = "{}" }}"#,
+                    pw.display()
+                ));
+                let e = build_core("p", &c).err().unwrap();
+                assert!(e.contains("pools.p.hosts[0].spn"), "{bad}: {e}");
+            }
+            let c = cfg(&format!(
+                r#"hosts = [{{ name = "h1.contoso.com", spn = "HTTP/h1.contoso.com@CONTOSO.COM" }}, {{ name = "h2.contoso.com" }}]
+                   auth = "kerberos"
+                   credential = {{ username = "svc@CONTOSO.COM", password_file = "{}" }}"#,
+                pw.display()
+            ));
+            assert!(build_core("p", &c).is_ok());
+        }
         assert!(
             toml::from_str::<OnPremPoolConfig>(
                 r#"hosts = []

@@ -2,7 +2,12 @@
 //! one TCP/TLS connection, and later requests on that connection need no header. reqwest's
 //! connection pool cannot promise "the same connection", so NTLM pools use their own HTTP/1.1
 //! connections (hyper client over tokio-rustls), kept authenticated and reused.
+//!
+//! Kerberos (`auth = "kerberos"`) uses the same connections: one leg, the AP-REQ under the
+//! `Negotiate` scheme carries the first envelope, the host's `200` carries the AP-REP that
+//! completes mutual authentication, and the connection stays authenticated.
 
+use super::gssapi;
 use super::ntlm;
 use super::transport::WinRmError;
 use base64::Engine;
@@ -21,9 +26,7 @@ pub struct NtlmHttp {
     server_name: rustls::pki_types::ServerName<'static>,
     tls: tokio_rustls::TlsConnector,
     connect_timeout: Duration,
-    user: String,
-    domain: String,
-    password: SecretString,
+    mech: Mechanism,
     idle: Mutex<Vec<SendRequest<String>>>,
     /// NEGOTIATE legs sent (HTTP round trips that carry no envelope).
     handshakes: std::sync::atomic::AtomicU64,
@@ -64,7 +67,7 @@ fn auth_header(scheme: &str, token: &[u8]) -> String {
 fn challenge_token(resp: &hyper::Response<hyper::body::Incoming>) -> Option<Vec<u8>> {
     for v in resp.headers().get_all(hyper::header::WWW_AUTHENTICATE) {
         let Ok(s) = v.to_str() else { continue };
-        for scheme in ["Negotiate ", "NTLM "] {
+        for scheme in ["Negotiate ", "NTLM ", "Kerberos "] {
             if let Some(t) = s.strip_prefix(scheme)
                 && let Ok(b) = base64::engine::general_purpose::STANDARD.decode(t.trim())
             {
@@ -85,6 +88,27 @@ async fn read_body(
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
+/// How a new connection authenticates.
+enum Mechanism {
+    Ntlm {
+        user: String,
+        domain: String,
+        password: SecretString,
+    },
+    Kerberos {
+        creds: Arc<gssapi::CredentialCache>,
+        spn: String,
+    },
+}
+
+/// Kerberos settings of one host: the pool's shared credentials and the host's SPN.
+#[derive(Clone)]
+pub struct KerberosSettings {
+    pub creds: Arc<gssapi::CredentialCache>,
+    /// `HTTP/host[@REALM]` (or `HTTP@host`).
+    pub spn: String,
+}
+
 pub struct NtlmSettings {
     pub endpoint: url::Url,
     pub tls_server_name: Option<String>,
@@ -92,6 +116,8 @@ pub struct NtlmSettings {
     pub connect_timeout: Duration,
     pub username: String,
     pub password: SecretString,
+    /// Use Kerberos instead of NTLM.
+    pub kerberos: Option<KerberosSettings>,
 }
 
 impl NtlmHttp {
@@ -107,7 +133,20 @@ impl NtlmHttp {
         let name = s.tls_server_name.clone().unwrap_or_else(|| host.clone());
         let server_name = rustls::pki_types::ServerName::try_from(name.clone())
             .map_err(|e| format!("invalid TLS server name '{name}': {e}"))?;
-        let (user, domain) = ntlm::split_user(&s.username);
+        let mech = match s.kerberos {
+            Some(k) => Mechanism::Kerberos {
+                creds: k.creds,
+                spn: k.spn,
+            },
+            None => {
+                let (user, domain) = ntlm::split_user(&s.username);
+                Mechanism::Ntlm {
+                    user,
+                    domain,
+                    password: s.password,
+                }
+            }
+        };
         let mut path = s.endpoint.path().to_string();
         if let Some(q) = s.endpoint.query() {
             path.push('?');
@@ -124,9 +163,7 @@ impl NtlmHttp {
             server_name,
             tls: tokio_rustls::TlsConnector::from(s.tls),
             connect_timeout: s.connect_timeout,
-            user,
-            domain,
-            password: s.password,
+            mech,
             idle: Mutex::new(Vec::new()),
             handshakes: std::sync::atomic::AtomicU64::new(0),
         })
@@ -156,7 +193,9 @@ impl NtlmHttp {
             .map_err(|e| WinRmError::Protocol(format!("building request: {e}")))
     }
 
-    async fn connect(&self) -> Result<SendRequest<String>, WinRmError> {
+    /// Opens a TLS connection; also returns the server's end-entity certificate (DER), the
+    /// input of `tls-server-end-point` channel bindings.
+    async fn connect(&self) -> Result<(SendRequest<String>, Option<Vec<u8>>), WinRmError> {
         let tcp = tokio::time::timeout(
             self.connect_timeout,
             tokio::net::TcpStream::connect((self.connect_host.as_str(), self.connect_port)),
@@ -171,6 +210,12 @@ impl NtlmHttp {
         .await
         .map_err(|_| WinRmError::Tls("TLS handshake timed out".into()))?
         .map_err(|e| WinRmError::Tls(e.to_string()))?;
+        let peer_cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec());
         let (sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await
@@ -178,7 +223,7 @@ impl NtlmHttp {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(sender)
+        Ok((sender, peer_cert))
     }
 
     async fn send(
@@ -200,7 +245,17 @@ impl NtlmHttp {
         &self,
         body: String,
     ) -> Result<(SendRequest<String>, (u16, String)), WinRmError> {
-        let mut sender = self.connect().await?;
+        let (user, domain, password) = match &self.mech {
+            Mechanism::Ntlm {
+                user,
+                domain,
+                password,
+            } => (user, domain, password),
+            Mechanism::Kerberos { creds, spn } => {
+                return self.kerberos_connect_and_send(creds, spn, body).await;
+            }
+        };
+        let (mut sender, _peer_cert) = self.connect().await?;
         let req = self.request(
             body.clone(),
             Some(auth_header("Negotiate", &ntlm::negotiate())),
@@ -223,9 +278,9 @@ impl NtlmHttp {
         let ch = ntlm::parse_challenge(&token).map_err(WinRmError::Protocol)?;
         let client_challenge: [u8; 8] = rand::random();
         let msg = ntlm::authenticate(
-            &self.user,
-            &self.domain,
-            self.password.expose_secret(),
+            user,
+            domain,
+            password.expose_secret(),
             &ch,
             client_challenge,
         );
@@ -236,6 +291,70 @@ impl NtlmHttp {
             return Err(WinRmError::Auth);
         }
         let out = read_body(resp).await?;
+        Ok((sender, out))
+    }
+
+    /// Opens a connection and authenticates it with Kerberos: the AP-REQ rides on the
+    /// request that carries `body`; the answer must carry the AP-REP (mutual auth).
+    async fn kerberos_connect_and_send(
+        &self,
+        creds: &Arc<gssapi::CredentialCache>,
+        spn: &str,
+        body: String,
+    ) -> Result<(SendRequest<String>, (u16, String)), WinRmError> {
+        let (mut sender, peer_cert) = self.connect().await?;
+        let app_data = peer_cert
+            .as_deref()
+            .and_then(|der| super::cbt::tls_server_end_point(der).ok())
+            .map(|hash| super::cbt::application_data(&hash));
+        let creds = creds.clone();
+        let spn_owned = spn.to_string();
+        let started = tokio::task::spawn_blocking(move || {
+            let cred = creds.get().map_err(|e| (true, e))?;
+            match gssapi::Initiator::start(cred, &spn_owned, app_data.clone()) {
+                Ok(v) => Ok(v),
+                // Tickets refused (e.g. expired early, password changed): try once afresh.
+                Err(e) if e.is_credentials() => {
+                    creds.invalidate();
+                    let cred = creds.get().map_err(|e| (true, e))?;
+                    gssapi::Initiator::start(cred, &spn_owned, app_data).map_err(|e| (false, e))
+                }
+                Err(e) => Err((false, e)),
+            }
+        })
+        .await
+        .map_err(|e| WinRmError::Kerberos(format!("Kerberos task failed: {e}")))?;
+        let (mut initiator, token) = started.map_err(|(acquiring, e)| {
+            if acquiring && !e.is_credentials() {
+                WinRmError::Kerberos(format!("cannot obtain Kerberos tickets: {e}"))
+            } else if acquiring {
+                WinRmError::KerberosCredentials(format!(
+                    "the KDC refused the configured credentials: {e}"
+                ))
+            } else {
+                WinRmError::Kerberos(format!("cannot get a service ticket for {spn}: {e}"))
+            }
+        })?;
+        let req = self.request(body, Some(auth_header("Negotiate", &token)))?;
+        let resp = Self::send(&mut sender, req).await?;
+        if resp.status().as_u16() == 401 {
+            let _ = read_body(resp).await;
+            return Err(WinRmError::Auth);
+        }
+        let reply = challenge_token(&resp);
+        let out = read_body(resp).await?;
+        let Some(reply) = reply else {
+            return Err(WinRmError::Kerberos(
+                "the host answered without a Kerberos reply token: mutual authentication failed"
+                    .into(),
+            ));
+        };
+        let done = tokio::task::spawn_blocking(move || initiator.finish(&reply))
+            .await
+            .map_err(|e| WinRmError::Kerberos(format!("Kerberos task failed: {e}")))?;
+        done.map_err(|e| {
+            WinRmError::Kerberos(format!("mutual authentication with the host failed: {e}"))
+        })?;
         Ok((sender, out))
     }
 

@@ -67,6 +67,12 @@ pub enum WinRmError {
     /// The connection broke after it was established.
     #[error("connection failed: {0}")]
     Connection(String),
+    /// Kerberos could not authenticate (no KDC, no service ticket, mutual auth failed).
+    #[error("Kerberos: {0}")]
+    Kerberos(String),
+    /// The KDC refused the configured principal or password.
+    #[error("Kerberos credentials refused: {0}")]
+    KerberosCredentials(String),
 }
 
 impl WinRmError {
@@ -98,6 +104,14 @@ impl WinRmError {
                 message: format!("{host}: {m}"),
             },
             WinRmError::Connection(m) => ProviderError::Transport(format!("{host}: {m}")),
+            WinRmError::KerberosCredentials(m) => {
+                ProviderError::UpstreamAuth(format!("{host}: Kerberos: {m}"))
+            }
+            WinRmError::Kerberos(m) => ProviderError::Upstream {
+                status: None,
+                code: "kerberos".into(),
+                message: format!("{host}: {m}"),
+            },
         }
     }
 }

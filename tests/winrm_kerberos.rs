@@ -1,0 +1,221 @@
+//! Kerberos to WinRM hosts, end to end over loopback: a real MIT KDC (tests/kdc_support), the
+//! RDS adapter with `auth = "kerberos"`, and the WinRM emulator accepting with the service
+//! keys of a keytab (mutual authentication, TLS channel bindings).
+
+mod kdc_support;
+mod winrm_support;
+
+use kdc_support::{Kdc, REALM};
+use sessiongate::domain::{HostName, SessionId};
+use sessiongate::emulator::winrm::Flavour;
+use sessiongate::providers::winrm::{RdsProvider, WinRmAuth, cbt, gssapi};
+use sessiongate::providers::{ActionEffect, ProviderError, SessionFilter, SessionProvider};
+use std::future::Future;
+use std::path::PathBuf;
+use winrm_support::{Env, host_names, setup};
+
+const PASSWORD: &str = "Emulator-Passw0rd!";
+
+fn h(s: &str) -> HostName {
+    HostName::parse(s).unwrap()
+}
+
+/// Starts the KDC (before any runtime thread, it sets `KRB5_CONFIG`), then runs `body`.
+fn with_kdc<F, Fut>(test: &str, body: F)
+where
+    F: FnOnce(Kdc) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    if !kdc_support::available(test) {
+        return;
+    }
+    let kdc = Kdc::start();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(body(kdc));
+}
+
+/// An RDS emulator whose hosts accept Kerberos with `keytab`, and a pool config using it.
+async fn kerberos_env(hosts: usize, keytab: PathBuf, principal: Option<&str>) -> Env {
+    let principal = principal.map(str::to_string);
+    let mut env = setup(Flavour::Rds, hosts, move |o| {
+        o.kerberos_keytab = Some(keytab);
+        o.kerberos_principal = principal;
+    })
+    .await;
+    env.cfg.auth = WinRmAuth::Kerberos;
+    env.cfg.credential.username = format!("sessiongate@{REALM}");
+    env
+}
+
+#[test]
+fn kerberos_lists_and_logs_off_with_mutual_auth_and_reuses_connections() {
+    with_kdc("kerberos_lists_and_logs_off", |kdc| async move {
+        let hosts = host_names(3);
+        kdc.add_user("sessiongate", PASSWORD);
+        let kt = kdc.add_services(&hosts, "http.keytab");
+        let env = kerberos_env(3, kt, Some(&format!("sessiongate@{REALM}"))).await;
+        let st = env.emu.state();
+        assert!(env.emu.info().auth.contains(&"kerberos"));
+        let p = RdsProvider::from_config("rds", &env.cfg).unwrap();
+
+        let all = p.list_sessions(&SessionFilter::default()).await.unwrap();
+        assert_eq!(all.sessions.len(), 9, "{:?}", all.unreachable_hosts);
+        assert!(all.unreachable_hosts.is_empty());
+        let first = st.kerberos_clients();
+        assert!(
+            first.len() >= 3,
+            "each host authenticated a connection with Kerberos: {first:?}"
+        );
+        assert!(first.iter().all(|c| c == &format!("sessiongate@{REALM}")));
+        assert!(
+            st.kerberos_bound().iter().all(|b| *b),
+            "every Kerberos context carried matching TLS channel bindings"
+        );
+
+        // Actions reuse the authenticated connections: at most one more connection per host
+        // (two commands in flight per host: an action and the background Signal of the last).
+        let host = &hosts[0];
+        assert_eq!(
+            p.logoff(&h(host), SessionId(2), true).await.unwrap(),
+            ActionEffect::Done
+        );
+        assert!(!st.sessions(host).contains_key(&2));
+        let warm = st.kerberos_clients().len();
+        assert!(warm <= first.len() + 1, "{warm} vs {}", first.len());
+        for _ in 0..3 {
+            assert_eq!(p.list_host_sessions(&h(host)).await.unwrap().len(), 2);
+        }
+        assert_eq!(
+            p.logoff(&h(host), SessionId(3), true).await.unwrap(),
+            ActionEffect::Done
+        );
+        assert_eq!(p.list_host_sessions(&h(host)).await.unwrap().len(), 1);
+        assert_eq!(
+            st.kerberos_clients().len(),
+            warm,
+            "warm connections are not re-authenticated"
+        );
+    });
+}
+
+#[test]
+fn kerberos_wrong_password_is_an_upstream_auth_error_and_reaches_no_host() {
+    with_kdc("kerberos_wrong_password", |kdc| async move {
+        let hosts = host_names(1);
+        kdc.add_user("sessiongate", "a-different-Passw0rd");
+        let kt = kdc.add_services(&hosts, "http.keytab");
+        let env = kerberos_env(1, kt, None).await;
+        let p = RdsProvider::from_config("rds", &env.cfg).unwrap();
+        let e = p.list_host_sessions(&h(&hosts[0])).await.unwrap_err();
+        match e {
+            ProviderError::UpstreamAuth(m) => {
+                assert!(m.contains("Kerberos"), "{m}");
+                assert!(!m.contains(PASSWORD), "the password never appears: {m}");
+            }
+            other => panic!("expected UpstreamAuth, got {other:?}"),
+        }
+        assert_eq!(
+            env.emu.state().round_trips(),
+            0,
+            "no WS-Man request without a ticket"
+        );
+    });
+}
+
+#[test]
+fn kerberos_unknown_service_principal_is_a_typed_error() {
+    with_kdc("kerberos_unknown_spn", |kdc| async move {
+        let hosts = host_names(1);
+        kdc.add_user("sessiongate", PASSWORD);
+        let kt = kdc.add_services(&hosts, "http.keytab");
+        let mut env = kerberos_env(1, kt, None).await;
+        env.cfg.hosts[0].spn = Some("HTTP/not-registered.contoso.test".into());
+        let p = RdsProvider::from_config("rds", &env.cfg).unwrap();
+        let e = p.list_host_sessions(&h(&hosts[0])).await.unwrap_err();
+        match e {
+            ProviderError::Upstream { code, message, .. } => {
+                assert_eq!(code, "kerberos");
+                assert!(
+                    message.contains("HTTP/not-registered.contoso.test"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a kerberos upstream error, got {other:?}"),
+        }
+        assert_eq!(env.emu.state().round_trips(), 0);
+    });
+}
+
+#[test]
+fn kerberos_host_without_the_current_key_refuses_with_401() {
+    with_kdc("kerberos_stale_keytab", |kdc| async move {
+        let hosts = host_names(1);
+        kdc.add_user("sessiongate", PASSWORD);
+        let stale = kdc.add_services(&hosts, "old.keytab");
+        let _current = kdc.rekey_services(&hosts, "new.keytab");
+        let env = kerberos_env(1, stale, None).await;
+        let p = RdsProvider::from_config("rds", &env.cfg).unwrap();
+        let e = p.list_host_sessions(&h(&hosts[0])).await.unwrap_err();
+        assert!(matches!(e, ProviderError::UpstreamAuth(_)), "{e:?}");
+        assert!(env.emu.state().kerberos_clients().is_empty());
+        assert!(env.emu.state().round_trips() >= 1);
+    });
+}
+
+#[test]
+fn kerberos_other_principal_is_refused_by_the_host() {
+    with_kdc("kerberos_other_principal", |kdc| async move {
+        let hosts = host_names(1);
+        kdc.add_user("sessiongate", PASSWORD);
+        let kt = kdc.add_services(&hosts, "http.keytab");
+        // The host only admits svc-other; our (valid) principal is refused.
+        let env = kerberos_env(1, kt, Some(&format!("svc-other@{REALM}"))).await;
+        let p = RdsProvider::from_config("rds", &env.cfg).unwrap();
+        let e = p.list_host_sessions(&h(&hosts[0])).await.unwrap_err();
+        assert!(matches!(e, ProviderError::UpstreamAuth(_)), "{e:?}");
+    });
+}
+
+#[test]
+fn gssapi_channel_bindings_must_match() {
+    with_kdc("gssapi_channel_bindings", |kdc| async move {
+        kdc.add_user("sessiongate", PASSWORD);
+        let kt = kdc.add_services(&["web.contoso.test".to_string()], "http.keytab");
+        tokio::task::spawn_blocking(move || {
+            let acceptor = gssapi::Credential::acceptor_from_keytab(&kt).unwrap();
+            let cred = std::sync::Arc::new(
+                gssapi::Credential::with_password(&format!("sessiongate@{REALM}"), PASSWORD)
+                    .unwrap(),
+            );
+            let ours = cbt::application_data(&cbt::tls_server_end_point(b"server cert").unwrap());
+            let theirs =
+                cbt::application_data(&cbt::tls_server_end_point(b"attacker cert").unwrap());
+
+            // Same bindings: accepted, bound, and the reply completes mutual auth.
+            let (mut init, token) =
+                gssapi::Initiator::start(cred.clone(), "HTTP/web.contoso.test", Some(ours.clone()))
+                    .unwrap();
+            let ok = gssapi::accept(&acceptor, &token, Some(&ours)).unwrap();
+            assert_eq!(ok.client, format!("sessiongate@{REALM}"));
+            assert!(ok.channel_bound);
+            init.finish(&ok.reply).unwrap();
+
+            // A relayed token (bindings of another TLS channel) is refused.
+            let (_, token) =
+                gssapi::Initiator::start(cred.clone(), "HTTP/web.contoso.test", Some(theirs))
+                    .unwrap();
+            assert!(gssapi::accept(&acceptor, &token, Some(&ours)).is_err());
+
+            // A reply that is not the acceptor's AP-REP fails mutual authentication.
+            let (mut init, _token) =
+                gssapi::Initiator::start(cred, "HTTP/web.contoso.test", Some(ours)).unwrap();
+            assert!(init.finish(b"\x60\x03\x02\x01\x00").is_err());
+        })
+        .await
+        .unwrap();
+    });
+}
