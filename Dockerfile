@@ -16,7 +16,8 @@ COPY benches ./benches
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin sessiongate
 
 FROM debian:bookworm-slim AS runtime
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/* \
+# libgssapi-krb5-2: MIT GSS-API, loaded at run time only by pools with auth = "kerberos".
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libgssapi-krb5-2 && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /var/lib/sessiongate --create-home sessiongate
 COPY --from=build /src/target/release/sessiongate /usr/local/bin/sessiongate
 COPY config/example.toml /etc/sessiongate/example.toml
