@@ -173,6 +173,17 @@ impl Kdc {
         );
     }
 
+    /// Tickets the KDC issued so far: (AS exchanges, TGS exchanges), from its log.
+    pub fn issued(&self) -> (usize, usize) {
+        let log = std::fs::read_to_string(self.dir.path().join("kdc.log")).unwrap_or_default();
+        let count = |kind: &str| {
+            log.lines()
+                .filter(|l| l.contains(kind) && l.contains("ISSUE"))
+                .count()
+        };
+        (count("AS_REQ"), count("TGS_REQ"))
+    }
+
     /// A user principal with a password.
     pub fn add_user(&self, name: &str, password: &str) {
         self.kadmin(&["addprinc", "-pw", password, &format!("{name}@{REALM}")]);

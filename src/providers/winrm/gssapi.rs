@@ -255,6 +255,17 @@ pub enum GssError {
 }
 
 impl GssError {
+    /// Whether the failure says our tickets expired (worth one fresh acquisition).
+    pub fn is_expired(&self) -> bool {
+        match self {
+            GssError::Failed { major, message, .. } => {
+                // GSS_S_CREDENTIALS_EXPIRED is routine error 11.
+                (major >> 16) & 0xff == 11 || message.to_ascii_lowercase().contains("expired")
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the failure says the credentials themselves are wrong or unusable
     /// (bad password, unknown principal, expired), as opposed to an unreachable KDC.
     pub fn is_credentials(&self) -> bool {

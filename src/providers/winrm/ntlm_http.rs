@@ -313,8 +313,8 @@ impl NtlmHttp {
             let cred = creds.get().map_err(|e| (true, e))?;
             match gssapi::Initiator::start(cred, &spn_owned, app_data.clone()) {
                 Ok(v) => Ok(v),
-                // Tickets refused (e.g. expired early, password changed): try once afresh.
-                Err(e) if e.is_credentials() => {
+                // Our tickets expired early (clock change, KDC policy): try once afresh.
+                Err(e) if e.is_expired() => {
                     creds.invalidate();
                     let cred = creds.get().map_err(|e| (true, e))?;
                     gssapi::Initiator::start(cred, &spn_owned, app_data).map_err(|e| (false, e))
