@@ -5,6 +5,7 @@
 //! the pool (cold: shells created; warm: shells reused), then log off 200 sessions spread over
 //! the hosts. Prints times and round trips per action.
 
+mod kdc_support;
 mod winrm_support;
 
 use futures::StreamExt;
@@ -31,15 +32,28 @@ async fn quiesce(st: &sessiongate::emulator::winrm::WinRmEmulatorState) -> u64 {
 }
 
 async fn run(fanout: usize, logoff_concurrency: usize, auth: WinRmAuth) {
+    run_with(fanout, logoff_concurrency, auth, None).await
+}
+
+async fn run_with(
+    fanout: usize,
+    logoff_concurrency: usize,
+    auth: WinRmAuth,
+    keytab: Option<std::path::PathBuf>,
+) {
     let env = setup(Flavour::Rds, HOSTS, |o| {
         o.latency_ms = 100;
         o.sessions_per_host = 5;
+        o.kerberos_keytab = keytab;
     })
     .await;
     let st = env.emu.state();
     let mut cfg = env.cfg.clone();
     cfg.fanout_concurrency = fanout;
     cfg.auth = auth;
+    if auth == WinRmAuth::Kerberos {
+        cfg.credential.username = format!("sessiongate@{}", kdc_support::REALM);
+    }
     let p = RdsProvider::from_config("bench", &cfg).unwrap();
 
     let t = Instant::now();
@@ -95,4 +109,27 @@ async fn bench_fanout_200_hosts() {
     run(200, 200, WinRmAuth::Basic).await;
     run(32, 32, WinRmAuth::Ntlm).await;
     run(64, 64, WinRmAuth::Ntlm).await;
+}
+
+/// The same with Kerberos against a real MIT KDC (one AS exchange, one TGS per host).
+#[test]
+#[ignore = "benchmark: run with --release --ignored --nocapture"]
+fn bench_fanout_200_hosts_kerberos() {
+    if !kdc_support::available("bench_fanout_200_hosts_kerberos") {
+        return;
+    }
+    let kdc = kdc_support::Kdc::start();
+    kdc.add_user("sessiongate", "Emulator-Passw0rd!");
+    let hosts: Vec<String> = (1..=HOSTS)
+        .map(|i| format!("rdsh-{i:03}.contoso.test"))
+        .collect();
+    let kt = kdc.add_services(&hosts, "http.keytab");
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run_with(64, 64, WinRmAuth::Kerberos, Some(kt)));
+    let (as_reqs, tgs_reqs) = kdc.issued();
+    println!("BENCH kerberos KDC exchanges: {as_reqs} AS, {tgs_reqs} TGS");
 }

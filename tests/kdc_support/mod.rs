@@ -189,14 +189,47 @@ impl Kdc {
         self.kadmin(&["addprinc", "-pw", password, &format!("{name}@{REALM}")]);
     }
 
+    /// Runs several `kadmin.local` requests in one process (read from its stdin).
+    pub fn kadmin_script(&self, lines: &[String]) {
+        use std::io::Write;
+        let mut child = Command::new(sbin("kadmin.local").unwrap())
+            .args(["-r", REALM])
+            .env("KRB5_CONFIG", &self.krb5_conf)
+            .env("KRB5_KDC_PROFILE", self.dir.path().join("kdc.conf"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            let mut stdin = child.stdin.take().unwrap();
+            for l in lines {
+                writeln!(stdin, "{l}").unwrap();
+            }
+            writeln!(stdin, "quit").unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && !text.contains("error") && !text.contains("Error"),
+            "kadmin.local script: {text}"
+        );
+    }
+
     /// `HTTP/<host>` service principals with random keys, exported to a new keytab file.
     pub fn add_services(&self, hosts: &[String], keytab_name: &str) -> PathBuf {
         let kt = self.dir.path().join(keytab_name);
+        let mut lines = Vec::new();
         for h in hosts {
             let p = format!("HTTP/{h}@{REALM}");
-            self.kadmin(&["addprinc", "-randkey", &p]);
-            self.kadmin(&["ktadd", "-k", &kt.display().to_string(), &p]);
+            lines.push(format!("addprinc -randkey {p}"));
+            lines.push(format!("ktadd -k {} {p}", kt.display()));
         }
+        self.kadmin_script(&lines);
         kt
     }
 
