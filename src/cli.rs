@@ -94,6 +94,9 @@ pub enum EmulateCommand {
         args: EmulatorArgs,
         #[arg(long, value_enum, default_value_t = WinrmFlavour::Rds)]
         flavour: WinrmFlavour,
+        /// NTLM channel-binding enforcement, like the hosts' WinRM `CbtHardeningLevel`.
+        #[arg(long, value_enum, default_value_t = CbtHardeningArg::Relaxed)]
+        cbt_hardening: CbtHardeningArg,
     },
 }
 
@@ -101,6 +104,17 @@ pub enum EmulateCommand {
 pub enum WinrmFlavour {
     Rds,
     Multipoint,
+}
+
+/// `--cbt-hardening` of `emulate winrm`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CbtHardeningArg {
+    /// Ignore channel bindings.
+    None,
+    /// Check a binding when the client sends one.
+    Relaxed,
+    /// Require a correct binding.
+    Strict,
 }
 
 #[derive(Debug, Subcommand)]

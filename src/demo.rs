@@ -340,7 +340,11 @@ pub async fn emulate(which: EmulateCommand) -> u8 {
     let res = match which {
         EmulateCommand::Avd(args) => emulate_avd(args).await,
         EmulateCommand::WvdClassic(args) => emulate_classic(args).await,
-        EmulateCommand::Winrm { args, flavour } => emulate_winrm(args, flavour).await,
+        EmulateCommand::Winrm {
+            args,
+            flavour,
+            cbt_hardening,
+        } => emulate_winrm(args, flavour, cbt_hardening).await,
     };
     match res {
         Ok(()) => 0,
@@ -410,6 +414,7 @@ async fn emulate_classic(args: EmulatorArgs) -> Result<(), String> {
 async fn emulate_winrm(
     args: EmulatorArgs,
     flavour: crate::cli::WinrmFlavour,
+    cbt_hardening: crate::cli::CbtHardeningArg,
 ) -> Result<(), String> {
     let tls = EmulatorTls::generate().map_err(|e| e.to_string())?;
     let ca = write_ca(&tls, args.ca_out)?;
@@ -424,6 +429,11 @@ async fn emulate_winrm(
             .collect(),
         sessions_per_host: u32::try_from(args.sessions_per_host)
             .map_err(|_| "--sessions-per-host is too large")?,
+        cbt_hardening: match cbt_hardening {
+            crate::cli::CbtHardeningArg::None => winrm::CbtHardening::None,
+            crate::cli::CbtHardeningArg::Relaxed => winrm::CbtHardening::Relaxed,
+            crate::cli::CbtHardeningArg::Strict => winrm::CbtHardening::Strict,
+        },
         ..winrm::WinRmEmulatorOptions::default()
     };
     let emu = winrm::start(&tls, opts).await.map_err(|e| e.to_string())?;

@@ -3,7 +3,7 @@
 
 mod winrm_support;
 
-use sessiongate::emulator::winrm::Flavour;
+use sessiongate::emulator::winrm::{CbtHardening, Flavour};
 use sessiongate::providers::winrm::scripts;
 use winrm_support::setup;
 
@@ -34,7 +34,7 @@ fn pywinrm_available() -> bool {
         .unwrap_or(false)
 }
 
-async fn run_pywinrm(transport: &str, user_prefix: &str) {
+async fn run_pywinrm(transport: &str, user_prefix: &str, cbt: CbtHardening) {
     if !pywinrm_available() {
         eprintln!(
             "\n*** SKIPPED pywinrm test ({transport}): python3 with pywinrm is not installed (pip install pywinrm) ***\n"
@@ -42,7 +42,11 @@ async fn run_pywinrm(transport: &str, user_prefix: &str) {
         return;
     }
     // Commands take 1.5 s while pywinrm's OperationTimeout is 1 s: it must poll through w:TimedOut.
-    let env = setup(Flavour::Rds, 1, |o| o.command_duration_ms = 1500).await;
+    let env = setup(Flavour::Rds, 1, |o| {
+        o.command_duration_ms = 1500;
+        o.cbt_hardening = cbt;
+    })
+    .await;
     let host = &env.emu.info().hosts[0];
     let script_path = env.dir.path().join("list.ps1");
     std::fs::write(&script_path, scripts::rds_list().text).unwrap();
@@ -82,16 +86,25 @@ async fn run_pywinrm(transport: &str, user_prefix: &str) {
     // pywinrm opened and deleted its shells.
     assert!(env.emu.state().shells_created() >= 3);
     assert_eq!(env.emu.state().open_shells(&host.name), 0);
+    assert_eq!(env.emu.state().cbt_refusals(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pywinrm_basic_runs_a_script_on_the_emulated_host() {
-    run_pywinrm("basic", "").await;
+    run_pywinrm("basic", "", CbtHardening::Relaxed).await;
 }
 
 /// pywinrm's NTLM (pyspnego) is an independent NTLMv2 implementation: this checks the
 /// emulator's NTLM server, which in turn checks our client (`winrm_provider` NTLM tests).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pywinrm_ntlm_runs_a_script_on_the_emulated_host() {
-    run_pywinrm("ntlm", "CONTOSO\\").await;
+    run_pywinrm("ntlm", "CONTOSO\\", CbtHardening::Relaxed).await;
+}
+
+/// requests-ntlm sends the `tls-server-end-point` binding over HTTPS: a host that requires
+/// one (`CbtHardeningLevel=Strict`) accepts pywinrm, so the emulator computes the binding the
+/// way an independent implementation does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pywinrm_ntlm_passes_a_strict_channel_binding_check() {
+    run_pywinrm("ntlm", "CONTOSO\\", CbtHardening::Strict).await;
 }

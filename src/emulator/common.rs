@@ -32,6 +32,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Clone)]
 pub struct EmulatorTls {
     ca_pem: String,
+    /// DER of the server (end-entity) certificate every listener presents.
+    server_cert_der: Arc<[u8]>,
     acceptor: TlsAcceptor,
 }
 
@@ -59,6 +61,7 @@ impl EmulatorTls {
             .push(DnType::CommonName, "localhost");
         let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
 
+        let server_cert_der: Arc<[u8]> = Arc::from(leaf.der().as_ref());
         let certs = vec![leaf.der().clone(), ca_cert.der().clone()];
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
             rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
@@ -71,6 +74,7 @@ impl EmulatorTls {
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             ca_pem: ca_cert.pem(),
+            server_cert_der,
             acceptor: TlsAcceptor::from(Arc::new(cfg)),
         })
     }
@@ -78,6 +82,17 @@ impl EmulatorTls {
     /// The CA certificate (PEM) a client must trust.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// The server certificate (DER) the listeners present, e.g. to compute TLS channel bindings.
+    pub fn server_cert_der(&self) -> &[u8] {
+        &self.server_cert_der
+    }
+
+    /// TLS acceptor presenting the server certificate (for tests that stand up their own
+    /// listener, e.g. a TLS-terminating relay).
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.acceptor.clone()
     }
 }
 

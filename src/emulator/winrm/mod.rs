@@ -1,5 +1,6 @@
 //! WinRM host emulator: fake Windows hosts speaking the Windows Remote Shell protocol
-//! (WS-Management, SOAP 1.2 over `POST /wsman`, HTTPS, Basic auth): Create, Command, Send,
+//! (WS-Management, SOAP 1.2 over `POST /wsman`, HTTPS, Basic or NTLM auth, NTLM channel
+//! binding checked like `CbtHardeningLevel`): Create, Command, Send,
 //! Receive (with `w:TimedOut` faults when a command outlives the OperationTimeout), Signal
 //! and Delete. Each emulated host has its own listener on 127.0.0.1. The hosts "run"
 //! sessiongate's own script templates against an in-memory session table; any other script
@@ -12,10 +13,10 @@ pub use host::{EmuSession, ReceivedScript, SentMessage};
 use crate::emulator::common::{
     ConnectionId, EmulatorTls, FaultSettings, Faults, Running, serve_tls,
 };
-use crate::providers::winrm::ntlm;
 use crate::providers::winrm::soap;
 use crate::providers::winrm::transport::STDIN_BOOTSTRAP;
 use crate::providers::winrm::xml::{self, Element, esc};
+use crate::providers::winrm::{cbt, ntlm};
 use axum::{
     Router,
     body::Bytes,
@@ -29,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{
     Arc, Mutex,
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicU8, AtomicU64, Ordering},
 };
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,45 @@ pub enum Flavour {
     Rds,
     #[serde(rename = "multipoint")]
     MultiPoint,
+}
+
+/// The emulated hosts' `CbtHardeningLevel` (WinRM service `Auth\CbtHardeningLevel`): what an
+/// NTLM AUTHENTICATE must carry as TLS channel binding (`MsvAvChannelBindings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CbtHardening {
+    /// Channel bindings are ignored.
+    None,
+    /// A binding that is present must match this host's certificate; none at all is accepted.
+    #[default]
+    Relaxed,
+    /// A binding matching this host's certificate is required.
+    Strict,
+}
+
+impl CbtHardening {
+    fn to_u8(self) -> u8 {
+        match self {
+            Self::None => 0,
+            Self::Relaxed => 1,
+            Self::Strict => 2,
+        }
+    }
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::None,
+            2 => Self::Strict,
+            _ => Self::Relaxed,
+        }
+    }
+    /// Whether a presented binding (`None`: absent or all-zero) passes, given the expected one.
+    pub fn accepts(self, presented: Option<[u8; 16]>, expected: Option<[u8; 16]>) -> bool {
+        match self {
+            Self::None => true,
+            Self::Relaxed => presented.is_none() || presented == expected,
+            Self::Strict => presented.is_some() && presented == expected,
+        }
+    }
 }
 
 /// Options of `sessiongate emulate winrm`.
@@ -61,6 +101,8 @@ pub struct WinRmEmulatorOptions {
     pub unreachable: Vec<String>,
     /// How long each remote command "runs" before its output is ready.
     pub command_duration_ms: u64,
+    /// NTLM channel-binding enforcement of every host (changeable per host while running).
+    pub cbt_hardening: CbtHardening,
 }
 
 impl Default for WinRmEmulatorOptions {
@@ -75,6 +117,7 @@ impl Default for WinRmEmulatorOptions {
             faults: FaultSettings::default(),
             unreachable: Vec::new(),
             command_duration_ms: 0,
+            cbt_hardening: CbtHardening::Relaxed,
         }
     }
 }
@@ -105,6 +148,8 @@ pub(crate) struct HostState {
     pub(crate) mode: Mutex<HostMode>,
     shells: Mutex<HashMap<String, HashMap<String, EmuCommand>>>,
     round_trips: AtomicU64,
+    /// [`CbtHardening`] as u8.
+    cbt_hardening: AtomicU8,
 }
 
 pub(crate) struct StateInner {
@@ -119,6 +164,11 @@ pub(crate) struct StateInner {
     /// NTLM: challenge issued per connection, and connections that authenticated.
     ntlm_pending: Mutex<HashMap<u64, [u8; 8]>>,
     ntlm_authed: Mutex<std::collections::HashSet<u64>>,
+    /// `MsvAvChannelBindings` a client of this emulator's certificate sends (`None` when the
+    /// certificate has no RFC 5929 hash: then every presented binding is wrong).
+    expected_cbt: Option<[u8; 16]>,
+    /// NTLM AUTHENTICATEs with a valid proof refused for their channel binding.
+    cbt_refusals: AtomicU64,
 }
 
 /// Handle on the emulator's state for tests and benchmarks.
@@ -204,6 +254,30 @@ impl WinRmEmulatorState {
             h.shells.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
     }
+    /// Sets the channel-binding enforcement of every host.
+    pub fn set_cbt_hardening(&self, level: CbtHardening) {
+        for h in &self.inner.hosts {
+            h.cbt_hardening.store(level.to_u8(), Ordering::Relaxed);
+        }
+    }
+    /// Sets the channel-binding enforcement of one host.
+    pub fn set_host_cbt_hardening(&self, host: &str, level: CbtHardening) {
+        if let Some(h) = self.host(host) {
+            h.cbt_hardening.store(level.to_u8(), Ordering::Relaxed);
+        }
+    }
+    pub fn cbt_hardening(&self, host: &str) -> Option<CbtHardening> {
+        self.host(host)
+            .map(|h| CbtHardening::from_u8(h.cbt_hardening.load(Ordering::Relaxed)))
+    }
+    /// NTLM sign-ins with the right password refused for a missing or wrong channel binding.
+    pub fn cbt_refusals(&self) -> u64 {
+        self.inner.cbt_refusals.load(Ordering::Relaxed)
+    }
+    /// The `MsvAvChannelBindings` value a client must send to these hosts.
+    pub fn expected_channel_binding(&self) -> Option<[u8; 16]> {
+        self.inner.expected_cbt
+    }
     pub fn set_command_duration(&self, d: Duration) {
         self.inner
             .command_duration_ms
@@ -227,6 +301,7 @@ pub struct WinRmEmulatorInfo {
     pub username: String,
     pub password: String,
     pub auth: Vec<&'static str>,
+    pub cbt_hardening: CbtHardening,
     pub hosts: Vec<EmulatedHost>,
 }
 
@@ -308,6 +383,7 @@ pub async fn start(
                 mode: Mutex::new(HostMode::default()),
                 shells: Mutex::new(HashMap::new()),
                 round_trips: AtomicU64::new(0),
+                cbt_hardening: AtomicU8::new(opts.cbt_hardening.to_u8()),
             })
         })
         .collect();
@@ -322,6 +398,10 @@ pub async fn start(
         command_duration_ms: AtomicU64::new(opts.command_duration_ms),
         ntlm_pending: Mutex::new(HashMap::new()),
         ntlm_authed: Mutex::new(std::collections::HashSet::new()),
+        expected_cbt: cbt::application_data(tls.server_cert_der())
+            .ok()
+            .map(|app| cbt::ntlm_channel_binding_hash(&app)),
+        cbt_refusals: AtomicU64::new(0),
     });
     let mut running = Vec::new();
     let mut announced = Vec::new();
@@ -360,6 +440,7 @@ pub async fn start(
             username: opts.username,
             password: opts.password,
             auth: vec!["basic", "ntlm"],
+            cbt_hardening: opts.cbt_hardening,
             hosts: announced,
         },
         state: WinRmEmulatorState { inner },
@@ -497,6 +578,12 @@ fn authenticate(
                 .remove(&c);
             match pending {
                 Some(sc) if ntlm::verify_authenticate(&tok, sc, &st.username, &st.password) => {
+                    let level = CbtHardening::from_u8(host.cbt_hardening.load(Ordering::Relaxed));
+                    if !level.accepts(ntlm::channel_binding_of(&tok), st.expected_cbt) {
+                        // Windows answers a bad binding like a bad password: 401.
+                        st.cbt_refusals.fetch_add(1, Ordering::Relaxed);
+                        return AuthOutcome::Refused;
+                    }
                     st.ntlm_authed
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())

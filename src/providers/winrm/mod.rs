@@ -5,6 +5,7 @@
 //! [`multipoint`] (the [`SessionProvider`] adapters). Hosts come from configured inventory
 //! only; a host that is not in the inventory is never contacted.
 
+pub mod cbt;
 pub mod multipoint;
 pub mod ntlm;
 pub mod ntlm_http;

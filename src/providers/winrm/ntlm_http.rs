@@ -1,10 +1,12 @@
 //! NTLM is connection-bound: the NEGOTIATE → CHALLENGE → AUTHENTICATE exchange authenticates
 //! one TCP/TLS connection, and later requests on that connection need no header. reqwest's
 //! connection pool cannot promise "the same connection", so NTLM pools use their own HTTP/1.1
-//! connections (hyper client over tokio-rustls), kept authenticated and reused.
+//! connections (hyper client over tokio-rustls), kept authenticated and reused. Each
+//! connection's AUTHENTICATE carries the channel binding of its TLS session (the server
+//! certificate's RFC 5929 `tls-server-end-point`, see [`super::cbt`]).
 
-use super::ntlm;
 use super::transport::WinRmError;
+use super::{cbt, ntlm};
 use base64::Engine;
 use hyper::client::conn::http1::SendRequest;
 use secrecy::{ExposeSecret, SecretString};
@@ -156,7 +158,9 @@ impl NtlmHttp {
             .map_err(|e| WinRmError::Protocol(format!("building request: {e}")))
     }
 
-    async fn connect(&self) -> Result<SendRequest<String>, WinRmError> {
+    /// Opens a TLS connection; returns it with its channel-binding application data
+    /// (`None` when the server certificate's signature algorithm defines no RFC 5929 hash).
+    async fn connect(&self) -> Result<(SendRequest<String>, Option<Vec<u8>>), WinRmError> {
         let tcp = tokio::time::timeout(
             self.connect_timeout,
             tokio::net::TcpStream::connect((self.connect_host.as_str(), self.connect_port)),
@@ -171,6 +175,16 @@ impl NtlmHttp {
         .await
         .map_err(|_| WinRmError::Tls("TLS handshake timed out".into()))?
         .map_err(|e| WinRmError::Tls(e.to_string()))?;
+        let binding = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+            Some(cert) => match cbt::application_data(cert.as_ref()) {
+                Ok(app) => Some(app),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no TLS channel binding for this server certificate");
+                    None
+                }
+            },
+            None => None,
+        };
         let (sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await
@@ -178,7 +192,7 @@ impl NtlmHttp {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(sender)
+        Ok((sender, binding))
     }
 
     async fn send(
@@ -200,7 +214,7 @@ impl NtlmHttp {
         &self,
         body: String,
     ) -> Result<(SendRequest<String>, (u16, String)), WinRmError> {
-        let mut sender = self.connect().await?;
+        let (mut sender, binding) = self.connect().await?;
         let req = self.request(
             body.clone(),
             Some(auth_header("Negotiate", &ntlm::negotiate())),
@@ -228,6 +242,10 @@ impl NtlmHttp {
             self.password.expose_secret(),
             &ch,
             client_challenge,
+            binding
+                .as_deref()
+                .map(cbt::ntlm_channel_binding_hash)
+                .as_ref(),
         );
         let req = self.request(body, Some(auth_header("Negotiate", &msg)))?;
         let resp = Self::send(&mut sender, req).await?;
