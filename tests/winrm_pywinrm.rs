@@ -1,5 +1,6 @@
-//! Interoperability: the standard Python WinRM client (pywinrm, Basic over HTTPS) runs
-//! commands on the emulated host. Skips (loudly) when python3 or pywinrm is missing.
+//! Interoperability: the standard Python WinRM client (pywinrm, Basic and NTLM over HTTPS,
+//! NTLM with its TLS channel binding) runs commands on the emulated host. Skips (loudly) when
+//! python3 or pywinrm is missing.
 
 mod winrm_support;
 

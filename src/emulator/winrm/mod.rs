@@ -1062,3 +1062,32 @@ async fn wsman(
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::CbtHardening;
+
+    #[test]
+    fn cbt_hardening_levels_follow_windows() {
+        let right = Some([1u8; 16]);
+        let wrong = Some([2u8; 16]);
+        for (level, absent, wrong_ok, right_ok) in [
+            (CbtHardening::None, true, true, true),
+            (CbtHardening::Relaxed, true, false, true),
+            (CbtHardening::Strict, false, false, true),
+        ] {
+            assert_eq!(level.accepts(None, right), absent, "{level:?} absent");
+            assert_eq!(level.accepts(wrong, right), wrong_ok, "{level:?} wrong");
+            assert_eq!(level.accepts(right, right), right_ok, "{level:?} right");
+            assert_eq!(CbtHardening::from_u8(level.to_u8()), level);
+        }
+        // A certificate without an RFC 5929 hash: nothing presented can match.
+        assert!(!CbtHardening::Relaxed.accepts(right, None));
+        assert!(!CbtHardening::Strict.accepts(None, None));
+        assert_eq!(CbtHardening::default(), CbtHardening::Relaxed);
+        assert_eq!(
+            serde_json::to_string(&CbtHardening::Strict).unwrap(),
+            "\"strict\""
+        );
+    }
+}
