@@ -129,6 +129,51 @@ async fn sessiongate_client_signs_in_to_a_strict_host() {
     assert_eq!(st.shells_created(), 2);
 }
 
+/// Every pooled connection is bound, resumed TLS sessions included (rustls reports the
+/// certificate of the session being resumed).
+#[tokio::test]
+async fn every_pooled_connection_carries_the_binding() {
+    let mut env = ntlm_env(1, CbtHardening::Strict).await;
+    env.cfg.max_concurrency_per_host = 4;
+    let st = env.emu.state();
+    let host = env.emu.info().hosts[0].clone();
+    let hn = sessiongate::domain::HostName::parse(&host.name).unwrap();
+    let p = RdsProvider::from_config("rds", &env.cfg).unwrap();
+    let lists = futures::future::join_all((0..4).map(|_| p.list_host_sessions(&hn))).await;
+    for l in lists {
+        assert_eq!(l.unwrap().len(), 3);
+    }
+    assert!(st.ntlm_sign_ins() >= 2, "{} sign-ins", st.ntlm_sign_ins());
+    assert_eq!(st.cbt_refusals(), 0);
+
+    // The premise: a resumed session still exposes the server certificate.
+    let ca = std::fs::read_to_string(&env.ca_path).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(ntlm_http::tls_config(Some(&ca)).unwrap());
+    let (h, port) = host_addr(&host.endpoint);
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let tcp = tokio::net::TcpStream::connect((h.as_str(), port))
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from(h.clone()).unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        // TLS 1.3 tickets arrive after the handshake: let the client read them.
+        tokio::io::AsyncWriteExt::write_all(&mut tls, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await;
+        let conn = tls.get_ref().1;
+        kinds.push(conn.handshake_kind());
+        let cert = conn.peer_certificates().expect("peer certificates")[0].to_vec();
+        assert_eq!(
+            cbt::ntlm_channel_binding_hash(&cbt::application_data(&cert).unwrap()),
+            st.expected_channel_binding().unwrap()
+        );
+    }
+    assert_eq!(kinds[1], Some(rustls::HandshakeKind::Resumed), "{kinds:?}");
+}
+
 #[tokio::test]
 async fn strict_requires_a_binding_relaxed_and_none_do_not() {
     let env = ntlm_env(1, CbtHardening::Strict).await;

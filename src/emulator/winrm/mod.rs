@@ -169,6 +169,8 @@ pub(crate) struct StateInner {
     expected_cbt: Option<[u8; 16]>,
     /// NTLM AUTHENTICATEs with a valid proof refused for their channel binding.
     cbt_refusals: AtomicU64,
+    /// NTLM sign-ins accepted (one per authenticated connection).
+    ntlm_sign_ins: AtomicU64,
 }
 
 /// Handle on the emulator's state for tests and benchmarks.
@@ -273,6 +275,10 @@ impl WinRmEmulatorState {
     /// NTLM sign-ins with the right password refused for a missing or wrong channel binding.
     pub fn cbt_refusals(&self) -> u64 {
         self.inner.cbt_refusals.load(Ordering::Relaxed)
+    }
+    /// NTLM sign-ins accepted so far (each authenticates one connection).
+    pub fn ntlm_sign_ins(&self) -> u64 {
+        self.inner.ntlm_sign_ins.load(Ordering::Relaxed)
     }
     /// The `MsvAvChannelBindings` value a client must send to these hosts.
     pub fn expected_channel_binding(&self) -> Option<[u8; 16]> {
@@ -402,6 +408,7 @@ pub async fn start(
             .ok()
             .map(|app| cbt::ntlm_channel_binding_hash(&app)),
         cbt_refusals: AtomicU64::new(0),
+        ntlm_sign_ins: AtomicU64::new(0),
     });
     let mut running = Vec::new();
     let mut announced = Vec::new();
@@ -584,6 +591,7 @@ fn authenticate(
                         st.cbt_refusals.fetch_add(1, Ordering::Relaxed);
                         return AuthOutcome::Refused;
                     }
+                    st.ntlm_sign_ins.fetch_add(1, Ordering::Relaxed);
                     st.ntlm_authed
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
