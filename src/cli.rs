@@ -101,6 +101,9 @@ pub enum EmulateCommand {
         /// The client principal Kerberos must prove (default: the emulator's user at any realm).
         #[arg(long, requires = "kerberos_keytab")]
         kerberos_principal: Option<String>,
+        /// NTLM channel-binding enforcement, like the hosts' WinRM `CbtHardeningLevel`.
+        #[arg(long, value_enum, default_value_t = CbtHardeningArg::Relaxed)]
+        cbt_hardening: CbtHardeningArg,
     },
 }
 
@@ -108,6 +111,17 @@ pub enum EmulateCommand {
 pub enum WinrmFlavour {
     Rds,
     Multipoint,
+}
+
+/// `--cbt-hardening` of `emulate winrm`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CbtHardeningArg {
+    /// Ignore channel bindings.
+    None,
+    /// Check a binding when the client sends one.
+    Relaxed,
+    /// Require a correct binding.
+    Strict,
 }
 
 #[derive(Debug, Subcommand)]

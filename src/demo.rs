@@ -343,9 +343,19 @@ pub async fn emulate(which: EmulateCommand) -> u8 {
         EmulateCommand::Winrm {
             args,
             flavour,
+            cbt_hardening,
             kerberos_keytab,
             kerberos_principal,
-        } => emulate_winrm(args, flavour, kerberos_keytab, kerberos_principal).await,
+        } => {
+            emulate_winrm(
+                args,
+                flavour,
+                cbt_hardening,
+                kerberos_keytab,
+                kerberos_principal,
+            )
+            .await
+        }
     };
     match res {
         Ok(()) => 0,
@@ -415,6 +425,7 @@ async fn emulate_classic(args: EmulatorArgs) -> Result<(), String> {
 async fn emulate_winrm(
     args: EmulatorArgs,
     flavour: crate::cli::WinrmFlavour,
+    cbt_hardening: crate::cli::CbtHardeningArg,
     kerberos_keytab: Option<PathBuf>,
     kerberos_principal: Option<String>,
 ) -> Result<(), String> {
@@ -433,6 +444,11 @@ async fn emulate_winrm(
             .map_err(|_| "--sessions-per-host is too large")?,
         kerberos_keytab,
         kerberos_principal,
+        cbt_hardening: match cbt_hardening {
+            crate::cli::CbtHardeningArg::None => winrm::CbtHardening::None,
+            crate::cli::CbtHardeningArg::Relaxed => winrm::CbtHardening::Relaxed,
+            crate::cli::CbtHardeningArg::Strict => winrm::CbtHardening::Strict,
+        },
         ..winrm::WinRmEmulatorOptions::default()
     };
     let emu = winrm::start(&tls, opts).await.map_err(|e| e.to_string())?;

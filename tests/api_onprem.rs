@@ -249,3 +249,30 @@ async fn multipoint_admin_sessions_need_the_admin_role() {
             .contains_key(&9)
     );
 }
+
+/// Hosts with `CbtHardeningLevel=Strict`: the gateway's NTLM sign-ins carry the TLS channel
+/// binding, so every host answers and none refused a binding.
+#[tokio::test]
+async fn strict_channel_binding_hosts_serve_the_api() {
+    let app = TestApp::start().await;
+    let st = app.backends.rds.state();
+    st.set_cbt_hardening(sessiongate::emulator::winrm::CbtHardening::Strict);
+    let v: Value = app
+        .get(&app.keys.reader, &format!("/hostpools/{RDS}/sessions"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(v["unreachable_hosts"].as_array().unwrap().is_empty(), "{v}");
+    for h in RDS_HOSTS {
+        assert!(
+            v["sessions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["host"] == h),
+            "{h} answered: {v}"
+        );
+    }
+    assert_eq!(st.cbt_refusals(), 0);
+}

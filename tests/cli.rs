@@ -305,6 +305,8 @@ fn emulate_winrm_prints_one_json_line_with_host_endpoints() {
             "multipoint",
             "--hosts",
             "2",
+            "--cbt-hardening",
+            "strict",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -324,4 +326,5 @@ fn emulate_winrm_prints_one_json_line_with_host_endpoints() {
     for f in ["username", "password", "auth", "flavour", "ca_pem_path"] {
         assert!(v.get(f).is_some_and(|x| !x.is_null()), "{f} in {v}");
     }
+    assert_eq!(v["cbt_hardening"], "strict", "{v}");
 }

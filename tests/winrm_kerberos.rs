@@ -7,7 +7,7 @@ mod winrm_support;
 
 use kdc_support::{Kdc, REALM};
 use sessiongate::domain::{HostName, SessionId};
-use sessiongate::emulator::winrm::Flavour;
+use sessiongate::emulator::winrm::{CbtHardening, Flavour};
 use sessiongate::providers::winrm::{RdsProvider, WinRmAuth, cbt, gssapi};
 use sessiongate::providers::{ActionEffect, ProviderError, SessionFilter, SessionProvider};
 use std::future::Future;
@@ -201,9 +201,8 @@ fn gssapi_channel_bindings_must_match() {
                 gssapi::Credential::with_password(&format!("sessiongate@{REALM}"), PASSWORD)
                     .unwrap(),
             );
-            let ours = cbt::application_data(&cbt::tls_server_end_point(b"server cert").unwrap());
-            let theirs =
-                cbt::application_data(&cbt::tls_server_end_point(b"attacker cert").unwrap());
+            let ours = cbt::tls_server_end_point_application_data(&[0x11; 32]);
+            let theirs = cbt::tls_server_end_point_application_data(&[0x22; 32]);
 
             // Same bindings: accepted, bound, and the reply completes mutual auth.
             let (mut init, token) =
@@ -220,6 +219,13 @@ fn gssapi_channel_bindings_must_match() {
                     .unwrap();
             assert!(gssapi::accept(&acceptor, &token, Some(&ours)).is_err());
 
+            // No bindings from the initiator: MIT accepts, but not as channel-bound (a host at
+            // CbtHardeningLevel=Strict refuses it, see kerberos_strict_channel_binding_host).
+            let (_, token) =
+                gssapi::Initiator::start(cred.clone(), "HTTP/web.contoso.test", None).unwrap();
+            let unbound = gssapi::accept(&acceptor, &token, Some(&ours)).unwrap();
+            assert!(!unbound.channel_bound);
+
             // A reply that is not the acceptor's AP-REP fails mutual authentication.
             let (mut init, _token) =
                 gssapi::Initiator::start(cred, "HTTP/web.contoso.test", Some(ours)).unwrap();
@@ -227,5 +233,21 @@ fn gssapi_channel_bindings_must_match() {
         })
         .await
         .unwrap();
+    });
+}
+
+#[test]
+fn kerberos_strict_channel_binding_host_accepts_our_bound_tickets() {
+    with_kdc("kerberos_strict_cbt", |kdc| async move {
+        let hosts = host_names(1);
+        kdc.add_user("sessiongate", PASSWORD);
+        let kt = kdc.add_services(&hosts, "http.keytab");
+        let env = kerberos_env(1, kt, None).await;
+        let st = env.emu.state();
+        st.set_cbt_hardening(CbtHardening::Strict);
+        let p = RdsProvider::from_config("rds", &env.cfg).unwrap();
+        assert_eq!(p.list_host_sessions(&h(&hosts[0])).await.unwrap().len(), 3);
+        assert_eq!(st.kerberos_bound(), vec![true]);
+        assert_eq!(st.cbt_refusals(), 0);
     });
 }

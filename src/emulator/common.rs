@@ -32,7 +32,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Clone)]
 pub struct EmulatorTls {
     ca_pem: String,
-    leaf_der: Arc<Vec<u8>>,
+    /// DER of the server (end-entity) certificate every listener presents.
+    server_cert_der: Arc<[u8]>,
     acceptor: TlsAcceptor,
 }
 
@@ -60,7 +61,7 @@ impl EmulatorTls {
             .push(DnType::CommonName, "localhost");
         let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
 
-        let leaf_der = Arc::new(leaf.der().to_vec());
+        let server_cert_der: Arc<[u8]> = Arc::from(leaf.der().as_ref());
         let certs = vec![leaf.der().clone(), ca_cert.der().clone()];
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
             rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
@@ -73,19 +74,25 @@ impl EmulatorTls {
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             ca_pem: ca_cert.pem(),
-            leaf_der,
+            server_cert_der,
             acceptor: TlsAcceptor::from(Arc::new(cfg)),
         })
-    }
-
-    /// The server (end-entity) certificate, DER: the input of TLS channel bindings.
-    pub fn leaf_der(&self) -> &[u8] {
-        &self.leaf_der
     }
 
     /// The CA certificate (PEM) a client must trust.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// The server certificate (DER) the listeners present, e.g. to compute TLS channel bindings.
+    pub fn server_cert_der(&self) -> &[u8] {
+        &self.server_cert_der
+    }
+
+    /// TLS acceptor presenting the server certificate (for tests that stand up their own
+    /// listener, e.g. a TLS-terminating relay).
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.acceptor.clone()
     }
 }
 

@@ -1,5 +1,6 @@
 //! WinRM host emulator: fake Windows hosts speaking the Windows Remote Shell protocol
-//! (WS-Management, SOAP 1.2 over `POST /wsman`, HTTPS, Basic auth): Create, Command, Send,
+//! (WS-Management, SOAP 1.2 over `POST /wsman`, HTTPS, Basic or NTLM auth, NTLM channel
+//! binding checked like `CbtHardeningLevel`): Create, Command, Send,
 //! Receive (with `w:TimedOut` faults when a command outlives the OperationTimeout), Signal
 //! and Delete. Each emulated host has its own listener on 127.0.0.1. The hosts "run"
 //! sessiongate's own script templates against an in-memory session table; any other script
@@ -29,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{
     Arc, Mutex,
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicU8, AtomicU64, Ordering},
 };
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,45 @@ pub enum Flavour {
     Rds,
     #[serde(rename = "multipoint")]
     MultiPoint,
+}
+
+/// The emulated hosts' `CbtHardeningLevel` (WinRM service `Auth\CbtHardeningLevel`): what an
+/// NTLM AUTHENTICATE must carry as TLS channel binding (`MsvAvChannelBindings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CbtHardening {
+    /// Channel bindings are ignored.
+    None,
+    /// A binding that is present must match this host's certificate; none at all is accepted.
+    #[default]
+    Relaxed,
+    /// A binding matching this host's certificate is required.
+    Strict,
+}
+
+impl CbtHardening {
+    fn to_u8(self) -> u8 {
+        match self {
+            Self::None => 0,
+            Self::Relaxed => 1,
+            Self::Strict => 2,
+        }
+    }
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::None,
+            2 => Self::Strict,
+            _ => Self::Relaxed,
+        }
+    }
+    /// Whether a presented binding (`None`: absent or all-zero) passes, given the expected one.
+    pub fn accepts(self, presented: Option<[u8; 16]>, expected: Option<[u8; 16]>) -> bool {
+        match self {
+            Self::None => true,
+            Self::Relaxed => presented.is_none() || presented == expected,
+            Self::Strict => presented.is_some() && presented == expected,
+        }
+    }
 }
 
 /// Options of `sessiongate emulate winrm`.
@@ -67,6 +107,8 @@ pub struct WinRmEmulatorOptions {
     /// The client principal Kerberos must prove (`user@REALM`); default: `username` at any
     /// realm.
     pub kerberos_principal: Option<String>,
+    /// NTLM channel-binding enforcement of every host (changeable per host while running).
+    pub cbt_hardening: CbtHardening,
 }
 
 impl Default for WinRmEmulatorOptions {
@@ -83,6 +125,7 @@ impl Default for WinRmEmulatorOptions {
             command_duration_ms: 0,
             kerberos_keytab: None,
             kerberos_principal: None,
+            cbt_hardening: CbtHardening::Relaxed,
         }
     }
 }
@@ -113,6 +156,8 @@ pub(crate) struct HostState {
     pub(crate) mode: Mutex<HostMode>,
     shells: Mutex<HashMap<String, HashMap<String, EmuCommand>>>,
     round_trips: AtomicU64,
+    /// [`CbtHardening`] as u8.
+    cbt_hardening: AtomicU8,
 }
 
 pub(crate) struct StateInner {
@@ -127,6 +172,13 @@ pub(crate) struct StateInner {
     /// NTLM: challenge issued per connection, and connections that authenticated.
     ntlm_pending: Mutex<HashMap<u64, [u8; 8]>>,
     ntlm_authed: Mutex<std::collections::HashSet<u64>>,
+    /// `MsvAvChannelBindings` a client of this emulator's certificate sends (`None` when the
+    /// certificate has no RFC 5929 hash: then every presented binding is wrong).
+    expected_cbt: Option<[u8; 16]>,
+    /// NTLM AUTHENTICATEs with a valid proof refused for their channel binding.
+    cbt_refusals: AtomicU64,
+    /// NTLM sign-ins accepted (one per authenticated connection).
+    ntlm_sign_ins: AtomicU64,
     kerberos: Option<KerberosAcceptor>,
     /// Connections authenticated with Kerberos: client principal, channel bindings verified.
     kerberos_clients: Mutex<Vec<(String, bool)>>,
@@ -242,6 +294,34 @@ impl WinRmEmulatorState {
             .map(|(_, b)| *b)
             .collect()
     }
+    /// Sets the channel-binding enforcement of every host.
+    pub fn set_cbt_hardening(&self, level: CbtHardening) {
+        for h in &self.inner.hosts {
+            h.cbt_hardening.store(level.to_u8(), Ordering::Relaxed);
+        }
+    }
+    /// Sets the channel-binding enforcement of one host.
+    pub fn set_host_cbt_hardening(&self, host: &str, level: CbtHardening) {
+        if let Some(h) = self.host(host) {
+            h.cbt_hardening.store(level.to_u8(), Ordering::Relaxed);
+        }
+    }
+    pub fn cbt_hardening(&self, host: &str) -> Option<CbtHardening> {
+        self.host(host)
+            .map(|h| CbtHardening::from_u8(h.cbt_hardening.load(Ordering::Relaxed)))
+    }
+    /// NTLM sign-ins with the right password refused for a missing or wrong channel binding.
+    pub fn cbt_refusals(&self) -> u64 {
+        self.inner.cbt_refusals.load(Ordering::Relaxed)
+    }
+    /// NTLM sign-ins accepted so far (each authenticates one connection).
+    pub fn ntlm_sign_ins(&self) -> u64 {
+        self.inner.ntlm_sign_ins.load(Ordering::Relaxed)
+    }
+    /// The `MsvAvChannelBindings` value a client must send to these hosts.
+    pub fn expected_channel_binding(&self) -> Option<[u8; 16]> {
+        self.inner.expected_cbt
+    }
     pub fn set_command_duration(&self, d: Duration) {
         self.inner
             .command_duration_ms
@@ -265,6 +345,7 @@ pub struct WinRmEmulatorInfo {
     pub username: String,
     pub password: String,
     pub auth: Vec<&'static str>,
+    pub cbt_hardening: CbtHardening,
     pub hosts: Vec<EmulatedHost>,
 }
 
@@ -339,11 +420,12 @@ pub async fn start(
         Some(kt) => {
             let cred = gssapi::Credential::acceptor_from_keytab(kt)
                 .map_err(|e| std::io::Error::other(format!("Kerberos keytab: {e}")))?;
-            let hash = cbt::tls_server_end_point(tls.leaf_der()).map_err(std::io::Error::other)?;
+            let app_data =
+                cbt::application_data(tls.server_cert_der()).map_err(std::io::Error::other)?;
             Some(KerberosAcceptor {
                 cred,
                 principal: opts.kerberos_principal.clone(),
-                app_data: cbt::application_data(&hash),
+                app_data,
             })
         }
     };
@@ -363,6 +445,7 @@ pub async fn start(
                 mode: Mutex::new(HostMode::default()),
                 shells: Mutex::new(HashMap::new()),
                 round_trips: AtomicU64::new(0),
+                cbt_hardening: AtomicU8::new(opts.cbt_hardening.to_u8()),
             })
         })
         .collect();
@@ -379,6 +462,11 @@ pub async fn start(
         ntlm_authed: Mutex::new(std::collections::HashSet::new()),
         kerberos,
         kerberos_clients: Mutex::new(Vec::new()),
+        expected_cbt: cbt::application_data(tls.server_cert_der())
+            .ok()
+            .map(|app| cbt::ntlm_channel_binding_hash(&app)),
+        cbt_refusals: AtomicU64::new(0),
+        ntlm_sign_ins: AtomicU64::new(0),
     });
     let mut running = Vec::new();
     let mut announced = Vec::new();
@@ -417,6 +505,7 @@ pub async fn start(
             username: opts.username,
             password: opts.password,
             auth: auth_schemes,
+            cbt_hardening: opts.cbt_hardening,
             hosts: announced,
         },
         state: WinRmEmulatorState { inner },
@@ -510,11 +599,20 @@ enum AuthOutcome {
 }
 
 /// Kerberos under `Negotiate`/`Kerberos`: one leg authenticates the connection.
-fn kerberos_authenticate(st: &StateInner, conn: u64, token: &[u8]) -> AuthOutcome {
+/// Channel bindings follow the host's `CbtHardeningLevel` as for NTLM: `none` ignores them,
+/// `relaxed` refuses wrong ones, `strict` also refuses missing ones.
+fn kerberos_authenticate(
+    st: &StateInner,
+    host: &HostState,
+    conn: u64,
+    token: &[u8],
+) -> AuthOutcome {
     let Some(k) = &st.kerberos else {
         return AuthOutcome::Refused;
     };
-    let accepted = match gssapi::accept(&k.cred, token, Some(&k.app_data)) {
+    let level = CbtHardening::from_u8(host.cbt_hardening.load(Ordering::Relaxed));
+    let bindings = (level != CbtHardening::None).then_some(k.app_data.as_slice());
+    let accepted = match gssapi::accept(&k.cred, token, bindings) {
         Ok(a) => a,
         Err(e) => {
             tracing::debug!(target: "sessiongate::emulator", error = %e, "Kerberos refused");
@@ -530,6 +628,10 @@ fn kerberos_authenticate(st: &StateInner, conn: u64, token: &[u8]) -> AuthOutcom
             .is_some_and(|u| u.eq_ignore_ascii_case(&st.username)),
     };
     if !allowed {
+        return AuthOutcome::Refused;
+    }
+    if level == CbtHardening::Strict && !accepted.channel_bound {
+        st.cbt_refusals.fetch_add(1, Ordering::Relaxed);
         return AuthOutcome::Refused;
     }
     st.ntlm_authed
@@ -565,7 +667,7 @@ fn authenticate(
     });
     match (token, conn) {
         (Some(tok), Some(c)) if !tok.starts_with(b"NTLMSSP\0") => {
-            kerberos_authenticate(st, c, &tok)
+            kerberos_authenticate(st, host, c, &tok)
         }
         (Some(tok), Some(c)) => {
             if ntlm::is_negotiate(&tok) {
@@ -594,6 +696,13 @@ fn authenticate(
                 .remove(&c);
             match pending {
                 Some(sc) if ntlm::verify_authenticate(&tok, sc, &st.username, &st.password) => {
+                    let level = CbtHardening::from_u8(host.cbt_hardening.load(Ordering::Relaxed));
+                    if !level.accepts(ntlm::channel_binding_of(&tok), st.expected_cbt) {
+                        // Windows answers a bad binding like a bad password: 401.
+                        st.cbt_refusals.fetch_add(1, Ordering::Relaxed);
+                        return AuthOutcome::Refused;
+                    }
+                    st.ntlm_sign_ins.fetch_add(1, Ordering::Relaxed);
                     st.ntlm_authed
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -1090,5 +1199,34 @@ async fn wsman_authenticated(
             ),
             &host.name,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CbtHardening;
+
+    #[test]
+    fn cbt_hardening_levels_follow_windows() {
+        let right = Some([1u8; 16]);
+        let wrong = Some([2u8; 16]);
+        for (level, absent, wrong_ok, right_ok) in [
+            (CbtHardening::None, true, true, true),
+            (CbtHardening::Relaxed, true, false, true),
+            (CbtHardening::Strict, false, false, true),
+        ] {
+            assert_eq!(level.accepts(None, right), absent, "{level:?} absent");
+            assert_eq!(level.accepts(wrong, right), wrong_ok, "{level:?} wrong");
+            assert_eq!(level.accepts(right, right), right_ok, "{level:?} right");
+            assert_eq!(CbtHardening::from_u8(level.to_u8()), level);
+        }
+        // A certificate without an RFC 5929 hash: nothing presented can match.
+        assert!(!CbtHardening::Relaxed.accepts(right, None));
+        assert!(!CbtHardening::Strict.accepts(None, None));
+        assert_eq!(CbtHardening::default(), CbtHardening::Relaxed);
+        assert_eq!(
+            serde_json::to_string(&CbtHardening::Strict).unwrap(),
+            "\"strict\""
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! NTLMv2 authentication messages (MS-NLMP) for WinRM over HTTPS: the client's NEGOTIATE and
 //! AUTHENTICATE messages, and the server-side check the emulator uses. No signing/sealing: over
-//! HTTPS WinRM accepts unencrypted SOAP bodies; channel binding is not sent (hosts with
-//! `CbtHardeningLevel=Strict` will refuse us).
+//! HTTPS WinRM accepts unencrypted SOAP bodies. The AUTHENTICATE message carries the TLS channel
+//! binding (`MsvAvChannelBindings`, see [`super::cbt`]) inside the NTLMv2 response, where the
+//! NTProofStr covers it, so hosts with `CbtHardeningLevel=Strict` accept it. No MIC is sent
+//! (MS-NLMP makes it optional; it protects the negotiated flags, not the binding).
 
 use hmac::{Hmac, Mac};
 use md5::Md5;
@@ -30,7 +32,9 @@ const CLIENT_FLAGS: u32 = NEGOTIATE_UNICODE
 pub const AV_EOL: u16 = 0;
 pub const AV_NB_COMPUTER: u16 = 1;
 pub const AV_NB_DOMAIN: u16 = 2;
+pub const AV_FLAGS: u16 = 6;
 pub const AV_TIMESTAMP: u16 = 7;
+pub const AV_CHANNEL_BINDINGS: u16 = 0x000A;
 
 /// MD4 (RFC 1320), only for the NT hash.
 pub fn md4(input: &[u8]) -> [u8; 16] {
@@ -235,21 +239,44 @@ pub fn parse_challenge(msg: &[u8]) -> Result<Challenge, String> {
     })
 }
 
-fn av_get(info: &[u8], id: u16) -> Option<&[u8]> {
+/// The AV pairs before MsvAvEOL (or before the first malformed one).
+fn av_list(info: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
     let mut i = 0;
     while i + 4 <= info.len() {
         let aid = u16::from_le_bytes([info[i], info[i + 1]]);
         let len = u16::from_le_bytes([info[i + 2], info[i + 3]]) as usize;
-        let v = info.get(i + 4..i + 4 + len)?;
+        let Some(v) = info.get(i + 4..i + 4 + len) else {
+            break;
+        };
         if aid == AV_EOL {
-            return None;
+            break;
         }
-        if aid == id {
-            return Some(v);
-        }
+        out.push((aid, v));
         i += 4 + len;
     }
-    None
+    out
+}
+
+fn av_get(info: &[u8], id: u16) -> Option<&[u8]> {
+    av_list(info)
+        .into_iter()
+        .find(|(aid, _)| *aid == id)
+        .map(|(_, v)| v)
+}
+
+/// The target info the client puts into its NTLMv2 response: the server's AV pairs (MS-NLMP
+/// 3.1.5.1.2) plus `MsvAvChannelBindings` when a binding is given.
+fn client_target_info(server_info: &[u8], channel_binding: Option<&[u8; 16]>) -> Vec<u8> {
+    let mut pairs: Vec<(u16, Vec<u8>)> = av_list(server_info)
+        .into_iter()
+        .filter(|(id, _)| *id != AV_CHANNEL_BINDINGS)
+        .map(|(id, v)| (id, v.to_vec()))
+        .collect();
+    if let Some(cb) = channel_binding {
+        pairs.push((AV_CHANNEL_BINDINGS, cb.to_vec()));
+    }
+    av_pairs(&pairs)
 }
 
 /// Builds AV pairs ending with MsvAvEOL.
@@ -273,13 +300,16 @@ pub fn filetime_now() -> u64 {
     unix + 116_444_736_000_000_000
 }
 
-/// AUTHENTICATE_MESSAGE (type 3) with an NTLMv2 response.
+/// AUTHENTICATE_MESSAGE (type 3) with an NTLMv2 response. `channel_binding` is the
+/// `MsvAvChannelBindings` value ([`super::cbt::ntlm_channel_binding_hash`] of the TLS
+/// channel's application data); `None` sends no binding.
 pub fn authenticate(
     user: &str,
     domain: &str,
     password: &str,
     ch: &Challenge,
     client_challenge: [u8; 8],
+    channel_binding: Option<&[u8; 16]>,
 ) -> Vec<u8> {
     let key = ntowf_v2(password, user, domain);
     let (timestamp, server_ts) = match av_get(&ch.target_info, AV_TIMESTAMP) {
@@ -294,7 +324,7 @@ pub fn authenticate(
     temp.extend_from_slice(&timestamp);
     temp.extend_from_slice(&client_challenge);
     temp.extend_from_slice(&[0, 0, 0, 0]);
-    temp.extend_from_slice(&ch.target_info);
+    temp.extend_from_slice(&client_target_info(&ch.target_info, channel_binding));
     temp.extend_from_slice(&[0, 0, 0, 0]);
     let proof = hmac_md5(&key, &[&ch.server_challenge, &temp]);
     let mut nt = proof.to_vec();
@@ -356,6 +386,21 @@ pub fn challenge_message(server_challenge: [u8; 8], target_info: &[u8], target: 
 /// Whether a message is a NEGOTIATE (type 1).
 pub fn is_negotiate(msg: &[u8]) -> bool {
     msg_type(msg) == Some(1)
+}
+
+/// Server side (emulator): the `MsvAvChannelBindings` value an AUTHENTICATE's NTLMv2 response
+/// carries. Absent, malformed and all-zero values (MS-NLMP: "no channel bindings") are `None`.
+/// Only meaningful once [`verify_authenticate`] accepted the message: the NTProofStr covers
+/// these AV pairs.
+pub fn channel_binding_of(msg: &[u8]) -> Option<[u8; 16]> {
+    if msg_type(msg) != Some(3) {
+        return None;
+    }
+    // NTProofStr (16) + RespType..ChallengeFromClient..Reserved3 (28), then the AV pairs.
+    let nt = read_fields(msg, 20)?;
+    let info = nt.get(16 + 28..)?;
+    let v: [u8; 16] = av_get(info, AV_CHANNEL_BINDINGS)?.try_into().ok()?;
+    (v != [0u8; 16]).then_some(v)
 }
 
 /// Server side (emulator): checks an AUTHENTICATE against the expected account. `user` may be
@@ -429,8 +474,9 @@ mod tests {
         let sc = [1, 2, 3, 4, 5, 6, 7, 8];
         let ch = parse_challenge(&challenge_message(sc, &info, "HOST")).unwrap();
         assert_eq!(ch.server_challenge, sc);
-        let a = authenticate("svc", "CONTOSO", "pw", &ch, [9; 8]);
+        let a = authenticate("svc", "CONTOSO", "pw", &ch, [9; 8], None);
         assert!(verify_authenticate(&a, sc, "CONTOSO\\svc", "pw"));
+        assert_eq!(channel_binding_of(&a), None);
         assert!(!verify_authenticate(&a, sc, "CONTOSO\\svc", "other"));
         assert!(!verify_authenticate(&a, [0; 8], "CONTOSO\\svc", "pw"));
         assert!(!verify_authenticate(&a, sc, "someone", "pw"));
@@ -442,5 +488,45 @@ mod tests {
             "svc",
             "pw"
         ));
+    }
+
+    #[test]
+    fn channel_binding_rides_in_the_ntlmv2_response() {
+        let info = av_pairs(&[
+            (AV_NB_DOMAIN, utf16le("CONTOSO")),
+            (AV_NB_COMPUTER, utf16le("HOST")),
+            (AV_TIMESTAMP, filetime_now().to_le_bytes().to_vec()),
+        ]);
+        let sc = [7; 8];
+        let ch = parse_challenge(&challenge_message(sc, &info, "HOST")).unwrap();
+        let cb = [0x5a; 16];
+        let a = authenticate("svc", "CONTOSO", "pw", &ch, [1; 8], Some(&cb));
+        assert!(verify_authenticate(&a, sc, "svc", "pw"));
+        assert_eq!(channel_binding_of(&a), Some(cb));
+        // The server's pairs are kept, in order, before the binding.
+        let nt = read_fields(&a, 20).unwrap();
+        let sent = av_list(&nt[44..]);
+        let ids: Vec<u16> = sent.iter().map(|(id, _)| *id).collect();
+        assert_eq!(
+            ids,
+            [
+                AV_NB_DOMAIN,
+                AV_NB_COMPUTER,
+                AV_TIMESTAMP,
+                AV_CHANNEL_BINDINGS
+            ]
+        );
+        // The NTProofStr covers the binding: swapping it breaks the proof.
+        let pos = a
+            .windows(16)
+            .position(|w| w == cb)
+            .expect("binding bytes in the message");
+        let mut forged = a.clone();
+        forged[pos..pos + 16].copy_from_slice(&[0x11; 16]);
+        assert_eq!(channel_binding_of(&forged), Some([0x11; 16]));
+        assert!(!verify_authenticate(&forged, sc, "svc", "pw"));
+        // All zeros means "no binding".
+        let z = authenticate("svc", "CONTOSO", "pw", &ch, [1; 8], Some(&[0; 16]));
+        assert_eq!(channel_binding_of(&z), None);
     }
 }

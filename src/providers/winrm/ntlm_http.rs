@@ -1,15 +1,18 @@
 //! NTLM is connection-bound: the NEGOTIATE → CHALLENGE → AUTHENTICATE exchange authenticates
 //! one TCP/TLS connection, and later requests on that connection need no header. reqwest's
 //! connection pool cannot promise "the same connection", so NTLM pools use their own HTTP/1.1
-//! connections (hyper client over tokio-rustls), kept authenticated and reused.
+//! connections (hyper client over tokio-rustls), kept authenticated and reused. Each
+//! connection's AUTHENTICATE carries the channel binding of its TLS session (the server
+//! certificate's RFC 5929 `tls-server-end-point`, see [`super::cbt`]).
 //!
 //! Kerberos (`auth = "kerberos"`) uses the same connections: one leg, the AP-REQ under the
-//! `Negotiate` scheme carries the first envelope, the host's `200` carries the AP-REP that
-//! completes mutual authentication, and the connection stays authenticated.
+//! `Negotiate` scheme carries the first envelope (with the same channel binding), the host's
+//! `200` carries the AP-REP that completes mutual authentication, and the connection stays
+//! authenticated.
 
 use super::gssapi;
-use super::ntlm;
 use super::transport::WinRmError;
+use super::{cbt, ntlm};
 use base64::Engine;
 use hyper::client::conn::http1::SendRequest;
 use secrecy::{ExposeSecret, SecretString};
@@ -193,8 +196,8 @@ impl NtlmHttp {
             .map_err(|e| WinRmError::Protocol(format!("building request: {e}")))
     }
 
-    /// Opens a TLS connection; also returns the server's end-entity certificate (DER), the
-    /// input of `tls-server-end-point` channel bindings.
+    /// Opens a TLS connection; returns it with its channel-binding application data
+    /// (`None` when the server certificate's signature algorithm defines no RFC 5929 hash).
     async fn connect(&self) -> Result<(SendRequest<String>, Option<Vec<u8>>), WinRmError> {
         let tcp = tokio::time::timeout(
             self.connect_timeout,
@@ -210,12 +213,16 @@ impl NtlmHttp {
         .await
         .map_err(|_| WinRmError::Tls("TLS handshake timed out".into()))?
         .map_err(|e| WinRmError::Tls(e.to_string()))?;
-        let peer_cert = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| c.as_ref().to_vec());
+        let binding = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+            Some(cert) => match cbt::application_data(cert.as_ref()) {
+                Ok(app) => Some(app),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no TLS channel binding for this server certificate");
+                    None
+                }
+            },
+            None => None,
+        };
         let (sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await
@@ -223,7 +230,7 @@ impl NtlmHttp {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok((sender, peer_cert))
+        Ok((sender, binding))
     }
 
     async fn send(
@@ -255,7 +262,7 @@ impl NtlmHttp {
                 return self.kerberos_connect_and_send(creds, spn, body).await;
             }
         };
-        let (mut sender, _peer_cert) = self.connect().await?;
+        let (mut sender, binding) = self.connect().await?;
         let req = self.request(
             body.clone(),
             Some(auth_header("Negotiate", &ntlm::negotiate())),
@@ -283,6 +290,10 @@ impl NtlmHttp {
             password.expose_secret(),
             &ch,
             client_challenge,
+            binding
+                .as_deref()
+                .map(cbt::ntlm_channel_binding_hash)
+                .as_ref(),
         );
         let req = self.request(body, Some(auth_header("Negotiate", &msg)))?;
         let resp = Self::send(&mut sender, req).await?;
@@ -302,11 +313,7 @@ impl NtlmHttp {
         spn: &str,
         body: String,
     ) -> Result<(SendRequest<String>, (u16, String)), WinRmError> {
-        let (mut sender, peer_cert) = self.connect().await?;
-        let app_data = peer_cert
-            .as_deref()
-            .and_then(|der| super::cbt::tls_server_end_point(der).ok())
-            .map(|hash| super::cbt::application_data(&hash));
+        let (mut sender, app_data) = self.connect().await?;
         let creds = creds.clone();
         let spn_owned = spn.to_string();
         let started = tokio::task::spawn_blocking(move || {
