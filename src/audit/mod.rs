@@ -932,6 +932,121 @@ mod tests {
         assert_send(&cli_export(&cfg, &dir, None, "jsonl"));
     }
 
+    /// A writer whose batches wait on a gate; records the size of every batch it commits.
+    struct GatedWriter {
+        gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+        batches: Arc<std::sync::Mutex<Vec<usize>>>,
+        seq: i64,
+    }
+
+    impl BlockingWriter for GatedWriter {
+        fn append_batch(&mut self, events: Vec<NewEvent>) -> Result<Vec<AuditEvent>, AuditError> {
+            let (m, cv) = &*self.gate;
+            let mut open = m.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            drop(open);
+            self.batches.lock().unwrap().push(events.len());
+            Ok(events
+                .into_iter()
+                .map(|event| {
+                    self.seq += 1;
+                    AuditEvent {
+                        id: format!("e{}", self.seq),
+                        chain: "c".into(),
+                        seq: self.seq,
+                        time: OffsetDateTime::now_utc(),
+                        event,
+                        prev_hash: String::new(),
+                        hash: String::new(),
+                    }
+                })
+                .collect())
+        }
+
+        fn probe(&mut self) -> Result<(), AuditError> {
+            Ok(())
+        }
+    }
+
+    struct WriterOnlyStore(std::sync::Mutex<Option<GatedWriter>>);
+
+    #[async_trait]
+    impl AuditStore for WriterOnlyStore {
+        async fn append_batch(&self, _: Vec<NewEvent>) -> Result<Vec<AuditEvent>, AuditError> {
+            Err(AuditError::Unavailable(
+                "the writer thread must be used".into(),
+            ))
+        }
+        async fn query(&self, _: &AuditQuery) -> Result<AuditPage, AuditError> {
+            Err(AuditError::Unavailable("no reads".into()))
+        }
+        fn take_writer(&self) -> Option<Box<dyn BlockingWriter>> {
+            let w = self.0.lock().unwrap().take()?;
+            Some(Box::new(w))
+        }
+    }
+
+    /// The writer thread: callers stop waiting at the write timeout even while the thread is
+    /// stuck in a batch (and are then not written); queued records share one transaction.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writer_thread_times_out_callers_and_group_commits() {
+        let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = WriterOnlyStore(std::sync::Mutex::new(Some(GatedWriter {
+            gate: gate.clone(),
+            batches: batches.clone(),
+            seq: 0,
+        })));
+        let log = AuditLog::with_options(Arc::new(store), 64, Duration::from_millis(300));
+        let set_gate = |v: bool| {
+            *gate.0.lock().unwrap() = v;
+            gate.1.notify_all();
+        };
+        // Stuck writer (one batch of 1 running, 9 callers queued behind it): every caller is
+        // told Unavailable at the timeout, not later.
+        let spawn_record = |log: &AuditLog| {
+            let log = log.clone();
+            tokio::spawn(async move { log.record(NewEvent::default()).await })
+        };
+        let t0 = Instant::now();
+        let mut stuck = vec![spawn_record(&log)];
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stuck.extend((0..9).map(|_| spawn_record(&log)));
+        for h in stuck {
+            assert!(matches!(h.await.unwrap(), Err(AuditError::Unavailable(_))));
+        }
+        assert!(
+            t0.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(!log.healthy());
+        set_gate(true);
+        // Only the batch already running when its caller gave up is written; the 9 callers
+        // that gave up while queued are dropped, not written.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(*batches.lock().unwrap(), vec![1]);
+        // Healthy again after the next commit; 20 records queued behind a busy writer share
+        // a transaction.
+        batches.lock().unwrap().clear();
+        set_gate(false);
+        let first = spawn_record(&log);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let rest: Vec<_> = (0..19).map(|_| spawn_record(&log)).collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        set_gate(true);
+        first.await.unwrap().unwrap();
+        for h in rest {
+            h.await.unwrap().unwrap();
+        }
+        assert!(log.healthy());
+        assert_eq!(*batches.lock().unwrap(), vec![1, 19]);
+        let st = log.stats();
+        assert!(st.failed_batches == 0 && st.events >= 20, "{st:?}");
+    }
+
     #[test]
     fn config_defaults_and_unknown_keys() {
         let c: AuditConfig = toml::from_str("").unwrap();
