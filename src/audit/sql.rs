@@ -2,6 +2,9 @@
 //! path through sqlx. The SQL text is shared (`$N` placeholders work on both); the only
 //! differences are the transaction start (`BEGIN IMMEDIATE` on SQLite so the write lock is taken
 //! up front), `FOR UPDATE` on the chain head read and a statement timeout on PostgreSQL.
+//! Appends to a SQLite *file* normally go through the dedicated writer instead
+//! (`sqlite_writer.rs`, opened by [`SqlStore::claim_chain`], taken by `AuditLog`); the sqlx
+//! append path here serves PostgreSQL, in-memory SQLite and direct `append_batch` callers.
 
 use super::chain::{
     self, Anchor, ChainBreak, ChainHead, ChainStatus, GENESIS_HASH, Verifier, VerifyReport,
