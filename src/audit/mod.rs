@@ -13,10 +13,12 @@
 pub mod chain;
 pub mod event;
 pub mod sql;
+pub mod sqlite_writer;
 
 pub use chain::{Anchor, BreakKind, ChainBreak, ChainStatus, GENESIS_HASH, VerifyReport};
 pub use event::{Actor, AuditEvent, AuditPage, AuditQuery, EventKind, NewEvent, Target};
 pub use sql::{Location, SqlStore};
+pub use sqlite_writer::SqliteWriter;
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -24,10 +26,10 @@ use std::future::Future as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuditError {
@@ -66,6 +68,12 @@ pub trait AuditStore: Send + Sync {
     fn chain(&self) -> Option<String> {
         None
     }
+    /// A writer that runs whole batches synchronously on a thread of its own, if the store
+    /// has one (SQLite files). Handed out once; [`AuditLog`] then commits through it on a
+    /// dedicated thread instead of the async committer task.
+    fn take_writer(&self) -> Option<Box<dyn BlockingWriter>> {
+        None
+    }
     /// A cheap write that proves the store takes commits again (used while unhealthy).
     async fn probe(&self) -> Result<(), AuditError> {
         Ok(())
@@ -87,6 +95,15 @@ pub trait AuditStore: Send + Sync {
     ) -> Result<AuditPage, AuditError> {
         Err(AuditError::Unavailable("this store cannot export".into()))
     }
+}
+
+/// A store's writer that runs one batch per call, synchronously, on the audit writer thread:
+/// one transaction, the chain head read inside it, durable when it returns (the same contract
+/// as [`AuditStore::append_batch`]).
+pub trait BlockingWriter: Send {
+    fn append_batch(&mut self, events: Vec<NewEvent>) -> Result<Vec<AuditEvent>, AuditError>;
+    /// A cheap write that proves the store takes commits again (used while unhealthy).
+    fn probe(&mut self) -> Result<(), AuditError>;
 }
 
 /// `[audit]` in the TOML config.
@@ -208,11 +225,24 @@ struct Counters {
 struct Job {
     ev: NewEvent,
     reply: oneshot::Sender<Result<AuditEvent, AuditError>>,
+    /// The writer thread's queue slot, released when the job is answered.
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+/// Where `record` sends its event.
+enum Queue {
+    /// The async committer task (a store without a [`BlockingWriter`]: PostgreSQL, in-memory).
+    Task(mpsc::Sender<Job>),
+    /// The dedicated writer thread; `slots` bounds the queue like the task's channel.
+    Thread {
+        tx: std::sync::mpsc::Sender<Job>,
+        slots: Arc<Semaphore>,
+    },
 }
 
 struct Inner {
     store: Arc<dyn AuditStore>,
-    tx: Option<mpsc::Sender<Job>>,
+    tx: Option<Queue>,
     healthy: Arc<AtomicBool>,
     counters: Arc<Counters>,
     write_timeout: Duration,
@@ -250,20 +280,41 @@ impl AuditLog {
     ) -> Self {
         let healthy = Arc::new(AtomicBool::new(true));
         let counters = Arc::new(Counters::default());
-        let tx = match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                let (tx, rx) = mpsc::channel(max_batch.max(1) * 16);
-                rt.spawn(committer(
-                    store.clone(),
-                    rx,
-                    healthy.clone(),
-                    counters.clone(),
-                    max_batch.max(1),
-                    write_timeout,
-                ));
-                Some(tx)
+        let max_batch = max_batch.max(1);
+        let thread = store.take_writer().and_then(|w| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (h, c) = (healthy.clone(), counters.clone());
+            let spawned = std::thread::Builder::new()
+                .name("audit-writer".into())
+                .spawn(move || writer_thread(w, rx, h, c, max_batch));
+            match spawned {
+                Ok(_) => Some(Queue::Thread {
+                    tx,
+                    slots: Arc::new(Semaphore::new(max_batch * 16)),
+                }),
+                Err(e) => {
+                    tracing::error!(target: "sessiongate::audit", error = %e, "cannot start the audit writer thread; using the committer task");
+                    None
+                }
             }
-            Err(_) => None,
+        });
+        let tx = match thread {
+            Some(q) => Some(q),
+            None => match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    let (tx, rx) = mpsc::channel(max_batch * 16);
+                    rt.spawn(committer(
+                        store.clone(),
+                        rx,
+                        healthy.clone(),
+                        counters.clone(),
+                        max_batch,
+                        write_timeout,
+                    ));
+                    Some(Queue::Task(tx))
+                }
+                Err(_) => None,
+            },
         };
         Self {
             inner: Arc::new(Inner {
@@ -282,14 +333,11 @@ impl AuditLog {
         let inner = &self.inner;
         let deadline = tokio::time::Instant::now() + inner.write_timeout;
         let result = match &inner.tx {
-            Some(tx) => {
+            Some(q) => {
                 let (reply, rx) = oneshot::channel();
-                match tokio::time::timeout_at(deadline, tx.send(Job { ev, reply })).await {
-                    Err(_) => Err(AuditError::Unavailable(
-                        "audit write queue full (timed out)".into(),
-                    )),
-                    Ok(Err(_)) => Err(AuditError::Unavailable("audit committer stopped".into())),
-                    Ok(Ok(())) => match tokio::time::timeout_at(deadline, rx).await {
+                match enqueue(q, deadline, ev, reply).await {
+                    Err(e) => Err(e),
+                    Ok(()) => match tokio::time::timeout_at(deadline, rx).await {
                         Err(_) => Err(AuditError::Unavailable(format!(
                             "no durable commit within {} ms",
                             inner.write_timeout.as_millis()
@@ -456,6 +504,151 @@ fn emit(ev: &AuditEvent) {
         audit.hash = %ev.hash }, "audit event");
 }
 
+/// Hands `ev` to the committer (task or thread), waiting at most until `deadline` for room.
+async fn enqueue(
+    q: &Queue,
+    deadline: tokio::time::Instant,
+    ev: NewEvent,
+    reply: oneshot::Sender<Result<AuditEvent, AuditError>>,
+) -> Result<(), AuditError> {
+    let full = || AuditError::Unavailable("audit write queue full (timed out)".into());
+    let stopped = || AuditError::Unavailable("audit committer stopped".into());
+    match q {
+        Queue::Task(tx) => {
+            let job = Job {
+                ev,
+                reply,
+                _slot: None,
+            };
+            match tokio::time::timeout_at(deadline, tx.send(job)).await {
+                Err(_) => Err(full()),
+                Ok(Err(_)) => Err(stopped()),
+                Ok(Ok(())) => Ok(()),
+            }
+        }
+        Queue::Thread { tx, slots } => {
+            // Uncontended: an atomic decrement, no wait.
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(s) => s,
+                Err(_) => {
+                    match tokio::time::timeout_at(deadline, slots.clone().acquire_owned()).await {
+                        Err(_) => return Err(full()),
+                        Ok(Err(_)) => return Err(stopped()),
+                        Ok(Ok(s)) => s,
+                    }
+                }
+            };
+            tx.send(Job {
+                ev,
+                reply,
+                _slot: Some(slot),
+            })
+            .map_err(|_| stopped())
+        }
+    }
+}
+
+/// Answers every caller of a batch with its stored event, or all of them with the error.
+fn finish_batch(
+    res: Result<Vec<AuditEvent>, AuditError>,
+    replies: Vec<oneshot::Sender<Result<AuditEvent, AuditError>>>,
+    healthy: &AtomicBool,
+    counters: &Counters,
+) {
+    let n = replies.len();
+    let res = match res {
+        Ok(stored) if stored.len() != n => Err(AuditError::Unavailable(
+            "store returned a wrong number of events".into(),
+        )),
+        r => r,
+    };
+    match res {
+        Ok(stored) => {
+            healthy.store(true, Ordering::Relaxed);
+            counters.commits.fetch_add(1, Ordering::Relaxed);
+            counters.events.fetch_add(n as u64, Ordering::Relaxed);
+            for (reply, ev) in replies.into_iter().zip(stored) {
+                let _ = reply.send(Ok(ev));
+            }
+        }
+        Err(e) => {
+            healthy.store(false, Ordering::Relaxed);
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(target: "sessiongate::audit", error = %e, batch = n, "audit batch failed");
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// The group committer on its own thread, over a [`BlockingWriter`]: blocks until a record
+/// arrives, takes whatever else is queued (up to `max_batch`), runs the whole transaction in
+/// this thread and answers the callers directly (caller → this thread → caller). While
+/// unhealthy and idle it probes the store every [`PROBE_INTERVAL`]. Ends, closing the
+/// writer's connection, once every [`AuditLog`] handle is gone and the queue is empty.
+///
+/// A batch is bounded by the store's own limits (SQLite: the busy timeout, ¾ of the write
+/// timeout), not cancelled: a caller that stops waiting is told `Unavailable` by `record`.
+fn writer_thread(
+    mut w: Box<dyn BlockingWriter>,
+    rx: std::sync::mpsc::Receiver<Job>,
+    healthy: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+    max_batch: usize,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut batch: Vec<Job> = Vec::with_capacity(max_batch.min(1024));
+    loop {
+        let first = if healthy.load(Ordering::Relaxed) {
+            match rx.recv() {
+                Ok(j) => j,
+                Err(_) => break,
+            }
+        } else {
+            match rx.recv_timeout(PROBE_INTERVAL) {
+                Ok(j) => j,
+                Err(RecvTimeoutError::Timeout) => {
+                    if w.probe().is_ok() {
+                        tracing::info!(target: "sessiongate::audit", "audit store writable again");
+                        healthy.store(true, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        };
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        // Callers that already gave up (timed out) are not written: they were told
+        // Unavailable and will not act on it.
+        batch.retain(|j| !j.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let mut events = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for j in batch.drain(..) {
+            events.push(j.ev);
+            replies.push(j.reply);
+            // `j._slot` drops here: the queue slot is free again.
+        }
+        let t0 = Instant::now();
+        let res = w.append_batch(events);
+        if t0.elapsed() > Duration::from_secs(1) {
+            tracing::warn!(target: "sessiongate::audit", elapsed_ms = t0.elapsed().as_millis() as u64, batch = replies.len(), "slow audit commit");
+        }
+        finish_batch(res, replies, &healthy, &counters);
+    }
+    drop(w);
+    tracing::debug!(target: "sessiongate::audit", "audit writer thread stopped");
+}
+
 /// The group committer: takes whatever is waiting (up to `max_batch`), appends it in one
 /// transaction, answers every caller. A failed batch is answered with the error; the chain
 /// head is re-read from the store inside every transaction, so a failure leaves no gap.
@@ -498,36 +691,14 @@ async fn committer(
         }
         let (events, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|j| (j.ev, j.reply)).unzip();
-        let n = events.len();
         let res = match tokio::time::timeout(write_timeout, store.append_batch(events)).await {
-            Ok(Ok(stored)) if stored.len() == n => Ok(stored),
-            Ok(Ok(_)) => Err(AuditError::Unavailable(
-                "store returned a wrong number of events".into(),
-            )),
-            Ok(Err(e)) => Err(e),
+            Ok(r) => r,
             Err(_) => Err(AuditError::Unavailable(format!(
                 "commit did not finish within {} ms",
                 write_timeout.as_millis()
             ))),
         };
-        match res {
-            Ok(stored) => {
-                healthy.store(true, Ordering::Relaxed);
-                counters.commits.fetch_add(1, Ordering::Relaxed);
-                counters.events.fetch_add(n as u64, Ordering::Relaxed);
-                for (reply, ev) in replies.into_iter().zip(stored) {
-                    let _ = reply.send(Ok(ev));
-                }
-            }
-            Err(e) => {
-                healthy.store(false, Ordering::Relaxed);
-                counters.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(target: "sessiongate::audit", error = %e, batch = n, "audit batch failed");
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
-        }
+        finish_batch(res, replies, &healthy, &counters);
     }
 }
 
@@ -759,6 +930,121 @@ mod tests {
         assert_send(&open(&cfg, &dir));
         assert_send(&cli_verify(&cfg, &dir));
         assert_send(&cli_export(&cfg, &dir, None, "jsonl"));
+    }
+
+    /// A writer whose batches wait on a gate; records the size of every batch it commits.
+    struct GatedWriter {
+        gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+        batches: Arc<std::sync::Mutex<Vec<usize>>>,
+        seq: i64,
+    }
+
+    impl BlockingWriter for GatedWriter {
+        fn append_batch(&mut self, events: Vec<NewEvent>) -> Result<Vec<AuditEvent>, AuditError> {
+            let (m, cv) = &*self.gate;
+            let mut open = m.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            drop(open);
+            self.batches.lock().unwrap().push(events.len());
+            Ok(events
+                .into_iter()
+                .map(|event| {
+                    self.seq += 1;
+                    AuditEvent {
+                        id: format!("e{}", self.seq),
+                        chain: "c".into(),
+                        seq: self.seq,
+                        time: OffsetDateTime::now_utc(),
+                        event,
+                        prev_hash: String::new(),
+                        hash: String::new(),
+                    }
+                })
+                .collect())
+        }
+
+        fn probe(&mut self) -> Result<(), AuditError> {
+            Ok(())
+        }
+    }
+
+    struct WriterOnlyStore(std::sync::Mutex<Option<GatedWriter>>);
+
+    #[async_trait]
+    impl AuditStore for WriterOnlyStore {
+        async fn append_batch(&self, _: Vec<NewEvent>) -> Result<Vec<AuditEvent>, AuditError> {
+            Err(AuditError::Unavailable(
+                "the writer thread must be used".into(),
+            ))
+        }
+        async fn query(&self, _: &AuditQuery) -> Result<AuditPage, AuditError> {
+            Err(AuditError::Unavailable("no reads".into()))
+        }
+        fn take_writer(&self) -> Option<Box<dyn BlockingWriter>> {
+            let w = self.0.lock().unwrap().take()?;
+            Some(Box::new(w))
+        }
+    }
+
+    /// The writer thread: callers stop waiting at the write timeout even while the thread is
+    /// stuck in a batch (and are then not written); queued records share one transaction.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writer_thread_times_out_callers_and_group_commits() {
+        let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = WriterOnlyStore(std::sync::Mutex::new(Some(GatedWriter {
+            gate: gate.clone(),
+            batches: batches.clone(),
+            seq: 0,
+        })));
+        let log = AuditLog::with_options(Arc::new(store), 64, Duration::from_millis(300));
+        let set_gate = |v: bool| {
+            *gate.0.lock().unwrap() = v;
+            gate.1.notify_all();
+        };
+        // Stuck writer (one batch of 1 running, 9 callers queued behind it): every caller is
+        // told Unavailable at the timeout, not later.
+        let spawn_record = |log: &AuditLog| {
+            let log = log.clone();
+            tokio::spawn(async move { log.record(NewEvent::default()).await })
+        };
+        let t0 = Instant::now();
+        let mut stuck = vec![spawn_record(&log)];
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stuck.extend((0..9).map(|_| spawn_record(&log)));
+        for h in stuck {
+            assert!(matches!(h.await.unwrap(), Err(AuditError::Unavailable(_))));
+        }
+        assert!(
+            t0.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(!log.healthy());
+        set_gate(true);
+        // Only the batch already running when its caller gave up is written; the 9 callers
+        // that gave up while queued are dropped, not written.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(*batches.lock().unwrap(), vec![1]);
+        // Healthy again after the next commit; 20 records queued behind a busy writer share
+        // a transaction.
+        batches.lock().unwrap().clear();
+        set_gate(false);
+        let first = spawn_record(&log);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let rest: Vec<_> = (0..19).map(|_| spawn_record(&log)).collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        set_gate(true);
+        first.await.unwrap().unwrap();
+        for h in rest {
+            h.await.unwrap().unwrap();
+        }
+        assert!(log.healthy());
+        assert_eq!(*batches.lock().unwrap(), vec![1, 19]);
+        let st = log.stats();
+        assert!(st.failed_batches == 0 && st.events >= 20, "{st:?}");
     }
 
     #[test]

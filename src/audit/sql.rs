@@ -2,13 +2,17 @@
 //! path through sqlx. The SQL text is shared (`$N` placeholders work on both); the only
 //! differences are the transaction start (`BEGIN IMMEDIATE` on SQLite so the write lock is taken
 //! up front), `FOR UPDATE` on the chain head read and a statement timeout on PostgreSQL.
+//! Appends to a SQLite *file* normally go through the dedicated writer instead
+//! (`sqlite_writer.rs`, opened by [`SqlStore::claim_chain`], taken by `AuditLog`); the sqlx
+//! append path here serves PostgreSQL, in-memory SQLite and direct `append_batch` callers.
 
 use super::chain::{
     self, Anchor, ChainBreak, ChainHead, ChainStatus, GENESIS_HASH, Verifier, VerifyReport,
     from_unix_micros, unix_micros,
 };
 use super::event::{Actor, AuditEvent, AuditPage, AuditQuery, EventKind, NewEvent, Target};
-use super::{AuditError, AuditStore, PruneReport};
+use super::sqlite_writer::SqliteWriter;
+use super::{AuditError, AuditStore, BlockingWriter, PruneReport};
 use async_trait::async_trait;
 use base64::Engine as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -19,7 +23,8 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -59,7 +64,7 @@ const INSERT_CHUNK: usize = 256;
 /// `INSERT INTO audit_events (COLS) VALUES ($1, …, $27), ($28, …), …` for `rows` rows.
 /// `qmark`: anonymous `?` placeholders instead (SQLite: binding and parsing `$N` names is
 /// linear per name, so quadratic for a large batch; `?` is positional and cheap).
-fn insert_sql(rows: usize, qmark: bool) -> String {
+pub(crate) fn insert_sql(rows: usize, qmark: bool) -> String {
     let mut sql = String::with_capacity(300 + rows * NCOLS * 6);
     sql.push_str("INSERT INTO audit_events (");
     sql.push_str(COLS);
@@ -222,8 +227,14 @@ pub struct SqlStore {
     db: Db,
     chain: Option<String>,
     write_timeout: Duration,
-    transactions: AtomicU64,
+    transactions: Arc<AtomicU64>,
     prune_chunk: i64,
+    /// The SQLite file, when this is one (the dedicated writer opens its own connection).
+    sqlite_path: Option<PathBuf>,
+    /// The dedicated SQLite writer of the claimed chain, until `AuditLog` takes it.
+    writer: Mutex<Option<SqliteWriter>>,
+    /// Set by [`SqlStore::close`]; the dedicated writer refuses writes from then on.
+    closed: Arc<AtomicBool>,
 }
 
 /// Most events one retention transaction deletes per chain (bounds how long it holds locks;
@@ -327,8 +338,14 @@ impl SqlStore {
             db,
             chain: None,
             write_timeout,
-            transactions: AtomicU64::new(0),
+            transactions: Arc::new(AtomicU64::new(0)),
             prune_chunk: DEFAULT_PRUNE_CHUNK,
+            sqlite_path: match loc {
+                Location::Sqlite(p) => Some(p.clone()),
+                _ => None,
+            },
+            writer: Mutex::new(None),
+            closed: Arc::new(AtomicBool::new(false)),
         };
         store.migrate().await?;
         Ok(store)
@@ -349,6 +366,20 @@ impl SqlStore {
             .await
             .map_err(db_err)?;
         });
+        if let Some(path) = &self.sqlite_path {
+            // Opened here (not lazily on the writer thread) so a file the writer cannot open
+            // fails the start. The schema exists: `connect` migrated it.
+            let w = SqliteWriter::open(
+                path,
+                chain,
+                self.write_timeout.mul_f64(0.75),
+                self.closed.clone(),
+                self.transactions.clone(),
+            )?;
+            if let Ok(mut slot) = self.writer.lock() {
+                *slot = Some(w);
+            }
+        }
         self.chain = Some(chain.to_owned());
         Ok(())
     }
@@ -368,8 +399,13 @@ impl SqlStore {
         self.transactions.load(Ordering::Relaxed)
     }
 
-    /// Closes the pool (tests: simulates a store that went away).
+    /// Closes the pool and the dedicated writer's connection (tests: simulates a store that
+    /// went away). Writes fail with `Unavailable` from then on.
     pub async fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        if let Ok(mut slot) = self.writer.lock() {
+            slot.take();
+        }
         with_pool!(&self.db, p => p.close().await)
     }
 
@@ -761,7 +797,7 @@ where
 }
 
 /// Hashes `events` onto the chain head `(seq, prev)`: the stored events, in order.
-fn chain_events(
+pub(crate) fn chain_events(
     chain: &str,
     mut seq: i64,
     mut prev: String,
@@ -1256,6 +1292,11 @@ impl AuditStore for SqlStore {
 
     fn chain(&self) -> Option<String> {
         self.chain.clone()
+    }
+
+    fn take_writer(&self) -> Option<Box<dyn BlockingWriter>> {
+        let w = self.writer.lock().ok()?.take()?;
+        Some(Box::new(w))
     }
 
     async fn probe(&self) -> Result<(), AuditError> {
