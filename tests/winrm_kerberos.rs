@@ -251,3 +251,38 @@ fn kerberos_strict_channel_binding_host_accepts_our_bound_tickets() {
         assert_eq!(st.cbt_refusals(), 0);
     });
 }
+
+#[test]
+fn kerberos_unknown_principal_is_upstream_auth_and_unreachable_kdc_is_not() {
+    with_kdc(
+        "kerberos_unknown_principal_and_kdc_down",
+        |mut kdc| async move {
+            let hosts = host_names(1);
+            let kt = kdc.add_services(&hosts, "http.keytab");
+            // No user principal "sessiongate" in the realm.
+            let env = kerberos_env(1, kt, None).await;
+            let p = RdsProvider::from_config("rds", &env.cfg).unwrap();
+            let e = p.list_host_sessions(&h(&hosts[0])).await.unwrap_err();
+            assert!(
+                matches!(&e, ProviderError::UpstreamAuth(m) if m.contains("Kerberos")),
+                "{e:?}"
+            );
+
+            // The KDC goes away: not a credentials problem, and still no WS-Man request.
+            kdc.stop();
+            let p = RdsProvider::from_config("rds", &env.cfg).unwrap();
+            let e = p.list_host_sessions(&h(&hosts[0])).await.unwrap_err();
+            match e {
+                ProviderError::Upstream { code, message, .. } => {
+                    assert_eq!(code, "kerberos");
+                    assert!(
+                        message.contains("cannot obtain Kerberos tickets"),
+                        "{message}"
+                    );
+                }
+                other => panic!("expected a kerberos upstream error, got {other:?}"),
+            }
+            assert_eq!(env.emu.state().round_trips(), 0);
+        },
+    );
+}

@@ -149,6 +149,12 @@ impl Kdc {
         kdc
     }
 
+    /// Stops the KDC (tests of an unreachable KDC).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Runs one `kadmin.local` query (`-q "..."`) against the realm.
     pub fn kadmin(&self, query: &[&str]) {
         if query.is_empty() {

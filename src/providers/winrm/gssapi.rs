@@ -248,36 +248,55 @@ pub enum GssError {
     Failed {
         call: &'static str,
         major: u32,
+        /// The mechanism's status (for Kerberos, a `krb5` error code as unsigned).
+        minor: u32,
         message: String,
     },
     #[error("{0}")]
     Protocol(String),
 }
 
+/// MIT `krb5` error codes (com_err table `krb5`, base -1765328384) we classify by; codes,
+/// not texts, because MIT's messages are translated.
+mod krb5_codes {
+    const BASE: i32 = -1_765_328_384;
+    pub const C_PRINCIPAL_UNKNOWN: i32 = BASE + 6;
+    pub const CLIENT_REVOKED: i32 = BASE + 18;
+    pub const KEY_EXPIRED: i32 = BASE + 23;
+    pub const PREAUTH_FAILED: i32 = BASE + 24;
+    pub const BAD_INTEGRITY: i32 = BASE + 31;
+    pub const TKT_EXPIRED: i32 = BASE + 32;
+}
+
 impl GssError {
+    fn minor_code(&self) -> Option<i32> {
+        match self {
+            GssError::Failed { minor, .. } => Some(*minor as i32),
+            _ => None,
+        }
+    }
+
     /// Whether the failure says our tickets expired (worth one fresh acquisition).
     pub fn is_expired(&self) -> bool {
         match self {
-            GssError::Failed { major, message, .. } => {
-                // GSS_S_CREDENTIALS_EXPIRED is routine error 11.
-                (major >> 16) & 0xff == 11 || message.to_ascii_lowercase().contains("expired")
+            // GSS_S_CREDENTIALS_EXPIRED is routine error 11.
+            GssError::Failed { major, .. } => {
+                (major >> 16) & 0xff == 11 || self.minor_code() == Some(krb5_codes::TKT_EXPIRED)
             }
             _ => false,
         }
     }
 
-    /// Whether the failure says the credentials themselves are wrong or unusable
-    /// (bad password, unknown principal, expired), as opposed to an unreachable KDC.
+    /// Whether the KDC refused the principal or its password (unknown, revoked or expired
+    /// account; wrong password), as opposed to an unreachable KDC or any other failure.
     pub fn is_credentials(&self) -> bool {
-        match self {
-            GssError::Failed { message, .. } => {
-                let m = message.to_ascii_lowercase();
-                !(m.contains("cannot contact any kdc")
-                    || m.contains("cannot find kdc")
-                    || m.contains("cannot resolve network address"))
-            }
-            _ => false,
-        }
+        use krb5_codes::*;
+        matches!(
+            self.minor_code(),
+            Some(
+                C_PRINCIPAL_UNKNOWN | CLIENT_REVOKED | KEY_EXPIRED | PREAUTH_FAILED | BAD_INTEGRITY
+            )
+        )
     }
 }
 
@@ -329,6 +348,7 @@ fn failure(lib: &Lib, call: &'static str, major: OmUint32, minor: OmUint32) -> G
     GssError::Failed {
         call,
         major,
+        minor,
         message,
     }
 }
