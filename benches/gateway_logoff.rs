@@ -19,6 +19,7 @@
 //!   on the same disk as `/tmp`); e.g. `/dev/shm/sg-bench` to take the disk out.
 //! - `SG_BENCH_GATEWAY_LOG`: the gateway's log filter (default `info`, the shipped default).
 //! - `SG_BENCH_LEVELS`: concurrency levels, comma separated (default `1,8,32`).
+//! - `SG_BENCH_GATEWAY_WORKERS`: tokio worker threads of the gateway child (default: one per core).
 //! - `SG_BENCH_SCALE`: multiplies the request counts (default 1; 0.25 for a quick look).
 //! - `SG_BENCH_UPSTREAM_LATENCY_MS`: latency the emulator adds to every request (default 0),
 //!   to see the ratio against a backend that is not in memory (use with a small scale).
@@ -597,7 +598,12 @@ async fn start_gateway(
 ) -> Res<Child> {
     let log = std::fs::File::create(log_path)?;
     let log2 = log.try_clone()?;
-    let child = tokio::process::Command::new(exe)
+    let mut cmd = tokio::process::Command::new(exe);
+    // Experiment knob: the gateway's tokio worker threads (tokio reads TOKIO_WORKER_THREADS).
+    if let Ok(n) = std::env::var("SG_BENCH_GATEWAY_WORKERS") {
+        cmd.env("TOKIO_WORKER_THREADS", n);
+    }
+    let child = cmd
         .arg("serve")
         .arg("--config")
         .arg(config_path)
