@@ -3,6 +3,7 @@
 //! keys of a keytab (mutual authentication, TLS channel bindings).
 
 mod kdc_support;
+mod support;
 mod winrm_support;
 
 use kdc_support::{Kdc, REALM};
@@ -285,4 +286,52 @@ fn kerberos_unknown_principal_is_upstream_auth_and_unreachable_kdc_is_not() {
             assert_eq!(env.emu.state().round_trips(), 0);
         },
     );
+}
+
+#[test]
+fn kerberos_pool_answers_the_same_http_api_through_the_gateway() {
+    with_kdc("kerberos_pool_http_api", |kdc| async move {
+        let hosts = host_names(2);
+        kdc.add_user("sessiongate", PASSWORD);
+        let kt = kdc.add_services(&hosts, "http.keytab");
+        let env = kerberos_env(2, kt, None).await;
+        let pool_cfg = env.cfg.clone();
+        let app = support::TestApp::start_with(move |c| {
+            c.pools.push(sessiongate::config::PoolConfig {
+                name: sessiongate::domain::PoolName::parse("rds-kerberos").unwrap(),
+                provider: sessiongate::config::ProviderConfig::Rds(Box::new(pool_cfg)),
+            });
+        })
+        .await;
+        let v: serde_json::Value = app
+            .get(&app.keys.reader, "/hostpools/rds-kerberos/sessions")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["sessions"].as_array().unwrap().len(), 6, "{v}");
+        assert!(v["unreachable_hosts"].as_array().unwrap().is_empty());
+
+        let resp = app
+            .post(
+                &app.keys.operator,
+                &format!(
+                    "{}/hostpools/rds-kerberos/sessionhosts/{}/sessions/2/logoff",
+                    app.url, hosts[1]
+                ),
+                Some(serde_json::json!({"reason": "kerberos e2e", "ticket": "INC-1"})),
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        let r: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(r["outcome"], "done", "{r}");
+        assert!(!env.emu.state().sessions(&hosts[1]).contains_key(&2));
+        assert!(
+            env.emu
+                .state()
+                .kerberos_clients()
+                .iter()
+                .all(|c| c == &format!("sessiongate@{REALM}"))
+        );
+    });
 }
