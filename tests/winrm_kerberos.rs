@@ -52,13 +52,20 @@ async fn kerberos_env(hosts: usize, keytab: PathBuf, principal: Option<&str>) ->
     env
 }
 
+/// The common realm: user `sessiongate` with [`PASSWORD`], `HTTP/<host>` keys for `n` hosts
+/// in a keytab the emulated hosts accept with.
+async fn realm_with_hosts(kdc: &Kdc, n: usize, principal: Option<&str>) -> (Vec<String>, Env) {
+    let hosts = host_names(n);
+    kdc.add_user("sessiongate", PASSWORD);
+    let kt = kdc.add_services(&hosts, "http.keytab");
+    let env = kerberos_env(n, kt, principal).await;
+    (hosts, env)
+}
+
 #[test]
 fn kerberos_lists_and_logs_off_with_mutual_auth_and_reuses_connections() {
     with_kdc("kerberos_lists_and_logs_off", |kdc| async move {
-        let hosts = host_names(3);
-        kdc.add_user("sessiongate", PASSWORD);
-        let kt = kdc.add_services(&hosts, "http.keytab");
-        let env = kerberos_env(3, kt, Some(&format!("sessiongate@{REALM}"))).await;
+        let (hosts, env) = realm_with_hosts(&kdc, 3, Some(&format!("sessiongate@{REALM}"))).await;
         let st = env.emu.state();
         assert!(env.emu.info().auth.contains(&"kerberos"));
         let p = RdsProvider::from_config("rds", &env.cfg).unwrap();
@@ -140,10 +147,7 @@ fn kerberos_wrong_password_is_an_upstream_auth_error_and_reaches_no_host() {
 #[test]
 fn kerberos_unknown_service_principal_is_a_typed_error() {
     with_kdc("kerberos_unknown_spn", |kdc| async move {
-        let hosts = host_names(1);
-        kdc.add_user("sessiongate", PASSWORD);
-        let kt = kdc.add_services(&hosts, "http.keytab");
-        let mut env = kerberos_env(1, kt, None).await;
+        let (hosts, mut env) = realm_with_hosts(&kdc, 1, None).await;
         env.cfg.hosts[0].spn = Some("HTTP/not-registered.contoso.test".into());
         let p = RdsProvider::from_config("rds", &env.cfg).unwrap();
         let e = p.list_host_sessions(&h(&hosts[0])).await.unwrap_err();
@@ -180,11 +184,8 @@ fn kerberos_host_without_the_current_key_refuses_with_401() {
 #[test]
 fn kerberos_other_principal_is_refused_by_the_host() {
     with_kdc("kerberos_other_principal", |kdc| async move {
-        let hosts = host_names(1);
-        kdc.add_user("sessiongate", PASSWORD);
-        let kt = kdc.add_services(&hosts, "http.keytab");
         // The host only admits svc-other; our (valid) principal is refused.
-        let env = kerberos_env(1, kt, Some(&format!("svc-other@{REALM}"))).await;
+        let (hosts, env) = realm_with_hosts(&kdc, 1, Some(&format!("svc-other@{REALM}"))).await;
         let p = RdsProvider::from_config("rds", &env.cfg).unwrap();
         let e = p.list_host_sessions(&h(&hosts[0])).await.unwrap_err();
         assert!(matches!(e, ProviderError::UpstreamAuth(_)), "{e:?}");
@@ -240,10 +241,7 @@ fn gssapi_channel_bindings_must_match() {
 #[test]
 fn kerberos_strict_channel_binding_host_accepts_our_bound_tickets() {
     with_kdc("kerberos_strict_cbt", |kdc| async move {
-        let hosts = host_names(1);
-        kdc.add_user("sessiongate", PASSWORD);
-        let kt = kdc.add_services(&hosts, "http.keytab");
-        let env = kerberos_env(1, kt, None).await;
+        let (hosts, env) = realm_with_hosts(&kdc, 1, None).await;
         let st = env.emu.state();
         st.set_cbt_hardening(CbtHardening::Strict);
         let p = RdsProvider::from_config("rds", &env.cfg).unwrap();
@@ -291,10 +289,7 @@ fn kerberos_unknown_principal_is_upstream_auth_and_unreachable_kdc_is_not() {
 #[test]
 fn kerberos_pool_answers_the_same_http_api_through_the_gateway() {
     with_kdc("kerberos_pool_http_api", |kdc| async move {
-        let hosts = host_names(2);
-        kdc.add_user("sessiongate", PASSWORD);
-        let kt = kdc.add_services(&hosts, "http.keytab");
-        let env = kerberos_env(2, kt, None).await;
+        let (hosts, env) = realm_with_hosts(&kdc, 2, None).await;
         let pool_cfg = env.cfg.clone();
         let app = support::TestApp::start_with(move |c| {
             c.pools.push(sessiongate::config::PoolConfig {

@@ -139,14 +139,12 @@ impl Kdc {
             // No replay cache file outside the test's directory.
             std::env::set_var("KRB5RCACHENAME", "none:");
         }
-        let kdc = Kdc {
+        Kdc {
             dir,
             krb5_conf,
             child,
             port,
-        };
-        kdc.kadmin(&[]);
-        kdc
+        }
     }
 
     /// Stops the KDC (tests of an unreachable KDC).
@@ -155,28 +153,9 @@ impl Kdc {
         let _ = self.child.wait();
     }
 
-    /// Runs one `kadmin.local` query (`-q "..."`) against the realm.
+    /// Runs one `kadmin.local` request against the realm.
     pub fn kadmin(&self, query: &[&str]) {
-        if query.is_empty() {
-            return;
-        }
-        let q = query.join(" ");
-        let out = Command::new(sbin("kadmin.local").unwrap())
-            .args(["-r", REALM, "-q", &q])
-            .env("KRB5_CONFIG", &self.krb5_conf)
-            .env("KRB5_KDC_PROFILE", self.dir.path().join("kdc.conf"))
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success() && !text.contains("error") && !text.contains("Error"),
-            "kadmin.local -q {q:?}: {text}"
-        );
+        self.kadmin_script(&[query.join(" ")]);
     }
 
     /// Tickets the KDC issued so far: (AS exchanges, TGS exchanges), from its log.
@@ -243,10 +222,11 @@ impl Kdc {
     /// exported earlier then hold keys the KDC no longer uses.
     pub fn rekey_services(&self, hosts: &[String], keytab_name: &str) -> PathBuf {
         let kt = self.dir.path().join(keytab_name);
-        for h in hosts {
-            let p = format!("HTTP/{h}@{REALM}");
-            self.kadmin(&["ktadd", "-k", &kt.display().to_string(), &p]);
-        }
+        let lines: Vec<String> = hosts
+            .iter()
+            .map(|h| format!("ktadd -k {} HTTP/{h}@{REALM}", kt.display()))
+            .collect();
+        self.kadmin_script(&lines);
         kt
     }
 }

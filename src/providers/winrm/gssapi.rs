@@ -425,6 +425,25 @@ impl Drop for Credential {
 }
 
 impl Credential {
+    /// The result of one `gss_acquire_cred*` call.
+    fn acquired(
+        lib: &Lib,
+        call: &'static str,
+        major: OmUint32,
+        minor: OmUint32,
+        cred: Cred,
+        lifetime: OmUint32,
+    ) -> Result<Self, GssError> {
+        if is_error(major) {
+            return Err(failure(lib, call, major, minor));
+        }
+        Ok(Credential {
+            cred,
+            lifetime,
+            acquired: std::time::Instant::now(),
+        })
+    }
+
     /// Initiator credentials from a principal and password (an AS exchange with the KDC;
     /// the tickets stay in memory, no credential cache on disk).
     pub fn with_password(principal: &str, password: &str) -> Result<Self, GssError> {
@@ -448,14 +467,14 @@ impl Credential {
                 &mut lifetime,
             )
         };
-        if is_error(major) {
-            return Err(failure(lib, "gss_acquire_cred_with_password", major, minor));
-        }
-        Ok(Credential {
+        Credential::acquired(
+            lib,
+            "gss_acquire_cred_with_password",
+            major,
+            minor,
             cred,
             lifetime,
-            acquired: std::time::Instant::now(),
-        })
+        )
     }
 
     /// Acceptor credentials for every key in a keytab file (the emulator's side).
@@ -489,14 +508,7 @@ impl Credential {
                 &mut lifetime,
             )
         };
-        if is_error(major) {
-            return Err(failure(lib, "gss_acquire_cred_from", major, minor));
-        }
-        Ok(Credential {
-            cred,
-            lifetime,
-            acquired: std::time::Instant::now(),
-        })
+        Credential::acquired(lib, "gss_acquire_cred_from", major, minor, cred, lifetime)
     }
 
     /// Whether the tickets behind this credential are still valid for `margin` more.
