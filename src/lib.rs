@@ -15,3 +15,4 @@ pub mod providers;
 pub mod run;
 pub mod service;
 pub mod telemetry;
+pub mod upstream;

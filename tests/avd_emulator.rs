@@ -423,3 +423,77 @@ async fn page_size_descending_and_initial_skip() {
     let (_, _, v) = get(&env, &format!("{base}&initialSkip=1"), Some(&tok)).await;
     assert_eq!(names(&v), vec!["3", "4"]);
 }
+
+/// Asks the emulated token endpoint for a token for `scope`: the token, or the error body.
+async fn token_for(env: &Env, scope: &str) -> Result<String, Value> {
+    let info = env.emu.info();
+    let v: Value = env
+        .raw_client()
+        .post(&info.token_url)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", info.client_id.as_str()),
+            ("client_secret", info.client_secret.as_str()),
+            ("scope", scope),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["access_token"].as_str().map(str::to_string).ok_or(v)
+}
+
+#[tokio::test]
+async fn tokens_for_the_standard_arm_audiences_work_on_the_arm_routes() {
+    let env = start(opts(1, 2, 10)).await;
+    let hosts = format!(
+        "{}/sessionHosts?api-version=2025-10-10",
+        env.pool_url("hp1")
+    );
+    let host = env.state.hosts("hp1")[0].clone();
+    let session = format!(
+        "{}/sessionHosts/{host}/userSessions/2?api-version=2025-10-10",
+        env.pool_url("hp1")
+    );
+    for scope in [
+        "https://management.azure.com/.default",
+        "https://management.core.windows.net/.default",
+        // Entra ID ignores a trailing slash on the resource.
+        "https://management.azure.com//.default",
+    ] {
+        let tok = token_for(&env, scope).await.unwrap();
+        let (s, _, v) = get(&env, &hosts, Some(&tok)).await;
+        assert_eq!(s, 200, "{scope}: {v}");
+        assert_eq!(v["value"].as_array().map(Vec::len), Some(1), "{scope}");
+        let (s, _, v) = get(&env, &session, Some(&tok)).await;
+        assert_eq!(s, 200, "{scope}: {v}");
+        let resp = env
+            .raw_client()
+            .delete(&session)
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{scope}: logoff");
+        env.state.add_session("hp1", &host, "back@contoso.com");
+    }
+    assert_eq!(env.state.calls(ArmOp::Logoff), 3);
+
+    // The issuer may grant other audiences; the ARM routes still refuse them.
+    env.state.allow_scope("https://graph.example/.default");
+    let other = token_for(&env, "https://graph.example/.default")
+        .await
+        .unwrap();
+    let (s, _, v) = get(&env, &hosts, Some(&other)).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("InvalidAuthenticationToken"))
+    );
+    // And audiences nobody allowed get no token at all.
+    let e = token_for(&env, "https://vault.azure.net/.default")
+        .await
+        .unwrap_err();
+    assert_eq!(e["error"], "invalid_scope");
+}

@@ -522,3 +522,41 @@ async fn rejected_state_filter_falls_back_to_user_only() {
     };
     assert!(p.list_sessions(&f).await.unwrap().sessions.is_empty());
 }
+
+#[tokio::test]
+async fn answers_over_the_size_cap_fail_typed_and_are_not_read_to_the_end() {
+    let env = start(opts(40, 1, 100)).await;
+    // A declared (Content-Length) body over a small cap: one page of 40 hosts is ~20 KiB.
+    let mut cfg = env.config("hp1");
+    cfg.max_response_bytes = 4096;
+    let small = build("hp1", &cfg).unwrap();
+    match small.list_hosts().await {
+        Err(ProviderError::Upstream {
+            status: Some(200),
+            code,
+            ..
+        }) => assert_eq!(code, "response_too_large"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(env.state.calls(ArmOp::ListHosts), 1, "never retried");
+
+    // An endless chunked body against the default cap (16 MiB): reading stops there.
+    let p = env.provider("hp1");
+    let h = host(&env.state.hosts("hp1")[0]);
+    p.list_hosts().await.unwrap(); // token cached before the fault starts
+    env.state.faults().set_oversized_body(1 << 40);
+    let t0 = Instant::now();
+    for res in [
+        p.list_hosts().await.map(|_| ()),
+        p.get_session(&h, SessionId(2)).await.map(|_| ()),
+        p.send_message(&h, SessionId(2), "t", "b").await,
+    ] {
+        match res {
+            Err(ProviderError::Upstream { code, .. }) => assert_eq!(code, "response_too_large"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    env.state.faults().set_oversized_body(0);
+    assert_eq!(p.list_hosts().await.unwrap().len(), 40);
+}

@@ -608,3 +608,31 @@ async fn dropped_connections_fail_as_transport_errors() {
     env.state().faults().set(Default::default());
     assert_eq!(p.list_hosts().await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn answers_over_the_size_cap_fail_typed() {
+    let env = Env::default().await;
+    let mut cfg = env.config();
+    cfg.max_response_bytes = 64 * 1024;
+    let p = env.provider_with(&cfg);
+    assert_eq!(p.list_hosts().await.unwrap().len(), 2); // token cached first
+    env.state().faults().set_oversized_body(1 << 40);
+    let t0 = Instant::now();
+    for res in [
+        p.list_sessions(&SessionFilter::default()).await.map(|_| ()),
+        p.send_message(&host(SH1), SessionId(2), "t", "b").await,
+    ] {
+        match res {
+            Err(ProviderError::Upstream {
+                status: Some(200),
+                code,
+                ..
+            }) => assert_eq!(code, "response_too_large"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    env.state().faults().set_oversized_body(0);
+    assert!(env.state().messages().is_empty());
+    assert_eq!(p.list_hosts().await.unwrap().len(), 2);
+}

@@ -42,6 +42,13 @@ pub const SUPPORTED_API_VERSIONS: &[&str] = &[
 
 const PROVIDER_NS: &str = "Microsoft.DesktopVirtualization";
 
+/// Token audiences (resources) of the real Azure Resource Manager (public cloud); the
+/// emulator's ARM routes accept tokens for these as well as for its own origin.
+pub const ARM_AUDIENCES: &[&str] = &[
+    "https://management.azure.com",
+    "https://management.core.windows.net",
+];
+
 /// How resource `name`/`id`/`type` are rendered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -355,6 +362,8 @@ pub struct ArmState {
     subscription: String,
     resource_group: String,
     base_url: String,
+    /// Token scopes the ARM routes accept (`{resource}/.default`).
+    audiences: Vec<String>,
     tenant: String,
     issuer: Arc<TokenIssuer>,
     faults: Arc<Faults>,
@@ -501,6 +510,11 @@ impl ArmState {
         self.faults.set(f);
     }
 
+    /// The fault switches themselves (e.g. [`Faults::set_oversized_body`]).
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
     pub fn set_name_style(&self, s: NameStyle) {
         lock(&self.settings).name_style = s;
     }
@@ -545,6 +559,7 @@ impl ArmState {
     }
 
     /// Lets the token endpoint also grant tokens for `scope` (e.g. another emulated ARM).
+    /// Such tokens are not accepted by this emulator's ARM routes.
     pub fn allow_scope(&self, scope: &str) {
         self.issuer.allow_scope(scope);
     }
@@ -552,10 +567,6 @@ impl ArmState {
     /// Invalidates every issued token.
     pub fn revoke_tokens(&self) {
         self.issuer.revoke_all();
-    }
-
-    fn scope(&self) -> String {
-        format!("{}/.default", self.base_url)
     }
 }
 
@@ -606,8 +617,16 @@ pub async fn start(
     let base_url = format!("https://{host}:{}", addr.port());
 
     let issuer = TokenIssuer::new(&opts.tenant, &opts.client_id, &opts.client_secret);
-    issuer.allow_scope(&format!("{base_url}/.default"));
-    issuer.allow_scope(&format!("https://localhost:{}/.default", addr.port()));
+    // Tokens for the emulator's own origin, and for the audiences of the real ARM, so a client
+    // whose only change is the base URL works.
+    let mut audiences = vec![
+        format!("{base_url}/.default"),
+        format!("https://localhost:{}/.default", addr.port()),
+    ];
+    audiences.extend(ARM_AUDIENCES.iter().map(|a| format!("{a}/.default")));
+    for a in &audiences {
+        issuer.allow_scope(a);
+    }
     let faults = Faults::new(opts.faults);
 
     let mut world = World {
@@ -644,6 +663,7 @@ pub async fn start(
         subscription: opts.subscription.clone(),
         resource_group: opts.resource_group.clone(),
         base_url: base_url.clone(),
+        audiences,
         tenant: opts.tenant.clone(),
         issuer: issuer.clone(),
         faults: faults.clone(),
@@ -803,49 +823,6 @@ fn session_not_found() -> Response {
     )
 }
 
-fn pct_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                b.get(i + 1).copied().and_then(hexval),
-                b.get(i + 2).copied().and_then(hexval),
-            )
-        {
-            out.push(h * 16 + l);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hexval(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// Percent-encodes a query value (RFC 3986 unreserved characters stay).
-fn pct_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 struct Query(Vec<(String, String)>);
 
 impl Query {
@@ -937,7 +914,7 @@ fn handle(
     body: &Bytes,
 ) -> (Response, bool) {
     // 1. Authentication.
-    if let Err(rej) = st.issuer.check(headers, &st.scope()) {
+    if let Err(rej) = st.issuer.check(headers, &st.audiences) {
         let (code, msg) = match rej {
             TokenRejection::Missing => (
                 "AuthenticationFailed",
@@ -1006,7 +983,7 @@ fn handle(
     let segs: Vec<String> = raw_path
         .trim_matches('/')
         .split('/')
-        .map(pct_decode)
+        .map(crate::upstream::unescape)
         .collect();
     let (sub, rg, pool, route) = match parse_path(&segs) {
         Ok(x) => x,
@@ -1462,25 +1439,21 @@ fn paged(
     let value: Vec<Value> = items[start..end].to_vec();
     let mut body = json!({ "value": value });
     if more {
-        let mut link = format!("{}{}?", st.base_url, raw_path);
-        let mut first = true;
-        for (k, v) in &q.0 {
-            if k.eq_ignore_ascii_case("$skiptoken") || k.eq_ignore_ascii_case("initialSkip") {
-                continue;
-            }
-            if !first {
-                link.push('&');
-            }
-            first = false;
-            link.push_str(&pct_encode(k).replace("%24", "$"));
-            link.push('=');
-            link.push_str(&pct_encode(v));
-        }
-        if !first {
-            link.push('&');
-        }
-        link.push_str("$skiptoken=");
-        link.push_str(&skiptoken_encode(end));
+        let token = skiptoken_encode(end);
+        let mut pairs: Vec<(&str, &str)> =
+            q.0.iter()
+                .filter(|(k, _)| {
+                    !k.eq_ignore_ascii_case("$skiptoken") && !k.eq_ignore_ascii_case("initialSkip")
+                })
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+        pairs.push(("$skiptoken", &token));
+        let link = format!(
+            "{}{}?{}",
+            st.base_url,
+            raw_path,
+            crate::upstream::query(&pairs)
+        );
         body["nextLink"] = Value::String(link);
     }
     json_ok(body)
@@ -1751,12 +1724,5 @@ mod tests {
         );
         h.sessions.remove(&3);
         assert_eq!(lowest_free_id(&h), 3);
-    }
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(pct_decode("sh%201.contoso.com"), "sh 1.contoso.com");
-        assert_eq!(pct_decode("100%"), "100%");
-        assert_eq!(pct_decode("%zz"), "%zz");
     }
 }

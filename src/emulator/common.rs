@@ -1,5 +1,5 @@
 //! Machinery shared by every emulator: TLS with a generated CA, ARM-style token-bucket
-//! throttling, fault injection (latency, 5xx, dropped connections) and an Entra ID style
+//! throttling, fault injection (latency, 5xx, dropped connections, oversized answers) and an Entra ID style
 //! token endpoint (client credentials) with bearer-token checks.
 
 use axum::{
@@ -104,6 +104,8 @@ pub struct Faults {
     error_permille: AtomicU32,
     /// Per mille of requests whose connection is dropped without a response.
     drop_permille: AtomicU32,
+    /// When non-zero, every request is answered 200 with a chunked body this long.
+    oversized_body_bytes: AtomicU64,
 }
 
 /// Serializable form of [`Faults`] for CLI flags and configs.
@@ -130,6 +132,11 @@ impl Faults {
             .store(pm(s.error_rate), Ordering::Relaxed);
         self.drop_permille.store(pm(s.drop_rate), Ordering::Relaxed);
     }
+    /// Answers every request with a 200 whose chunked body (no `Content-Length`) is `bytes`
+    /// of JSON whitespace; 0 turns this off. For clients' response size caps.
+    pub fn set_oversized_body(&self, bytes: u64) {
+        self.oversized_body_bytes.store(bytes, Ordering::Relaxed);
+    }
     pub fn latency(&self) -> Duration {
         Duration::from_millis(self.latency_ms.load(Ordering::Relaxed))
     }
@@ -144,6 +151,24 @@ impl Faults {
     /// Whether this request's connection should be dropped.
     pub fn should_drop(&self) -> bool {
         Self::roll(&self.drop_permille)
+    }
+    /// The oversized answer to give instead of the real one, if that fault is on.
+    fn oversized_answer(&self) -> Option<Response> {
+        let n = self.oversized_body_bytes.load(Ordering::Relaxed);
+        if n == 0 {
+            return None;
+        }
+        let chunks = futures::stream::unfold(n, |left| async move {
+            let k = left.min(64 * 1024);
+            let chunk = bytes::Bytes::from(vec![b' '; usize::try_from(k).ok()?]);
+            (k > 0).then_some((Ok::<_, Infallible>(chunk), left - k))
+        });
+        let mut r = axum::body::Body::from_stream(chunks).into_response();
+        r.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        );
+        Some(r)
     }
 }
 
@@ -214,6 +239,9 @@ pub fn serve_tls(
                             }
                             if faults.should_error() {
                                 return Ok(error_body());
+                            }
+                            if let Some(r) = faults.oversized_answer() {
+                                return Ok(r);
                             }
                             let mut req = req.map(axum::body::Body::new);
                             req.extensions_mut().insert(conn_id);
@@ -348,8 +376,12 @@ impl TokenIssuer {
             .with_state(self.clone())
     }
 
-    /// Checks `Authorization: Bearer` against issued tokens for `scope`.
-    pub fn check(&self, headers: &HeaderMap, scope: &str) -> Result<(), TokenRejection> {
+    /// Checks `Authorization: Bearer` against issued tokens for any of `scopes`.
+    pub fn check<S: AsRef<str>>(
+        &self,
+        headers: &HeaderMap,
+        scopes: &[S],
+    ) -> Result<(), TokenRejection> {
         let raw = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -360,7 +392,8 @@ impl TokenIssuer {
             .ok_or(TokenRejection::Invalid)?;
         let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         let (tok_scope, exp) = tokens.get(tok).ok_or(TokenRejection::Invalid)?;
-        if norm_scope(tok_scope) != norm_scope(scope) {
+        let tok_scope = norm_scope(tok_scope);
+        if !scopes.iter().any(|s| norm_scope(s.as_ref()) == tok_scope) {
             return Err(TokenRejection::Invalid);
         }
         if Instant::now() > *exp {

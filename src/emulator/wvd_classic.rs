@@ -689,8 +689,8 @@ async fn gate(State(st): State<Arc<ClassicState>>, req: Request, next: Next) -> 
     if st.reject_tokens.load(Ordering::Relaxed) {
         return challenge(&st);
     }
-    if st.issuer.check(headers, RDINFRA_SCOPE).is_err() {
-        if st.no_role_issuer.check(headers, RDINFRA_SCOPE).is_ok() {
+    if st.issuer.check(headers, &[RDINFRA_SCOPE]).is_err() {
+        if st.no_role_issuer.check(headers, &[RDINFRA_SCOPE]).is_ok() {
             return broker_error(
                 StatusCode::FORBIDDEN,
                 "UnauthorizedAccess",

@@ -5,17 +5,16 @@
 //!   token requests go through the same `reqwest` client (and private CA bundle) as ARM calls.
 //! - Lists follow `nextLink` (same origin only: the bearer token never leaves the ARM host).
 //! - Both the spec (`name: "6"`) and the real (`name: "hp1/sh1/6"`, lower-case id) forms parse.
-//! - 429: honour `Retry-After` within a retry budget, else [`ProviderError::Throttled`].
-//! - Connection errors, timeouts and 5xx are retried with jittered exponential backoff only for
-//!   safe or idempotent calls (GET, logoff, disconnect). `sendMessage` is re-sent only when the
-//!   request provably never left (connect failure) or was refused with 429.
+//! - Calls go through the [`crate::upstream`] engine (401 refresh, 429 budget, backoff, caps).
+//!   Reads, logoff (DELETE) and disconnect are safe to repeat; `sendMessage` is not. 500, 502,
+//!   503 and 504 are transient; a 429 without `Retry-After` waits 5 s.
 
-use super::http_util::{backoff, retry_after};
 use super::{ActionEffect, PoolSessions, ProviderError, SessionFilter, SessionProvider};
 use crate::domain::{
     ActionKind, Capabilities, HostName, ProviderKind, Session, SessionHost, SessionId,
     SessionState, StateFilter,
 };
+use crate::upstream::{self, CallPolicy, CredentialToken, Page, Repeat, Reply, Upstream, Verdict};
 use async_trait::async_trait;
 use azure_core::{
     cloud::{CloudConfiguration, CustomConfiguration},
@@ -29,11 +28,7 @@ use azure_identity::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::{
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 /// Default `api-version` (newest stable).
@@ -51,6 +46,9 @@ fn default_max_retries() -> u32 {
 fn default_retry_budget_secs() -> u64 {
     60
 }
+fn default_max_response_bytes() -> u64 {
+    upstream::DEFAULT_MAX_RESPONSE_BYTES
+}
 
 /// One `[[pools]]` entry with `provider = "avd"` (the integrator flattens it into the table).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -67,15 +65,19 @@ pub struct AvdPoolConfig {
     /// Extra trusted CA certificates (PEM), for ARM and token requests alike.
     #[serde(default)]
     pub ca_bundle: Option<PathBuf>,
-    /// Per-call (per attempt) timeout.
+    /// Per-call (per attempt) timeout, sending and reading the whole answer.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
     /// Retries of a safe/idempotent call after a 5xx, timeout or connection error.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
-    /// Total time one logical operation may spend waiting (Retry-After and backoff).
-    #[serde(default = "default_retry_budget_secs")]
+    /// A wait (429 `Retry-After` or backoff) must end within this long after the operation
+    /// began. `throttle_budget_secs` is accepted as an alias.
+    #[serde(default = "default_retry_budget_secs", alias = "throttle_budget_secs")]
     pub retry_budget_secs: u64,
+    /// Longest ARM response body read; a longer one fails with `response_too_large`.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: u64,
 }
 
 /// Which Azure cloud: `"public"`, `"us-gov"`, `"china"`, or a custom
@@ -148,13 +150,7 @@ pub struct AvdProvider {
     api_version: String,
     arm_endpoint: url::Url,
     scope: String,
-    http: reqwest::Client,
-    credential: std::sync::RwLock<Arc<dyn TokenCredential>>,
-    /// What the credential was built from, to rebuild it when ARM rejects our token.
-    credential_source: (AvdCredentialConfig, CloudConfiguration),
-    timeout: Duration,
-    max_retries: u32,
-    retry_budget: Duration,
+    upstream: Upstream,
 }
 
 impl std::fmt::Debug for AvdProvider {
@@ -165,6 +161,7 @@ impl std::fmt::Debug for AvdProvider {
             .field("resource_group", &self.resource_group)
             .field("host_pool", &self.host_pool)
             .field("arm_endpoint", &self.arm_endpoint.as_str())
+            .field("scope", &self.scope)
             .finish_non_exhaustive()
     }
 }
@@ -219,9 +216,14 @@ impl AvdProvider {
                 key("api_version")
             ));
         }
-        if cfg.timeout_secs == 0 {
-            return Err(format!("{}: must be at least 1", key("timeout_secs")));
-        }
+        let policy = CallPolicy::from_knobs(
+            cfg.timeout_secs,
+            cfg.max_retries,
+            cfg.retry_budget_secs,
+            cfg.max_response_bytes,
+            Duration::from_secs(5),
+        )
+        .map_err(|(k, why)| format!("{}: {why}", key(k)))?;
 
         let (arm_endpoint, cloud) = match &cfg.cloud {
             AvdCloud::Named(NamedCloud::Public) => (
@@ -256,14 +258,19 @@ impl AvdProvider {
             )),
             None => None,
         };
-        let timeout = Duration::from_secs(cfg.timeout_secs);
         let http = crate::httpclient::build_client(
             ca.as_ref().map(|(o, p)| (o.as_str(), p.as_str())),
-            timeout.min(Duration::from_secs(10)),
+            policy.timeout.min(Duration::from_secs(10)),
         )
         .map_err(|e| format!("{}: {e}", key("ca_bundle")))?;
 
-        let credential = make_credential(pool_name, &cfg.credential, &http, &cloud)?;
+        // Token requests get twice the per-call timeout (discovery and token round trips).
+        let (pool, cred, client) = (pool_name.to_string(), cfg.credential.clone(), http.clone());
+        let token = CredentialToken::new(
+            scope.clone(),
+            policy.timeout.saturating_mul(2),
+            Box::new(move || make_credential(&pool, &cred, &client, &cloud)),
+        )?;
 
         Ok(Self {
             pool_name: pool_name.to_string(),
@@ -273,12 +280,7 @@ impl AvdProvider {
             api_version: cfg.api_version.clone(),
             arm_endpoint,
             scope,
-            http,
-            credential: std::sync::RwLock::new(credential),
-            credential_source: (cfg.credential.clone(), cloud),
-            timeout,
-            max_retries: cfg.max_retries,
-            retry_budget: Duration::from_secs(cfg.retry_budget_secs),
+            upstream: Upstream::new("ARM", http, policy, Some(Arc::new(token))),
         })
     }
 }
@@ -582,29 +584,8 @@ pub fn session_filter_expr(f: &SessionFilter) -> Option<String> {
     (!terms.is_empty()).then(|| terms.join(" and "))
 }
 
-fn pct_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 // ---------------------------------------------------------------------------------------
 // Calls.
-
-/// Whether a call may be re-sent after it may have reached the service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Retry {
-    /// GET, DELETE (logoff), disconnect: safe or idempotent.
-    Idempotent,
-    /// sendMessage: only when the request provably never arrived (connect error) or on 429.
-    NotIdempotent,
-}
 
 /// What a 404 means, by the resource addressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -612,11 +593,6 @@ enum Target {
     Pool,
     Host,
     Session,
-}
-
-struct Reply {
-    status: reqwest::StatusCode,
-    body: bytes::Bytes,
 }
 
 fn error_parts(status: reqwest::StatusCode, body: &[u8]) -> (String, String) {
@@ -688,6 +664,19 @@ fn map_error(status: reqwest::StatusCode, body: &[u8], target: Target) -> Provid
     }
 }
 
+/// Judges an ARM reply: 2xx is the answer; 500, 502, 503 and 504 may pass.
+fn classify(reply: Reply, target: Target) -> Verdict<Reply, ProviderError> {
+    if reply.status.is_success() {
+        return Verdict::Done(reply);
+    }
+    let e = map_error(reply.status, &reply.body, target);
+    if matches!(reply.status.as_u16(), 500 | 502 | 503 | 504) {
+        Verdict::Transient(e)
+    } else {
+        Verdict::Fail(e)
+    }
+}
+
 impl AvdProvider {
     fn url(&self, tail: &[&str]) -> Result<url::Url, ProviderError> {
         let mut u = self.arm_endpoint.clone();
@@ -712,179 +701,49 @@ impl AvdProvider {
         Ok(u)
     }
 
-    fn with_query(&self, mut u: url::Url, extra: &[(&str, String)]) -> url::Url {
-        let mut q = format!("api-version={}", pct_encode(&self.api_version));
-        for (k, v) in extra {
-            q.push('&');
-            q.push_str(k);
-            q.push('=');
-            q.push_str(&pct_encode(v));
-        }
-        u.set_query(Some(&q));
+    /// `u` with the query `api-version=...&extra...`.
+    fn with_query(&self, mut u: url::Url, extra: &[(&str, &str)]) -> url::Url {
+        let mut pairs = vec![("api-version", self.api_version.as_str())];
+        pairs.extend_from_slice(extra);
+        u.set_query(Some(&upstream::query(&pairs)));
         u
     }
 
-    async fn token(&self) -> Result<String, ProviderError> {
-        let scopes = [self.scope.as_str()];
-        let credential = self
-            .credential
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let fut = credential.get_token(&scopes, None);
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(t)) => Ok(t.token.secret().to_string()),
-            Ok(Err(e)) => Err(ProviderError::UpstreamAuth(format!(
-                "acquiring a token for {}: {e}",
-                self.scope
-            ))),
-            Err(_) => Err(ProviderError::UpstreamAuth(format!(
-                "acquiring a token for {} timed out after {:?}",
-                self.scope, self.timeout
-            ))),
-        }
-    }
-
-    /// Replaces the credential (and so its token cache) with a freshly built one.
-    fn rebuild_credential(&self) -> Result<(), ProviderError> {
-        let (cred, cloud) = &self.credential_source;
-        let fresh = make_credential(&self.pool_name, cred, &self.http, cloud)
-            .map_err(ProviderError::UpstreamAuth)?;
-        *self.credential.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-        Ok(())
-    }
-
-    /// One logical call with retries. Returns the successful (2xx) reply, else the error
-    /// mapped from the ARM error body (404s by `target`).
+    /// One logical call; the reply is a 2xx, anything else the error mapped from the ARM
+    /// error body (404s by `target`).
     async fn call(
         &self,
         method: reqwest::Method,
         url: url::Url,
         body: Option<&Value>,
-        retry: Retry,
+        repeat: Repeat,
         target: Target,
     ) -> Result<Reply, ProviderError> {
-        let started = Instant::now();
-        let deadline = started + self.retry_budget;
-        let mut attempt: u32 = 0;
-        let mut throttles: u32 = 0;
-        let mut refreshed = false;
-        loop {
-            let token = self.token().await?;
-            let mut req = self
-                .http
+        let build = |http: &reqwest::Client| {
+            let req = http
                 .request(method.clone(), url.clone())
-                .bearer_auth(token)
                 .header(reqwest::header::ACCEPT, "application/json")
                 .header("x-ms-client-request-id", uuid::Uuid::new_v4().to_string());
-            if let Some(b) = body {
-                req = req.json(b);
-            } else if method == reqwest::Method::POST {
-                req = req.header(reqwest::header::CONTENT_LENGTH, "0");
-            }
-            let sent = tokio::time::timeout(self.timeout, async {
-                let resp = req.send().await?;
-                let status = resp.status();
-                let headers = resp.headers().clone();
-                let body = resp.bytes().await?;
-                Ok::<_, reqwest::Error>((status, headers, body))
-            })
-            .await;
-
-            // What went wrong, and whether it may be retried.
-            let (err, retryable, wait_hint) = match sent {
-                Ok(Ok((status, headers, body))) => {
-                    if status.is_success() {
-                        return Ok(Reply { status, body });
-                    }
-                    if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-                        let ra = retry_after(&headers).unwrap_or(Duration::from_secs(5));
-                        throttles += 1;
-                        let now = Instant::now();
-                        if now + ra > deadline || throttles > 20 {
-                            tracing::warn!(
-                                avd.retry_after_secs = ra.as_secs(),
-                                "ARM throttled beyond the retry budget"
-                            );
-                            return Err(ProviderError::Throttled { retry_after: ra });
-                        }
-                        tracing::info!(
-                            avd.retry_after_secs = ra.as_secs(),
-                            "ARM throttled; waiting Retry-After"
-                        );
-                        tokio::time::sleep(ra).await;
-                        continue;
-                    }
-                    let e = map_error(status, &body, target);
-                    if status == reqwest::StatusCode::UNAUTHORIZED && !refreshed {
-                        // Our cached token was refused (revoked, rotated, clock skew): the
-                        // request was not carried out, so get a fresh token and try once more.
-                        refreshed = true;
-                        tracing::warn!(
-                            avd.error = e.kind(),
-                            "ARM refused our token; fetching a new one"
-                        );
-                        self.rebuild_credential()?;
-                        continue;
-                    }
-                    let transient = matches!(status.as_u16(), 500 | 502 | 503 | 504);
-                    (
-                        e,
-                        transient && retry == Retry::Idempotent,
-                        retry_after(&headers),
-                    )
+            match body {
+                Some(b) => req.json(b),
+                None if method == reqwest::Method::POST => {
+                    req.header(reqwest::header::CONTENT_LENGTH, "0")
                 }
-                Ok(Err(e)) => {
-                    let before_send = e.is_connect();
-                    let msg = format!("{}: {}", url.host_str().unwrap_or(""), error_chain(&e));
-                    let pe = if e.is_timeout() {
-                        ProviderError::Timeout(msg)
-                    } else {
-                        ProviderError::Transport(msg)
-                    };
-                    (pe, before_send || retry == Retry::Idempotent, None)
-                }
-                Err(_) => (
-                    ProviderError::Timeout(format!("no answer from ARM within {:?}", self.timeout)),
-                    retry == Retry::Idempotent,
-                    None,
-                ),
-            };
-            if !retryable || attempt >= self.max_retries {
-                return Err(err);
+                None => req,
             }
-            let wait = wait_hint.unwrap_or_else(|| backoff(attempt));
-            if Instant::now() + wait > deadline {
-                return Err(err);
-            }
-            tracing::info!(
-                avd.attempt = attempt + 1,
-                avd.error = err.kind(),
-                avd.wait_ms = wait.as_millis() as u64,
-                "retrying ARM call"
-            );
-            attempt += 1;
-            tokio::time::sleep(wait).await;
-        }
+        };
+        self.upstream
+            .call(repeat, build, |r| classify(r, target))
+            .await
     }
 
-    /// GETs a collection, following `nextLink` (same origin only).
+    /// GETs a collection, following `nextLink` (same origin only; `api-version` is added to
+    /// a link that lacks it).
     async fn list_all(&self, first: url::Url, target: Target) -> Result<Vec<Value>, ProviderError> {
-        let mut out = Vec::new();
-        let mut next = Some(first);
-        let mut pages = 0u32;
-        let mut seen = std::collections::HashSet::new();
-        while let Some(u) = next.take() {
-            pages += 1;
-            if pages > 10_000 || !seen.insert(u.to_string()) {
-                return Err(ProviderError::Upstream {
-                    status: None,
-                    code: "PagingLoop".into(),
-                    message: "nextLink repeats or never ends".into(),
-                });
-            }
+        upstream::follow_pages(first, |u| async move {
+            let u = self.with_api_version(u);
             let reply = self
-                .call(reqwest::Method::GET, u, None, Retry::Idempotent, target)
+                .call(reqwest::Method::GET, u, None, Repeat::Safe, target)
                 .await?;
             let list: ArmList =
                 serde_json::from_slice(&reply.body).map_err(|e| ProviderError::Upstream {
@@ -892,49 +751,28 @@ impl AvdProvider {
                     code: "InvalidResponse".into(),
                     message: format!("list response is not an ARM list: {e}"),
                 })?;
-            out.extend(list.value);
-            if let Some(link) = list.next_link.filter(|l| !l.is_empty()) {
-                next = Some(self.next_url(&link)?);
-            }
-        }
-        Ok(out)
+            Ok(Page {
+                items: list.value,
+                next: list.next_link,
+            })
+        })
+        .await
     }
 
-    fn next_url(&self, link: &str) -> Result<url::Url, ProviderError> {
-        let u = self
-            .arm_endpoint
-            .join(link)
-            .map_err(|e| ProviderError::Upstream {
-                status: None,
-                code: "InvalidNextLink".into(),
-                message: format!("nextLink is not a URL: {e}"),
-            })?;
-        if u.origin() != self.arm_endpoint.origin() {
-            return Err(ProviderError::Upstream {
-                status: None,
-                code: "InvalidNextLink".into(),
-                message: format!(
-                    "nextLink points to another origin ({}); not following it with our token",
-                    u.origin().ascii_serialization()
-                ),
-            });
+    fn with_api_version(&self, u: url::Url) -> url::Url {
+        if u.query_pairs()
+            .any(|(k, _)| k.eq_ignore_ascii_case("api-version"))
+        {
+            return u;
         }
-        let has_version = u
-            .query_pairs()
-            .any(|(k, _)| k.eq_ignore_ascii_case("api-version"));
-        if has_version {
-            Ok(u)
-        } else {
-            let mut u = u;
-            let q = match u.query() {
-                Some(q) if !q.is_empty() => {
-                    format!("{q}&api-version={}", pct_encode(&self.api_version))
-                }
-                _ => format!("api-version={}", pct_encode(&self.api_version)),
-            };
-            u.set_query(Some(&q));
-            Ok(u)
-        }
+        let mut u = u;
+        let v = upstream::query(&[("api-version", self.api_version.as_str())]);
+        let q = match u.query() {
+            Some(q) if !q.is_empty() => format!("{q}&{v}"),
+            _ => v,
+        };
+        u.set_query(Some(&q));
+        u
     }
 
     fn session_url(
@@ -950,20 +788,6 @@ impl AvdProvider {
         }
         Ok(self.with_query(self.url(&tail)?, &[]))
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let cs = c.to_string();
-        if !s.contains(&cs) {
-            s.push_str(": ");
-            s.push_str(&cs);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 #[async_trait]
@@ -1006,7 +830,7 @@ impl SessionProvider for AvdProvider {
         let base = self.url(&["userSessions"])?;
         let listed = match session_filter_expr(filter) {
             Some(f) => {
-                let u = self.with_query(base.clone(), &[("$filter", f)]);
+                let u = self.with_query(base.clone(), &[("$filter", f.as_str())]);
                 match self.list_all(u, Target::Pool).await {
                     // The state term is the least documented part of the filter: if the
                     // service rejects the expression, ask again with the UPN term only
@@ -1021,7 +845,9 @@ impl SessionProvider for AvdProvider {
                             user: filter.user.clone(),
                             state: None,
                         };
-                        let extra: Vec<(&str, String)> = session_filter_expr(&user_only)
+                        let user_expr = session_filter_expr(&user_only);
+                        let extra: Vec<(&str, &str)> = user_expr
+                            .as_deref()
                             .map(|f| ("$filter", f))
                             .into_iter()
                             .collect();
@@ -1067,13 +893,7 @@ impl SessionProvider for AvdProvider {
     async fn get_session(&self, host: &HostName, id: SessionId) -> Result<Session, ProviderError> {
         let u = self.session_url(host, id, None)?;
         let reply = self
-            .call(
-                reqwest::Method::GET,
-                u,
-                None,
-                Retry::Idempotent,
-                Target::Session,
-            )
+            .call(reqwest::Method::GET, u, None, Repeat::Safe, Target::Session)
             .await?;
         let v: Value =
             serde_json::from_slice(&reply.body).map_err(|e| ProviderError::Upstream {
@@ -1099,14 +919,14 @@ impl SessionProvider for AvdProvider {
     ) -> Result<ActionEffect, ProviderError> {
         let mut u = self.session_url(host, id, None)?;
         if force {
-            u = self.with_query(u, &[("force", "true".into())]);
+            u = self.with_query(u, &[("force", "true")]);
         }
         match self
             .call(
                 reqwest::Method::DELETE,
                 u,
                 None,
-                Retry::Idempotent,
+                Repeat::Safe,
                 Target::Session,
             )
             .await
@@ -1133,7 +953,7 @@ impl SessionProvider for AvdProvider {
             reqwest::Method::POST,
             u,
             None,
-            Retry::Idempotent,
+            Repeat::Safe,
             Target::Session,
         )
         .await?;
@@ -1154,7 +974,7 @@ impl SessionProvider for AvdProvider {
             reqwest::Method::POST,
             u,
             Some(&payload),
-            Retry::NotIdempotent,
+            Repeat::Once,
             Target::Session,
         )
         .await?;

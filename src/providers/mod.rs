@@ -2,7 +2,6 @@
 //! domain types and [`ProviderError`], which the API layer maps to problem+json.
 
 pub mod avd;
-pub mod http_util;
 pub mod winrm;
 pub mod wvd_classic;
 
@@ -79,6 +78,28 @@ impl ProviderError {
     }
 }
 
+impl From<crate::upstream::UpstreamError> for ProviderError {
+    fn from(e: crate::upstream::UpstreamError) -> Self {
+        use crate::upstream::UpstreamError as U;
+        match e {
+            U::Throttled { retry_after } => ProviderError::Throttled { retry_after },
+            U::Timeout(m) => ProviderError::Timeout(m),
+            U::Transport(m) => ProviderError::Transport(m),
+            U::Auth(m) => ProviderError::UpstreamAuth(m),
+            e @ U::TooLarge { status, .. } => ProviderError::Upstream {
+                status: Some(status),
+                code: "response_too_large".into(),
+                message: e.to_string(),
+            },
+            U::Paging { code, message } => ProviderError::Upstream {
+                status: None,
+                code: code.into(),
+                message,
+            },
+        }
+    }
+}
+
 /// Result of a logoff or disconnect that reached the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActionEffect {
@@ -109,7 +130,8 @@ pub struct SessionFilter {
 }
 
 /// One backend host pool. Every method is one logical operation; retries, paging and
-/// token handling are the adapter's business.
+/// token handling are the adapter's business (the HTTP adapters leave them to
+/// [`crate::upstream`]).
 #[async_trait]
 pub trait SessionProvider: Send + Sync {
     fn kind(&self) -> ProviderKind;

@@ -62,6 +62,7 @@ impl Env {
             timeout_secs: 5,
             max_retries: 3,
             retry_budget_secs: 10,
+            max_response_bytes: sessiongate::upstream::DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 

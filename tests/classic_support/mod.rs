@@ -70,7 +70,7 @@ impl Env {
         cfg.authority_host = info.authority_host.clone();
         cfg.ca_bundle = Some(self.dir.path().join("ca.pem"));
         cfg.timeout_secs = 10;
-        cfg.throttle_budget_secs = 10;
+        cfg.retry_budget_secs = 10;
         cfg
     }
 

@@ -32,8 +32,11 @@ fn default_timeout_secs() -> u64 {
 fn default_page_size() -> u32 {
     1000
 }
-fn default_throttle_budget_secs() -> u64 {
+fn default_retry_budget_secs() -> u64 {
     30
+}
+fn default_max_response_bytes() -> u64 {
+    crate::upstream::DEFAULT_MAX_RESPONSE_BYTES
 }
 fn default_max_retries() -> u32 {
     3
@@ -42,8 +45,9 @@ fn default_max_retries() -> u32 {
 /// One WVD classic host pool.
 ///
 /// ```toml
-/// [providers.legacy]
-/// kind = "wvd-classic"
+/// [[pools]]
+/// name = "legacy"
+/// provider = "wvd-classic"
 /// tenant = "contoso"
 /// host_pool = "Contoso Host Pool"
 /// # broker_url = "https://rdbroker.wvd.microsoft.com"
@@ -54,9 +58,10 @@ fn default_max_retries() -> u32 {
 /// # timeout_secs = 30
 /// # client_api_version = "1.0.0.0"
 /// # page_size = 1000
-/// # throttle_budget_secs = 30
+/// # retry_budget_secs = 30           # alias: throttle_budget_secs
 /// # max_retries = 3
-/// [providers.legacy.credential]
+/// # max_response_bytes = 16777216
+/// [pools.credential]
 /// kind = "client_secret"
 /// tenant_id = "00000000-0000-0000-0000-000000000000"
 /// client_id = "11111111-1111-1111-1111-111111111111"
@@ -81,7 +86,7 @@ pub struct ClassicPoolConfig {
     /// Extra CA certificates (PEM) trusted for the broker and the authority.
     #[serde(default)]
     pub ca_bundle: Option<PathBuf>,
-    /// Per-request timeout.
+    /// Per-call (per attempt) timeout, sending and reading the whole answer.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
     #[serde(default = "default_client_api_version")]
@@ -89,12 +94,16 @@ pub struct ClassicPoolConfig {
     /// `PageSize` asked of the broker for lists.
     #[serde(default = "default_page_size")]
     pub page_size: u32,
-    /// Total time one operation may spend waiting on `Retry-After` before giving up.
-    #[serde(default = "default_throttle_budget_secs")]
-    pub throttle_budget_secs: u64,
+    /// A wait (429 `Retry-After` or backoff) must end within this long after the operation
+    /// began. Formerly `throttle_budget_secs`, still accepted as an alias.
+    #[serde(default = "default_retry_budget_secs", alias = "throttle_budget_secs")]
+    pub retry_budget_secs: u64,
     /// Retries of safe (GET) calls after 5xx or connection failures.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// Longest broker response body read; a longer one fails with `response_too_large`.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: u64,
 }
 
 impl ClassicPoolConfig {
@@ -112,8 +121,9 @@ impl ClassicPoolConfig {
             timeout_secs: default_timeout_secs(),
             client_api_version: default_client_api_version(),
             page_size: default_page_size(),
-            throttle_budget_secs: default_throttle_budget_secs(),
+            retry_budget_secs: default_retry_budget_secs(),
             max_retries: default_max_retries(),
+            max_response_bytes: default_max_response_bytes(),
         }
     }
 }
@@ -171,6 +181,25 @@ mod tests {
         assert_eq!(c.tenant_group, "Default Tenant Group");
         assert_eq!(c.resource, DEFAULT_RESOURCE);
         assert_eq!(c.page_size, 1000);
+        assert_eq!(c.retry_budget_secs, 30);
+        assert_eq!(c.max_response_bytes, 16 * 1024 * 1024);
+    }
+
+    #[test]
+    fn the_old_throttle_budget_name_is_an_alias() {
+        let base = r#"
+            tenant = "contoso"
+            host_pool = "hp"
+            credential = { kind = "azure_cli" }
+        "#;
+        let c: ClassicPoolConfig =
+            toml::from_str(&format!("throttle_budget_secs = 7\n{base}")).unwrap();
+        assert_eq!(c.retry_budget_secs, 7);
+        let c: ClassicPoolConfig =
+            toml::from_str(&format!("retry_budget_secs = 8\n{base}")).unwrap();
+        assert_eq!(c.retry_budget_secs, 8);
+        let both = format!("retry_budget_secs = 8\nthrottle_budget_secs = 7\n{base}");
+        assert!(toml::from_str::<ClassicPoolConfig>(&both).is_err());
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //! same origin only). Host sessions and single sessions are filtered from the pool list (the
 //! broker has no per-host route). The symbolic error code is read from `error.message`.
 //!
-//! Retries: safe calls (GET) retry 5xx and connection failures with backoff; actions retry only
-//! when the connection could not be made (nothing was sent) or the broker answered 429 (the
-//! request was refused before it ran). A message is never re-sent once it may have arrived.
+//! Calls go through the [`crate::upstream`] engine (401 refresh, 429 budget, backoff, caps).
+//! Reads are safe to repeat; actions (logoff, disconnect, message) are not, so they are re-sent
+//! only when nothing was sent or the broker refused them unseen (401, 429). A 5xx is transient
+//! unless its symbolic code has a definite meaning; a 429 without `Retry-After` waits 1 s.
 
 mod config;
 mod credential;
@@ -19,44 +20,28 @@ pub use config::{
     DEFAULT_CLIENT_API_VERSION, DEFAULT_RESOURCE, DEFAULT_TENANT_GROUP,
 };
 pub use credential::CertificateAssertion;
-pub use wire::escape_query_value;
 
-use super::http_util::{backoff, retry_after};
 use super::{ActionEffect, PoolSessions, ProviderError, SessionFilter, SessionProvider};
 use crate::domain::{
     ActionKind, Capabilities, HostName, ProviderKind, Session, SessionHost, SessionId,
 };
+use crate::upstream::{self, CallPolicy, CredentialToken, Page, Repeat, Reply, Upstream, Verdict};
 use async_trait::async_trait;
-use azure_core::credentials::TokenCredential;
-use reqwest::{Method, StatusCode, Url, header::HeaderMap};
-use std::{
-    collections::HashSet,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use reqwest::{Method, StatusCode, Url};
+use std::{sync::Arc, time::Duration};
 
 /// Human description advertised in `capabilities()`.
 pub const SERVICE_DESCRIPTION: &str = "Windows Virtual Desktop classic (Fall 2019, RDInfra broker) — retired by Microsoft; migrate to AVD ARM";
 
-const MAX_PAGES: usize = 10_000;
-
 /// A WVD classic host pool.
 pub struct ClassicProvider {
     pool_name: String,
-    http: reqwest::Client,
     broker: Url,
     /// `.../TenantGroups/{tg}/Tenants/{tenant}/HostPools/{pool}` as path segments (unencoded).
     pool_segments: Vec<String>,
-    /// Replaced by a fresh one (new token cache, secret re-read) when the broker answers 401.
-    credential: std::sync::RwLock<Arc<dyn TokenCredential>>,
-    credential_cfg: ClassicCredentialConfig,
-    authority_host: String,
-    scope: String,
     client_api_version: String,
-    timeout: Duration,
     page_size: u32,
-    throttle_budget: Duration,
-    max_retries: u32,
+    upstream: Upstream,
 }
 
 impl std::fmt::Debug for ClassicProvider {
@@ -102,9 +87,14 @@ impl ClassicProvider {
                 return Err(format!("providers.{p}.{key}: must not be empty"));
             }
         }
-        if cfg.timeout_secs == 0 {
-            return Err(format!("providers.{p}.timeout_secs: must be at least 1"));
-        }
+        let policy = CallPolicy::from_knobs(
+            cfg.timeout_secs,
+            cfg.max_retries,
+            cfg.retry_budget_secs,
+            cfg.max_response_bytes,
+            Duration::from_secs(1),
+        )
+        .map_err(|(k, why)| format!("providers.{p}.{k}: {why}"))?;
         if cfg.page_size == 0 {
             return Err(format!("providers.{p}.page_size: must be at least 1"));
         }
@@ -120,15 +110,24 @@ impl ClassicProvider {
         };
         let http = crate::httpclient::build_client(
             ca.as_ref().map(|(o, pem)| (o.as_str(), pem.as_str())),
-            Duration::from_secs(cfg.timeout_secs.min(10)),
+            policy.timeout.min(Duration::from_secs(10)),
         )
         .map_err(|e| format!("providers.{p}.ca_bundle: {e}"))?;
-        let credential =
-            credential::build_credential(p, &cfg.credential, &http, &cfg.authority_host)?;
         let scope = format!("{}/.default", resource.as_str().trim_end_matches('/'));
+        // Token requests get twice the per-call timeout (discovery and token round trips).
+        let (pool, cred, client, authority) = (
+            p.to_string(),
+            cfg.credential.clone(),
+            http.clone(),
+            cfg.authority_host.clone(),
+        );
+        let token = CredentialToken::new(
+            scope,
+            policy.timeout.saturating_mul(2),
+            Box::new(move || credential::build_credential(&pool, &cred, &client, &authority)),
+        )?;
         Ok(Self {
             pool_name: pool_name.to_string(),
-            http,
             broker,
             pool_segments: vec![
                 "RdsManagement".into(),
@@ -140,15 +139,9 @@ impl ClassicProvider {
                 "HostPools".into(),
                 cfg.host_pool.clone(),
             ],
-            credential: std::sync::RwLock::new(credential),
-            credential_cfg: cfg.credential.clone(),
-            authority_host: cfg.authority_host.clone(),
-            scope,
             client_api_version: cfg.client_api_version.clone(),
-            timeout: Duration::from_secs(cfg.timeout_secs),
             page_size: cfg.page_size,
-            throttle_budget: Duration::from_secs(cfg.throttle_budget_secs),
-            max_retries: cfg.max_retries,
+            upstream: Upstream::new("the classic broker", http, policy, Some(Arc::new(token))),
         })
     }
 
@@ -168,10 +161,13 @@ impl ClassicProvider {
 
     fn list_url(&self, what: &str, sort_field: &str) -> Result<Url, ProviderError> {
         let mut u = self.url(&[what])?;
-        u.set_query(Some(&format!(
-            "PageSize={}&SortField={sort_field}&IsDescending=False&InitialSkip=0",
-            self.page_size
-        )));
+        let page_size = self.page_size.to_string();
+        u.set_query(Some(&upstream::query(&[
+            ("PageSize", page_size.as_str()),
+            ("SortField", sort_field),
+            ("IsDescending", "False"),
+            ("InitialSkip", "0"),
+        ])));
         Ok(u)
     }
 
@@ -195,136 +191,21 @@ impl ClassicProvider {
         Ok(u)
     }
 
-    async fn token(&self) -> Result<String, ProviderError> {
-        let scopes = [self.scope.as_str()];
-        let cred = self
-            .credential
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let fut = cred.get_token(&scopes, None);
-        let Ok(res) = tokio::time::timeout(self.timeout.saturating_mul(2), fut).await else {
-            return Err(ProviderError::Timeout(
-                "no token from the identity provider in time".into(),
-            ));
-        };
-        match res {
-            Ok(t) => Ok(t.token.secret().to_string()),
-            Err(e) => {
-                let msg = crate::domain::truncate_for_display(&e.to_string(), 400);
-                if matches!(e.kind(), azure_core::error::ErrorKind::Io) {
-                    Err(ProviderError::Transport(format!("token endpoint: {msg}")))
-                } else {
-                    Err(ProviderError::UpstreamAuth(msg))
-                }
-            }
-        }
-    }
-
-    /// Drops the cached token by building the credential anew (re-reading a rotated secret).
-    fn renew_credential(&self) -> Result<(), ProviderError> {
-        let fresh = credential::build_credential(
-            &self.pool_name,
-            &self.credential_cfg,
-            &self.http,
-            &self.authority_host,
-        )
-        .map_err(ProviderError::UpstreamAuth)?;
-        *self.credential.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-        Ok(())
-    }
-
-    /// Sends one logical request with the retry rules described in the module docs.
-    async fn send(
-        &self,
-        method: Method,
-        url: Url,
-        safe: bool,
-    ) -> Result<(StatusCode, HeaderMap, bytes::Bytes), ProviderError> {
-        let started = Instant::now();
-        let mut failures = 0u32;
-        let mut renewed = false;
-        loop {
-            let token = self.token().await?;
-            let req = self
-                .http
+    /// One logical call; the reply is a 2xx, anything else the mapped broker error.
+    async fn send(&self, method: Method, url: Url, repeat: Repeat) -> Result<Reply, ProviderError> {
+        let build = |http: &reqwest::Client| {
+            let req = http
                 .request(method.clone(), url.clone())
-                .bearer_auth(token)
                 .header(reqwest::header::ACCEPT, "application/json")
-                .header("x-ms-wvd-client-api-version", &self.client_api_version)
-                .timeout(self.timeout);
-            let req = if method == Method::POST {
+                .header("x-ms-wvd-client-api-version", &self.client_api_version);
+            if method == Method::POST {
                 // Action bodies are ignored by the broker: send none.
                 req.header(reqwest::header::CONTENT_LENGTH, "0")
             } else {
                 req
-            };
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    let retryable = e.is_connect() || (safe && !e.is_builder());
-                    if retryable && failures < self.max_retries {
-                        failures += 1;
-                        tracing::warn!(http.method = %method, attempt = failures, error.kind = if e.is_timeout() { "timeout" } else { "transport" }, "classic broker call failed; retrying");
-                        tokio::time::sleep(backoff(failures)).await;
-                        continue;
-                    }
-                    return Err(if e.is_timeout() {
-                        ProviderError::Timeout(format!(
-                            "no answer from the classic broker within {}s",
-                            self.timeout.as_secs()
-                        ))
-                    } else {
-                        ProviderError::Transport(crate::domain::truncate_for_display(
-                            &without_url(&e),
-                            300,
-                        ))
-                    });
-                }
-            };
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let body = match resp.bytes().await {
-                Ok(b) => b,
-                Err(e) => {
-                    if safe && failures < self.max_retries {
-                        failures += 1;
-                        tokio::time::sleep(backoff(failures)).await;
-                        continue;
-                    }
-                    return Err(ProviderError::Transport(without_url(&e)));
-                }
-            };
-            if status == StatusCode::UNAUTHORIZED && !renewed {
-                // The broker refused the token before running anything: renew it once.
-                renewed = true;
-                tracing::info!(http.method = %method, "classic broker answered 401; renewing the token");
-                self.renew_credential()?;
-                continue;
             }
-            if status == StatusCode::TOO_MANY_REQUESTS {
-                let wait = retry_after(&headers).unwrap_or(Duration::from_secs(1));
-                if started.elapsed() + wait <= self.throttle_budget {
-                    tracing::info!(http.method = %method, retry_after.secs = wait.as_secs_f64(), "classic broker throttled; waiting");
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-                return Err(ProviderError::Throttled { retry_after: wait });
-            }
-            if status.is_server_error() && safe && failures < self.max_retries {
-                let err = wire::parse_error(&body);
-                if err
-                    .as_ref()
-                    .is_none_or(|e| !wire::is_known_code(&e.message))
-                {
-                    failures += 1;
-                    tracing::warn!(http.method = %method, http.status = status.as_u16(), attempt = failures, "classic broker 5xx; retrying");
-                    tokio::time::sleep(backoff(failures)).await;
-                    continue;
-                }
-            }
-            return Ok((status, headers, body));
-        }
+        };
+        self.upstream.call(repeat, build, classify).await
     }
 
     /// GETs every page of a list, following `next`.
@@ -332,37 +213,22 @@ impl ClassicProvider {
         &self,
         first: Url,
     ) -> Result<Vec<T>, ProviderError> {
-        let mut out = Vec::new();
-        let mut url = first;
-        let mut seen = HashSet::new();
-        for _ in 0..MAX_PAGES {
-            seen.insert(url.to_string());
-            let (status, headers, body) = self.send(Method::GET, url.clone(), true).await?;
-            if !status.is_success() {
-                return Err(map_error(status, &body));
-            }
-            let page: Vec<T> =
-                serde_json::from_slice(&body).map_err(|e| ProviderError::Upstream {
-                    status: Some(status.as_u16()),
+        upstream::follow_pages(first, |url| async move {
+            let reply = self.send(Method::GET, url, Repeat::Safe).await?;
+            let items: Vec<T> =
+                serde_json::from_slice(&reply.body).map_err(|e| ProviderError::Upstream {
+                    status: Some(reply.status.as_u16()),
                     code: "InvalidResponse".into(),
                     message: format!("the broker's list is not the expected JSON array: {e}"),
                 })?;
-            out.extend(page);
-            let Some(next) = headers
+            let next = reply
+                .headers
                 .get("next")
                 .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-            else {
-                return Ok(out);
-            };
-            let next = resolve_next(&url, &self.broker, next)?;
-            if seen.contains(next.as_str()) {
-                return Err(invalid_next("repeats a page already read"));
-            }
-            url = next;
-        }
-        Err(invalid_next("exceeded the page limit"))
+                .map(str::to_string);
+            Ok(Page { items, next })
+        })
+        .await
     }
 
     async fn pool_sessions(&self) -> Result<Vec<Session>, ProviderError> {
@@ -383,66 +249,35 @@ impl ClassicProvider {
         query: Option<String>,
     ) -> Result<(), ProviderError> {
         let url = self.action_url(host, id, action, query)?;
-        let (status, _h, body) = self.send(Method::POST, url, false).await?;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(map_error(status, &body))
-        }
+        self.send(Method::POST, url, Repeat::Once).await?;
+        Ok(())
     }
 
     /// Distinguishes "no such host" from "host without sessions" for a host missing from lists.
     async fn host_exists(&self, host: &HostName) -> Result<bool, ProviderError> {
         let url = self.url(&["SessionHosts", host.as_str()])?;
-        let (status, _h, body) = self.send(Method::GET, url, true).await?;
-        if status.is_success() {
-            return Ok(true);
-        }
-        match map_error(status, &body) {
-            ProviderError::HostNotFound => Ok(false),
-            e => Err(e),
+        match self.send(Method::GET, url, Repeat::Safe).await {
+            Ok(_) => Ok(true),
+            Err(ProviderError::HostNotFound) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 }
 
-/// Resolves a `next` header (absolute or relative) against the page it came with; it must stay
-/// on the broker's origin (our bearer token goes with it).
-fn resolve_next(current: &Url, broker: &Url, raw: &str) -> Result<Url, ProviderError> {
-    let next = current
-        .join(raw)
-        .map_err(|_| invalid_next("is not a URL"))?;
-    if next.origin() != broker.origin() {
-        return Err(invalid_next("points to another origin"));
+/// Judges a broker reply: 2xx is the answer; a 5xx may pass unless its symbolic code has a
+/// definite meaning.
+fn classify(reply: Reply) -> Verdict<Reply, ProviderError> {
+    if reply.status.is_success() {
+        return Verdict::Done(reply);
     }
-    Ok(next)
-}
-
-fn invalid_next(why: &str) -> ProviderError {
-    ProviderError::Upstream {
-        status: None,
-        code: "InvalidNextLink".into(),
-        message: format!("the broker's `next` header {why}"),
-    }
-}
-
-/// Describes a reqwest error without the URL (it may carry message text in its query).
-fn without_url(e: &reqwest::Error) -> String {
-    let mut s = String::from(if e.is_connect() {
-        "connection failed"
-    } else if e.is_timeout() {
-        "timed out"
-    } else if e.is_body() || e.is_decode() {
-        "reading the response failed"
+    let transient = reply.status.is_server_error()
+        && wire::parse_error(&reply.body).is_none_or(|e| !wire::is_known_code(&e.message));
+    let e = map_error(reply.status, &reply.body);
+    if transient {
+        Verdict::Transient(e)
     } else {
-        "request failed"
-    });
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
+        Verdict::Fail(e)
     }
-    s
 }
 
 /// Maps a broker error response to a typed error (the symbolic code is in `error.message`).
@@ -595,11 +430,7 @@ impl SessionProvider for ClassicProvider {
         title: &str,
         body: &str,
     ) -> Result<(), ProviderError> {
-        let q = format!(
-            "MessageTitle={}&MessageBody={}",
-            escape_query_value(title),
-            escape_query_value(body)
-        );
+        let q = upstream::query(&[("MessageTitle", title), ("MessageBody", body)]);
         self.action(host, id, "send-message-user", Some(q)).await
     }
 }
@@ -648,34 +479,5 @@ mod tests {
             }
             e => panic!("{e:?}"),
         }
-    }
-
-    #[test]
-    fn next_links_stay_on_the_broker() {
-        let broker = Url::parse("https://rdbroker.wvd.microsoft.com").unwrap();
-        let cur = Url::parse("https://rdbroker.wvd.microsoft.com/RdsManagement/V1/TenantGroups/Default%20Tenant%20Group/Tenants/t/HostPools/p/Sessions?PageSize=2&InitialSkip=0").unwrap();
-        let abs = resolve_next(
-            &cur,
-            &broker,
-            "https://rdbroker.wvd.microsoft.com/RdsManagement/V1/x?InitialSkip=2",
-        )
-        .unwrap();
-        assert_eq!(abs.query(), Some("InitialSkip=2"));
-        let rel = resolve_next(&cur, &broker, "Sessions?PageSize=2&InitialSkip=2").unwrap();
-        assert!(rel.path().ends_with("/HostPools/p/Sessions"), "{rel}");
-        assert!(resolve_next(&cur, &broker, "https://evil.example/steal").is_err());
-        assert!(resolve_next(&cur, &broker, "http://rdbroker.wvd.microsoft.com/x").is_err());
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_and_dates() {
-        let mut h = HeaderMap::new();
-        h.insert(reqwest::header::RETRY_AFTER, "7".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
-        h.insert(
-            reqwest::header::RETRY_AFTER,
-            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
-        );
-        assert_eq!(retry_after(&h), Some(Duration::ZERO));
     }
 }

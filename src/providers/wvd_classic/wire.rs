@@ -183,35 +183,10 @@ pub(super) fn is_known_code(code: &str) -> bool {
     )
 }
 
-/// Percent-encodes a query value the way .NET's `Uri.EscapeDataString` does (the PowerShell
-/// module's encoding): every byte of the UTF-8 form except RFC 3986 unreserved characters.
-pub fn escape_query_value(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push_str(&format!("{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn escaping_matches_escape_data_string() {
-        assert_eq!(
-            escape_query_value("a b&c=d#e%f+g"),
-            "a%20b%26c%3Dd%23e%25f%2Bg"
-        );
-        assert_eq!(escape_query_value("é\n"), "%C3%A9%0A");
-        assert_eq!(escape_query_value("A-z_0.9~"), "A-z_0.9~");
-    }
 
     #[test]
     fn sessions_accept_names_and_integers() {

@@ -1,0 +1,390 @@
+//! One engine for calls to upstream HTTP services: the AVD (ARM) and WVD classic adapters
+//! today, outbound clients such as ticketing write-back later. Adapters build requests and
+//! classify responses ([`Verdict`]); the engine owns everything about sending again:
+//!
+//! - **Token refresh.** A 401 makes the [`TokenSource`] drop its cached token and the request
+//!   goes out once more with a new one (a 401 means nothing was carried out, so this holds
+//!   for every call). A second 401 goes to the classifier (an authentication error).
+//! - **Throttling.** A 429 is waited out for its `Retry-After` (delta-seconds or HTTP date;
+//!   [`CallPolicy::default_retry_after`] when absent) as long as the wait ends within the
+//!   call's [`CallPolicy::retry_budget`], for every call (a 429 is refused before it runs);
+//!   otherwise the call ends at once with [`UpstreamError::Throttled`].
+//! - **Backoff.** Answers the classifier calls [`Verdict::Transient`] (typically 5xx), timeouts
+//!   and broken connections are retried up to [`CallPolicy::max_retries`] times, waiting the
+//!   answer's `Retry-After` (e.g. a 503's) or a jittered exponential backoff, within the budget —
+//!   only for [`Repeat::Safe`] calls. A [`Repeat::Once`] call is sent again only when the
+//!   connection could not be made (the request never left).
+//! - **Per-call timeout.** Each attempt — sending and reading the whole body — is bounded by
+//!   [`CallPolicy::timeout`]; running out is [`UpstreamError::Timeout`].
+//! - **Body cap.** Every response body is read in chunks up to
+//!   [`CallPolicy::max_response_bytes`]; a longer one (by `Content-Length` or as it streams)
+//!   ends the call with [`UpstreamError::TooLarge`], never retried.
+//!
+//! The engine knows nothing of sessions: its failures are [`UpstreamError`], which each
+//! caller's error type takes with `From`.
+//!
+//! Configuration (each HTTP provider's pool table, flat keys): `timeout_secs`, `max_retries`,
+//! `retry_budget_secs` (also accepted under its old classic name `throttle_budget_secs`) and
+//! `max_response_bytes` (default [`DEFAULT_MAX_RESPONSE_BYTES`]).
+
+mod encode;
+mod paging;
+mod token;
+
+pub use encode::{escape, query, unescape};
+pub use paging::{Page, follow_pages};
+pub use token::{CredentialFactory, CredentialToken, TokenSource};
+
+use bytes::{Bytes, BytesMut};
+use rand::Rng;
+use reqwest::{StatusCode, header::HeaderMap};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+/// Default cap on one response body: 16 MiB (an ARM page of 1 000 sessions is about 1 MiB).
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Throttle answers waited out per call at most, whatever the budget (a guard against a
+/// service that answers `Retry-After: 0` forever).
+const MAX_THROTTLE_WAITS: u32 = 20;
+
+/// How one logical call may spend its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallPolicy {
+    /// Bound on one attempt: sending the request and reading the whole response.
+    pub timeout: Duration,
+    /// Retries of a [`Repeat::Safe`] call after a transient failure.
+    pub max_retries: u32,
+    /// A wait (Retry-After or backoff) is only started if it ends within this long after the
+    /// call began; otherwise the call fails with what went wrong last.
+    pub retry_budget: Duration,
+    /// Longest response body read; a longer one fails the call.
+    pub max_response_bytes: u64,
+    /// Wait for a 429 that carries no `Retry-After`.
+    pub default_retry_after: Duration,
+}
+
+impl CallPolicy {
+    /// From the knobs every HTTP provider shares. An error names the knob (without its prefix).
+    pub fn from_knobs(
+        timeout_secs: u64,
+        max_retries: u32,
+        retry_budget_secs: u64,
+        max_response_bytes: u64,
+        default_retry_after: Duration,
+    ) -> Result<Self, (&'static str, &'static str)> {
+        if timeout_secs == 0 {
+            return Err(("timeout_secs", "must be at least 1"));
+        }
+        if max_response_bytes < 1024 {
+            return Err(("max_response_bytes", "must be at least 1024"));
+        }
+        Ok(Self {
+            timeout: Duration::from_secs(timeout_secs),
+            max_retries,
+            retry_budget: Duration::from_secs(retry_budget_secs),
+            max_response_bytes,
+            default_retry_after,
+        })
+    }
+}
+
+/// Whether a request may be sent again after it may have reached the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repeat {
+    /// Safe or idempotent (a read, a DELETE, an ARM disconnect).
+    Safe,
+    /// Not idempotent (a message): sent again only when it certainly never left (connection
+    /// refused) or the service refused it unseen (401, 429).
+    Once,
+}
+
+/// A complete response (body within the cap), as the classifier sees it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// What the adapter makes of a reply other than 401/429 (the engine's own).
+#[derive(Debug)]
+pub enum Verdict<T, E> {
+    /// The call succeeded.
+    Done(T),
+    /// The call failed for good.
+    Fail(E),
+    /// The call failed in a way that may pass (e.g. 5xx): retried if the call is safe to repeat.
+    Transient(E),
+}
+
+/// Failures the engine itself reports.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    /// Throttled for longer than the retry budget allows.
+    #[error("throttled; retry after {retry_after:?}")]
+    Throttled { retry_after: Duration },
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// Connection-level failure (DNS, TCP, TLS, dropped connection).
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// No token could be obtained (the identity provider refused our credential).
+    #[error("no token: {0}")]
+    Auth(String),
+    /// The response body is longer than the cap.
+    #[error("the response (status {status}) is larger than {limit} bytes")]
+    TooLarge { status: u16, limit: u64 },
+    /// A paged list's next link is unusable (`code`: `InvalidNextLink` or `PagingLoop`).
+    #[error("{message}")]
+    Paging { code: &'static str, message: String },
+}
+
+/// Jittered exponential backoff for retry `attempt` (0-based): 200 ms doubling, capped at 5 s,
+/// drawn from the upper half so concurrent retries spread out.
+pub fn backoff(attempt: u32) -> Duration {
+    let base_ms = 200u64.saturating_mul(1u64 << attempt.min(10)).min(5_000);
+    Duration::from_millis(rand::rng().random_range(base_ms / 2..=base_ms))
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date (IMF-fixdate); a date in the past is zero.
+pub fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let fmt = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let at = time::PrimitiveDateTime::parse(v, &fmt).ok()?.assume_utc();
+    let d = at - time::OffsetDateTime::now_utc();
+    Some(Duration::from_secs(d.whole_seconds().max(0).unsigned_abs()))
+}
+
+/// One upstream service as seen by one client: HTTP client, policy and token source.
+pub struct Upstream {
+    service: &'static str,
+    http: reqwest::Client,
+    policy: CallPolicy,
+    token: Option<Arc<dyn TokenSource>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("service", &self.service)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// When a failed attempt may be made again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Again {
+    /// Nothing was sent: any call may go again.
+    Always,
+    /// The request may have arrived: only safe calls go again.
+    IfSafe,
+    Never,
+}
+
+impl Upstream {
+    /// `service` names the upstream in logs and messages ("ARM", "the classic broker").
+    pub fn new(
+        service: &'static str,
+        http: reqwest::Client,
+        policy: CallPolicy,
+        token: Option<Arc<dyn TokenSource>>,
+    ) -> Self {
+        Self {
+            service,
+            http,
+            policy,
+            token,
+        }
+    }
+
+    pub fn policy(&self) -> &CallPolicy {
+        &self.policy
+    }
+
+    /// One logical call. `build` makes the request for each attempt (the engine adds the
+    /// bearer token); `classify` judges every reply other than the 401 and 429 the engine
+    /// handles itself (a 401 after the refresh does reach it).
+    pub async fn call<T, E>(
+        &self,
+        repeat: Repeat,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        mut classify: impl FnMut(Reply) -> Verdict<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<UpstreamError>,
+    {
+        let deadline = Instant::now() + self.policy.retry_budget;
+        let mut retries = 0u32;
+        let mut throttled = 0u32;
+        let mut refreshed = false;
+        loop {
+            let mut req = build(&self.http);
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t.token().await?);
+            }
+            let (err, again, hint, status) = match self.attempt(req).await {
+                Ok(reply) => {
+                    let status = reply.status;
+                    if status == StatusCode::UNAUTHORIZED
+                        && !refreshed
+                        && let Some(t) = &self.token
+                    {
+                        refreshed = true;
+                        tracing::warn!(
+                            upstream.service = self.service,
+                            "token refused; fetching a new one"
+                        );
+                        t.refresh()?;
+                        continue;
+                    }
+                    let hint = retry_after(&reply.headers);
+                    if status == StatusCode::TOO_MANY_REQUESTS {
+                        let wait = hint.unwrap_or(self.policy.default_retry_after);
+                        throttled += 1;
+                        if Instant::now() + wait > deadline || throttled > MAX_THROTTLE_WAITS {
+                            tracing::warn!(
+                                upstream.service = self.service,
+                                upstream.retry_after_secs = wait.as_secs(),
+                                "throttled beyond the retry budget"
+                            );
+                            return Err(UpstreamError::Throttled { retry_after: wait }.into());
+                        }
+                        tracing::info!(
+                            upstream.service = self.service,
+                            upstream.retry_after_secs = wait.as_secs(),
+                            "throttled; waiting Retry-After"
+                        );
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    match classify(reply) {
+                        Verdict::Done(v) => return Ok(v),
+                        Verdict::Fail(e) => return Err(e),
+                        Verdict::Transient(e) => (e, Again::IfSafe, hint, Some(status.as_u16())),
+                    }
+                }
+                Err((e, again)) => (E::from(e), again, None, None),
+            };
+            let may = match again {
+                Again::Always => true,
+                Again::IfSafe => repeat == Repeat::Safe,
+                Again::Never => false,
+            };
+            if !may || retries >= self.policy.max_retries {
+                return Err(err);
+            }
+            let wait = hint.unwrap_or_else(|| backoff(retries));
+            if Instant::now() + wait > deadline {
+                return Err(err);
+            }
+            retries += 1;
+            tracing::info!(
+                upstream.service = self.service,
+                upstream.attempt = retries,
+                upstream.status = status,
+                upstream.wait_ms = wait.as_millis() as u64,
+                "retrying"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Sends once and reads the body within the cap, all within the per-call timeout.
+    async fn attempt(&self, req: reqwest::RequestBuilder) -> Result<Reply, (UpstreamError, Again)> {
+        let limit = self.policy.max_response_bytes;
+        let exchange = async {
+            let mut resp = req.send().await.map_err(|e| {
+                let again = if e.is_connect() {
+                    Again::Always
+                } else if e.is_builder() {
+                    Again::Never
+                } else {
+                    Again::IfSafe
+                };
+                (self.transport_error(&e), again)
+            })?;
+            let status = resp.status();
+            let too_large = || {
+                (
+                    UpstreamError::TooLarge {
+                        status: status.as_u16(),
+                        limit,
+                    },
+                    Again::Never,
+                )
+            };
+            if resp.content_length().is_some_and(|n| n > limit) {
+                return Err(too_large());
+            }
+            let headers = std::mem::take(resp.headers_mut());
+            let mut body = BytesMut::new();
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| (self.transport_error(&e), Again::IfSafe))?
+            {
+                if (body.len() + chunk.len()) as u64 > limit {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(Reply {
+                status,
+                headers,
+                body: body.freeze(),
+            })
+        };
+        match tokio::time::timeout(self.policy.timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err((
+                UpstreamError::Timeout(format!(
+                    "no answer from {} within {:?}",
+                    self.service, self.policy.timeout
+                )),
+                Again::IfSafe,
+            )),
+        }
+    }
+
+    /// Describes a reqwest failure without its URL (a query may carry message text).
+    fn transport_error(&self, e: &reqwest::Error) -> UpstreamError {
+        let what = if e.is_connect() {
+            "connection failed"
+        } else if e.is_timeout() {
+            "timed out"
+        } else if e.is_body() || e.is_decode() {
+            "reading the response failed"
+        } else {
+            "request failed"
+        };
+        let host = e.url().and_then(|u| u.host_str()).unwrap_or("");
+        let mut s = format!("{} ({host}): {what}", self.service);
+        let mut src = std::error::Error::source(e);
+        while let Some(inner) = src {
+            let t = inner.to_string();
+            if !s.contains(&t) {
+                s.push_str(": ");
+                s.push_str(&t);
+            }
+            src = inner.source();
+        }
+        let s = crate::domain::truncate_for_display(&s, 400);
+        if e.is_timeout() {
+            UpstreamError::Timeout(s)
+        } else {
+            UpstreamError::Transport(s)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
