@@ -16,9 +16,10 @@ cred = ClientSecretCredential(
     info["tenant"], info["client_id"], info["client_secret"],
     authority=info["authority_host"], disable_instance_discovery=True, connection_verify=ca,
 )
+# No credential_scopes: the SDK asks for its default ARM audience
+# (https://management.azure.com/.default), which the emulator accepts like the real ARM.
 client = DesktopVirtualizationMgmtClient(
-    cred, info["subscription"], base_url=info["base_url"],
-    credential_scopes=[info["base_url"] + "/.default"], connection_verify=ca,
+    cred, info["subscription"], base_url=info["base_url"], connection_verify=ca,
 )
 rg, hp = info["resource_group"], info["host_pools"][0]
 
