@@ -461,18 +461,6 @@ impl ArmState {
         true
     }
 
-    /// Sets a host's raw status (open enum).
-    pub fn set_host_status(&self, pool: &str, host: &str, status: &str) -> bool {
-        let mut w = lock(&self.world);
-        match w.pool_mut(pool).and_then(|p| p.host_mut(host)) {
-            Some(h) => {
-                h.status = status.to_string();
-                true
-            }
-            None => false,
-        }
-    }
-
     /// A host's `allowNewSession` (false = drain mode).
     pub fn host_allows_new_sessions(&self, pool: &str, host: &str) -> Option<bool> {
         let w = lock(&self.world);

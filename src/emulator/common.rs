@@ -507,7 +507,8 @@ async fn token_endpoint(
     .into_response()
 }
 
-/// Parses an absolute `nextLink`-style skip token: page starts are plain offsets.
+/// The page starting at item `skip` of `total`: `(start, end, more_after_it)`, clamped to
+/// the list (page starts are plain offsets in both emulators' next links).
 pub fn page_bounds(total: usize, skip: usize, page_size: usize) -> (usize, usize, bool) {
     let start = skip.min(total);
     let end = (start + page_size.max(1)).min(total);

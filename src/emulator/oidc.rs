@@ -52,7 +52,6 @@ struct IssuerState {
     issuer: String,
     keys: Mutex<Keys>,
     jwks_hits: AtomicU64,
-    discovery_hits: AtomicU64,
     keys_failing: AtomicBool,
 }
 
@@ -127,7 +126,6 @@ impl TestIssuer {
                 ec: ec_key()?,
             }),
             jwks_hits: AtomicU64::new(0),
-            discovery_hits: AtomicU64::new(0),
             keys_failing: AtomicBool::new(false),
         });
         let router = Router::new()
@@ -157,12 +155,6 @@ impl TestIssuer {
     pub fn discovery_url(&self) -> String {
         format!("{}/.well-known/openid-configuration", self.state.issuer)
     }
-    pub fn jwks_url(&self) -> String {
-        format!(
-            "{}/{}/discovery/v2.0/keys",
-            self.running.base_url, self.state.tenant
-        )
-    }
     pub fn base_url(&self) -> &str {
         &self.running.base_url
     }
@@ -185,19 +177,10 @@ impl TestIssuer {
     pub fn jwks_fetches(&self) -> u64 {
         self.state.jwks_hits.load(Ordering::Relaxed)
     }
-    /// How many times the discovery document was requested.
-    pub fn discovery_fetches(&self) -> u64 {
-        self.state.discovery_hits.load(Ordering::Relaxed)
-    }
     /// `kid` of the current RSA (RS256) key.
     pub fn rsa_kid(&self) -> String {
         self.keys().rsa.kid.clone()
     }
-    /// `kid` of the current EC P-256 (ES256) key.
-    pub fn ec_kid(&self) -> String {
-        self.keys().ec.kid.clone()
-    }
-
     fn keys(&self) -> std::sync::MutexGuard<'_, Keys> {
         self.state.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -294,7 +277,6 @@ impl TestIssuer {
 }
 
 async fn discovery(State(s): State<Arc<IssuerState>>, Path(tenant): Path<String>) -> Response {
-    s.discovery_hits.fetch_add(1, Ordering::Relaxed);
     if tenant != s.tenant {
         return entra_not_found(&tenant);
     }

@@ -345,16 +345,6 @@ impl ClassicState {
             .unwrap_or(false)
     }
 
-    /// Removes a host from the broker, leaving its sessions behind as ghosts.
-    pub fn remove_host(&self, pool: &str, host: &str) -> bool {
-        self.with_pool(pool, |p| {
-            let before = p.hosts.len();
-            p.hosts.retain(|h| !h.name.eq_ignore_ascii_case(host));
-            before != p.hosts.len()
-        })
-        .unwrap_or(false)
-    }
-
     /// Sets a session's state by name (e.g. `Disconnected`).
     pub fn set_session_state(&self, pool: &str, host: &str, id: u32, state: &str) -> bool {
         let Some(st) = SESSION_STATES
@@ -906,12 +896,13 @@ fn page_response(
             .and_then(|h| h.to_str().ok())
             .map(|h| format!("https://{h}"))
             .unwrap_or_else(|| lock(&st.base_url).clone());
-        let q = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("PageSize", &pg.page_size.to_string())
-            .append_pair("SortField", &pg.sort_field)
-            .append_pair("IsDescending", if pg.descending { "True" } else { "False" })
-            .append_pair("InitialSkip", &end.to_string())
-            .finish();
+        let (size, skip) = (pg.page_size.to_string(), end.to_string());
+        let q = crate::upstream::query(&[
+            ("PageSize", size.as_str()),
+            ("SortField", pg.sort_field.as_str()),
+            ("IsDescending", if pg.descending { "True" } else { "False" }),
+            ("InitialSkip", skip.as_str()),
+        ]);
         if let Ok(v) = HeaderValue::from_str(&format!("{base}{path}?{q}")) {
             r.headers_mut().insert("next", v);
         }
