@@ -424,27 +424,6 @@ async fn page_size_descending_and_initial_skip() {
     assert_eq!(names(&v), vec!["3", "4"]);
 }
 
-/// Asks the emulated token endpoint for a token for `scope`: the token, or the error body.
-async fn token_for(env: &Env, scope: &str) -> Result<String, Value> {
-    let info = env.emu.info();
-    let v: Value = env
-        .raw_client()
-        .post(&info.token_url)
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", info.client_id.as_str()),
-            ("client_secret", info.client_secret.as_str()),
-            ("scope", scope),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["access_token"].as_str().map(str::to_string).ok_or(v)
-}
-
 #[tokio::test]
 async fn tokens_for_the_standard_arm_audiences_work_on_the_arm_routes() {
     let env = start(opts(1, 2, 10)).await;
@@ -463,7 +442,7 @@ async fn tokens_for_the_standard_arm_audiences_work_on_the_arm_routes() {
         // Entra ID ignores a trailing slash on the resource.
         "https://management.azure.com//.default",
     ] {
-        let tok = token_for(&env, scope).await.unwrap();
+        let tok = env.raw_token_for(scope).await.unwrap();
         let (s, _, v) = get(&env, &hosts, Some(&tok)).await;
         assert_eq!(s, 200, "{scope}: {v}");
         assert_eq!(v["value"].as_array().map(Vec::len), Some(1), "{scope}");
@@ -483,7 +462,8 @@ async fn tokens_for_the_standard_arm_audiences_work_on_the_arm_routes() {
 
     // The issuer may grant other audiences; the ARM routes still refuse them.
     env.state.allow_scope("https://graph.example/.default");
-    let other = token_for(&env, "https://graph.example/.default")
+    let other = env
+        .raw_token_for("https://graph.example/.default")
         .await
         .unwrap();
     let (s, _, v) = get(&env, &hosts, Some(&other)).await;
@@ -492,7 +472,8 @@ async fn tokens_for_the_standard_arm_audiences_work_on_the_arm_routes() {
         (401, Some("InvalidAuthenticationToken"))
     );
     // And audiences nobody allowed get no token at all.
-    let e = token_for(&env, "https://vault.azure.net/.default")
+    let e = env
+        .raw_token_for("https://vault.azure.net/.default")
         .await
         .unwrap_err();
     assert_eq!(e["error"], "invalid_scope");

@@ -79,8 +79,14 @@ impl Env {
         .unwrap()
     }
 
-    /// Fetches a token from the emulated token endpoint.
+    /// Fetches a token for the emulator's own origin from the emulated token endpoint.
     pub async fn raw_token(&self) -> String {
+        let scope = format!("{}/.default", self.emu.info().base_url);
+        self.raw_token_for(&scope).await.unwrap()
+    }
+
+    /// Asks the emulated token endpoint for a token for `scope`: the token, or the error body.
+    pub async fn raw_token_for(&self, scope: &str) -> Result<String, serde_json::Value> {
         let info = self.emu.info();
         let resp: serde_json::Value = self
             .raw_client()
@@ -89,7 +95,7 @@ impl Env {
                 ("grant_type", "client_credentials"),
                 ("client_id", info.client_id.as_str()),
                 ("client_secret", info.client_secret.as_str()),
-                ("scope", &format!("{}/.default", info.base_url)),
+                ("scope", scope),
             ])
             .send()
             .await
@@ -97,7 +103,10 @@ impl Env {
             .json()
             .await
             .unwrap();
-        resp["access_token"].as_str().unwrap().to_string()
+        resp["access_token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or(resp)
     }
 
     /// `{base}/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.DesktopVirtualization/hostPools/{pool}`
