@@ -636,3 +636,37 @@ async fn answers_over_the_size_cap_fail_typed() {
     assert!(env.state().messages().is_empty());
     assert_eq!(p.list_hosts().await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn a_slow_broker_is_a_timeout_and_an_action_is_tried_once() {
+    let env = Env::default().await;
+    let mut cfg = env.config();
+    cfg.timeout_secs = 1;
+    let p = env.provider_with(&cfg);
+    p.list_hosts().await.unwrap(); // token cached before the latency starts
+    let faults = env.state().faults().clone();
+    faults.set(sessiongate::emulator::common::FaultSettings {
+        latency_ms: 3000,
+        ..Default::default()
+    });
+    // One attempt of at most timeout_secs: a second one would take the call past 2 s.
+    let t0 = Instant::now();
+    assert!(matches!(
+        p.send_message(&host(SH1), SessionId(2), "t", "b").await,
+        Err(ProviderError::Timeout(_))
+    ));
+    assert!(
+        t0.elapsed() < Duration::from_millis(1800),
+        "{:?}",
+        t0.elapsed()
+    );
+    // A read is tried again (and times out again) within max_retries.
+    let t0 = Instant::now();
+    assert!(matches!(
+        p.list_hosts().await,
+        Err(ProviderError::Timeout(_))
+    ));
+    assert!(t0.elapsed() >= Duration::from_secs(2), "{:?}", t0.elapsed());
+    faults.set(Default::default());
+    assert!(env.state().messages().is_empty());
+}

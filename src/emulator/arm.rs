@@ -791,6 +791,20 @@ fn arm_error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// A request body as JSON (an empty body is `{}`), or ARM's 400 for content it cannot read.
+fn json_body(body: &Bytes) -> Result<Value, Box<Response>> {
+    if body.is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(arm_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContent",
+            &format!("The request content was invalid and could not be deserialized: '{e}'."),
+        ))
+    })
+}
+
 fn json_ok(v: Value) -> Response {
     (
         StatusCode::OK,
@@ -1501,21 +1515,9 @@ fn execute(
             None => host_not_found(&rg, &pname, h),
         },
         (ArmOp::UpdateHost, Route::Host(h)) => {
-            let patch: Value = if body.is_empty() {
-                json!({})
-            } else {
-                match serde_json::from_slice(body) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        return arm_error(
-                            StatusCode::BAD_REQUEST,
-                            "InvalidRequestContent",
-                            &format!(
-                                "The request content was invalid and could not be deserialized: '{e}'."
-                            ),
-                        );
-                    }
-                }
+            let patch = match json_body(body) {
+                Ok(v) => v,
+                Err(r) => return *r,
             };
             let Some(host) = pool.host_mut(h) else {
                 return host_not_found(&rg, &pname, h);
@@ -1618,21 +1620,9 @@ fn execute(
                     None => session_not_found(),
                 },
                 _ => {
-                    let msg: Value = if body.is_empty() {
-                        json!({})
-                    } else {
-                        match serde_json::from_slice(body) {
-                            Ok(v) => v,
-                            Err(e) => {
-                                return arm_error(
-                                    StatusCode::BAD_REQUEST,
-                                    "InvalidRequestContent",
-                                    &format!(
-                                        "The request content was invalid and could not be deserialized: '{e}'."
-                                    ),
-                                );
-                            }
-                        }
+                    let msg = match json_body(body) {
+                        Ok(v) => v,
+                        Err(r) => return *r,
                     };
                     let Some((i, s)) = sid.and_then(|i| host.sessions.get(&i).map(|s| (i, s)))
                     else {

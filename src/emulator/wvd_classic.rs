@@ -20,6 +20,7 @@
 use crate::emulator::common::{
     EmulatorTls, FaultSettings, Faults, Running, TokenBucket, TokenIssuer,
 };
+use crate::providers::wvd_classic::{APPLICATION_TYPES, HOST_STATUSES, SESSION_STATES};
 use axum::{
     Json, Router,
     body::{Body, Bytes},
@@ -56,33 +57,6 @@ pub enum EnumStyle {
     Names,
     Integers,
 }
-
-/// Session states in the order the reference lists them; the integer form is the index.
-pub const SESSION_STATES: [&str; 6] = [
-    "Unknown",
-    "Active",
-    "Disconnected",
-    "Pending",
-    "LoggOff",
-    "UserProfileDiskMounted",
-];
-/// Host statuses in the order the reference lists them (as in ARM); the integer form is the index.
-pub const HOST_STATUSES: [&str; 12] = [
-    "Available",
-    "Unavailable",
-    "Shutdown",
-    "Disconnected",
-    "Upgrading",
-    "UpgradeFailed",
-    "NoHeartbeat",
-    "NotJoinedToDomain",
-    "DomainTrustRelationshipLost",
-    "SxSStackListenerNotReady",
-    "FSLogixNotHealthy",
-    "NeedsAssistance",
-];
-/// Application types in reference order; the integer form is the index.
-pub const APPLICATION_TYPES: [&str; 2] = ["Desktop", "RemoteApp"];
 
 /// Options for [`start`].
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -20,6 +20,7 @@ pub use config::{
     DEFAULT_CLIENT_API_VERSION, DEFAULT_RESOURCE, DEFAULT_TENANT_GROUP,
 };
 pub use credential::CertificateAssertion;
+pub use wire::{APPLICATION_TYPES, HOST_STATUSES, SESSION_STATES};
 
 use super::{ActionEffect, PoolSessions, ProviderError, SessionFilter, SessionProvider};
 use crate::domain::{

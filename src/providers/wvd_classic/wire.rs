@@ -1,6 +1,6 @@
 //! The broker's JSON shapes (camelCase; PascalCase accepted too) and their mapping to domain
 //! types. Enums may arrive as names or as integers; integers map in the order the reference
-//! lists the names (the same tables the emulator uses).
+//! lists the names (the emulator renders from the same tables).
 
 use crate::domain::{Session, SessionHost, SessionId, SessionState};
 use serde::Deserialize;
@@ -8,7 +8,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 /// `sessionState` names in the reference's order (the integer form is the index).
-const SESSION_STATES: [&str; 6] = [
+pub const SESSION_STATES: [&str; 6] = [
     "Unknown",
     "Active",
     "Disconnected",
@@ -17,7 +17,7 @@ const SESSION_STATES: [&str; 6] = [
     "UserProfileDiskMounted",
 ];
 /// Host `status` names in the reference's order (as in ARM).
-const HOST_STATUSES: [&str; 12] = [
+pub const HOST_STATUSES: [&str; 12] = [
     "Available",
     "Unavailable",
     "Shutdown",
@@ -31,7 +31,8 @@ const HOST_STATUSES: [&str; 12] = [
     "FSLogixNotHealthy",
     "NeedsAssistance",
 ];
-const APPLICATION_TYPES: [&str; 2] = ["Desktop", "RemoteApp"];
+/// `applicationType` names in the reference's order.
+pub const APPLICATION_TYPES: [&str; 2] = ["Desktop", "RemoteApp"];
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
