@@ -727,3 +727,59 @@ async fn openapi_is_served_and_matches_the_committed_file() {
         "openapi.yaml is stale: run `cargo run -- openapi > openapi.yaml` and commit it"
     );
 }
+
+/// Sends one raw HTTP/1.1 request (the path exactly as given, as `curl --path-as-is` does) and
+/// returns the status code and body.
+async fn raw_request(app: &TestApp, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = app.url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        app.keys.admin
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[tokio::test]
+async fn dot_segments_are_not_host_names() {
+    let app = TestApp::start().await;
+    let (_, id, _) = app.avd_target();
+    let before = app.arm().sessions(ARM_POOL).len();
+    for host in ["..", ".", "%2e%2e", ".%2e", "%2E", "..."] {
+        let (st, body) = raw_request(
+            &app,
+            "GET",
+            &format!("/hostpools/{AVD_POOL}/sessionhosts/{host}/sessions"),
+        )
+        .await;
+        assert_eq!(st, 400, "GET with host {host}: {body}");
+        assert!(body.contains("invalid_host_name"), "{body}");
+        let (st, body) = raw_request(
+            &app,
+            "POST",
+            &format!("/hostpools/{AVD_POOL}/sessionhosts/{host}/sessions/{id}/logoff"),
+        )
+        .await;
+        assert_eq!(st, 400, "POST with host {host}: {body}");
+        assert!(body.contains("invalid_host_name"), "{body}");
+    }
+    for pool in ["..", "%2e"] {
+        let (st, body) = raw_request(&app, "GET", &format!("/hostpools/{pool}/sessions")).await;
+        assert_eq!(st, 400, "GET with pool {pool}: {body}");
+    }
+    assert_eq!(
+        app.arm().sessions(ARM_POOL).len(),
+        before,
+        "nothing logged off"
+    );
+}
