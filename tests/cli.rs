@@ -137,28 +137,59 @@ async fn demo_prints_working_keys_and_commands() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    // The audit log the demo wrote verifies.
+    // The audit log the demo wrote verifies, with the command the demo printed, run as printed
+    // (after the demo stopped: the config it wrote needs no running emulator).
     drop(k);
-    let cfg = dir.path().join("verify.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\ndata_dir = {:?}\n[audit]\nurl = \"sqlite://{}/audit.sqlite\"\n",
-            dir.path(),
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let verify: Vec<&str> = lines
+        .iter()
+        .find(|l| l.contains("audit verify --config"))
+        .expect("the demo prints the audit verify command")
+        .split_whitespace()
+        .collect();
+    assert_eq!(verify[..4], ["sessiongate", "audit", "verify", "--config"]);
+    assert_eq!(verify.len(), 5, "{verify:?}");
+    let out = Command::new(BIN).args(&verify[1..]).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && report.contains("result: INTACT"),
+        "verify: {report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!report.contains(" 0 event(s)"), "{report}");
+    // The written config is the demo's: in its data dir, passing config check, no secrets in it.
+    let written = std::path::Path::new(verify[4]);
+    assert_eq!(
+        written,
+        dir.path().canonicalize().unwrap().join("sessiongate.toml")
+    );
     let out = Command::new(BIN)
-        .args(["audit", "verify", "--config"])
-        .arg(&cfg)
+        .args(["config", "check"])
+        .arg(written)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "verify: {}",
-        String::from_utf8_lossy(&out.stdout)
+        "config check: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    let text = std::fs::read_to_string(written).unwrap();
+    assert!(
+        text.contains(&format!("listen = \"127.0.0.1:{port}\"")),
+        "{text}"
+    );
+    assert!(!text.contains(&op) && !text.contains(&reader));
+    for secret_file in [
+        "arm-client-secret",
+        "classic-client-secret",
+        "winrm-password",
+    ] {
+        let secret = std::fs::read_to_string(dir.path().join(secret_file)).unwrap();
+        assert!(
+            !secret.trim().is_empty() && !text.contains(secret.trim()),
+            "{secret_file}"
+        );
+        assert!(text.contains(secret_file), "{secret_file} is referenced");
+    }
 }
 
 #[test]
