@@ -489,7 +489,7 @@ async fn build_errors_name_the_key() {
     let Err(e) = sessiongate::providers::wvd_classic::build("legacy", &cfg) else {
         panic!("build should fail")
     };
-    assert!(e.contains("providers.legacy.broker_url"), "{e}");
+    assert!(e.to_string().contains("pools[legacy].broker_url"), "{e}");
     let mut cfg = env.config();
     cfg.credential = sessiongate::providers::wvd_classic::ClassicCredentialConfig::ClientSecret {
         tenant_id: "t".into(),
@@ -500,13 +500,13 @@ async fn build_errors_name_the_key() {
     let Err(e) = sessiongate::providers::wvd_classic::build("legacy", &cfg) else {
         panic!("build should fail")
     };
-    assert!(e.contains("secret_env"), "{e}");
+    assert!(e.to_string().contains("secret_env"), "{e}");
     let mut cfg = env.config();
     cfg.ca_bundle = Some(env.dir.path().join("missing.pem"));
     let Err(e) = sessiongate::providers::wvd_classic::build("legacy", &cfg) else {
         panic!("build should fail")
     };
-    assert!(e.contains("providers.legacy.ca_bundle"), "{e}");
+    assert!(e.to_string().contains("pools[legacy].ca_bundle"), "{e}");
 }
 
 fn rsa_cert(cn: &str) -> (rcgen::KeyPair, rcgen::Certificate) {
@@ -562,7 +562,10 @@ async fn certificate_credential_signs_in_with_a_client_assertion() {
     let Err(e) = sessiongate::providers::wvd_classic::build("legacy", &cfg) else {
         panic!("build should fail")
     };
-    assert!(e.contains("providers.legacy.credential.cert_file"), "{e}");
+    assert!(
+        e.to_string().contains("pools[legacy].credential.cert_file"),
+        "{e}"
+    );
 }
 
 #[tokio::test]

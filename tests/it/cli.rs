@@ -137,28 +137,59 @@ async fn demo_prints_working_keys_and_commands() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    // The audit log the demo wrote verifies.
+    // The audit log the demo wrote verifies, with the command the demo printed, run as printed
+    // (after the demo stopped: the config it wrote needs no running emulator).
     drop(k);
-    let cfg = dir.path().join("verify.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\ndata_dir = {:?}\n[audit]\nurl = \"sqlite://{}/audit.sqlite\"\n",
-            dir.path(),
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let verify: Vec<&str> = lines
+        .iter()
+        .find(|l| l.contains("audit verify --config"))
+        .expect("the demo prints the audit verify command")
+        .split_whitespace()
+        .collect();
+    assert_eq!(verify[..4], ["sessiongate", "audit", "verify", "--config"]);
+    assert_eq!(verify.len(), 5, "{verify:?}");
+    let out = Command::new(BIN).args(&verify[1..]).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && report.contains("result: INTACT"),
+        "verify: {report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!report.contains(" 0 event(s)"), "{report}");
+    // The written config is the demo's: in its data dir, passing config check, no secrets in it.
+    let written = std::path::Path::new(verify[4]);
+    assert_eq!(
+        written,
+        dir.path().canonicalize().unwrap().join("sessiongate.toml")
+    );
     let out = Command::new(BIN)
-        .args(["audit", "verify", "--config"])
-        .arg(&cfg)
+        .args(["config", "check"])
+        .arg(written)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "verify: {}",
-        String::from_utf8_lossy(&out.stdout)
+        "config check: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    let text = std::fs::read_to_string(written).unwrap();
+    assert!(
+        text.contains(&format!("listen = \"127.0.0.1:{port}\"")),
+        "{text}"
+    );
+    assert!(!text.contains(&op) && !text.contains(&reader));
+    for secret_file in [
+        "arm-client-secret",
+        "classic-client-secret",
+        "winrm-password",
+    ] {
+        let secret = std::fs::read_to_string(dir.path().join(secret_file)).unwrap();
+        assert!(
+            !secret.trim().is_empty() && !text.contains(secret.trim()),
+            "{secret_file}"
+        );
+        assert!(text.contains(secret_file), "{secret_file} is referenced");
+    }
 }
 
 #[test]
@@ -244,12 +275,19 @@ fn config_check_names_the_offending_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("server.body_limit"), "{err}");
 
+    // The shipped example passes when the secrets it names are there (config check reads them).
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
     let out = Command::new(BIN)
         .args([
             "config",
             "check",
             concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml"),
         ])
+        .env("SESSIONGATE_AVD_SECRET", "s3cret")
+        .env("SESSIONGATE_WINRM_PASSWORD", "s3cret")
+        .env("SESSIONGATE__POOLS__1__CREDENTIAL__SECRET_FILE", &secret)
+        .env("SESSIONGATE__POOLS__3__CREDENTIAL__PASSWORD_FILE", &secret)
         .output()
         .unwrap();
     assert!(
@@ -257,6 +295,217 @@ fn config_check_names_the_offending_key() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A valid config with one pool of each provider kind; every table case breaks one thing.
+fn table_base(dir: &std::path::Path) -> toml::Value {
+    let pw = dir.join("winrm-password");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+data_dir = {data:?}
+
+[audit]
+max_batch = 64
+
+[auth]
+service_accounts = ["svc-sessiongate@contoso.com"]
+
+[[auth.api_keys]]
+id = "ops"
+hash = "sha256:{zeros}"
+roles = ["operator"]
+
+[auth.protected]
+users = ["adm-*@contoso.com"]
+
+[[pools]]
+name = "avd-prod"
+provider = "avd"
+subscription_id = "00000000-0000-0000-0000-000000000000"
+resource_group = "rg-avd"
+host_pool = "hp-prod"
+[pools.credential]
+kind = "azure_cli"
+
+[[pools]]
+name = "classic-legacy"
+provider = "wvd-classic"
+tenant = "contoso"
+host_pool = "Legacy Pool"
+[pools.credential]
+kind = "managed_identity"
+
+[[pools]]
+name = "rds-farm"
+provider = "rds"
+credential = {{ username = 'CONTOSO\svc', password_file = {pw:?} }}
+hosts = [{{ name = "rdsh-01.contoso.com" }}]
+"#,
+        port = free_port(),
+        data = dir.join("data").display().to_string(),
+        zeros = "0".repeat(64),
+        pw = pw.display().to_string(),
+    );
+    toml::from_str(&text).unwrap()
+}
+
+/// Sets `a.b.0.c` (numbers index arrays) to the TOML value `literal`.
+fn set_key(root: &mut toml::Value, path: &str, literal: &str) {
+    let value = toml::from_str::<toml::Table>(&format!("v = {literal}")).unwrap()["v"].clone();
+    let (parents, last) = path.rsplit_once('.').unwrap_or(("", path));
+    let mut cur = root;
+    for seg in parents.split('.').filter(|s| !s.is_empty()) {
+        cur = match (seg.parse::<usize>(), cur) {
+            (Ok(i), toml::Value::Array(a)) => &mut a[i],
+            (_, toml::Value::Table(t)) => t
+                .entry(seg)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new())),
+            (_, other) => panic!("{path}: {other:?} has no {seg}"),
+        };
+    }
+    match cur {
+        toml::Value::Table(t) => {
+            t.insert(last.to_string(), value);
+        }
+        toml::Value::Array(a) => a[last.parse::<usize>().unwrap()] = value,
+        other => panic!("{path}: {other:?} is not a table"),
+    }
+}
+
+/// Runs the binary, returns (exit code, stderr); fails the test if it runs for over 20 s.
+fn run_bounded(args: &[&str], file: &std::path::Path) -> (Option<i32>, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .arg(file)
+        .env_remove("SESSIONGATE_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            return (status.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} {} did not exit", file.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Issue #10 item 4: `config check` and `serve` run one validation. Each broken config is
+/// refused by both, before `serve` binds or touches the network, naming the same key.
+#[test]
+fn broken_configs_are_refused_by_check_and_serve_naming_the_same_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let not_pem = d.join("not-a-ca.pem");
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    let lit = |s: String| format!("{s:?}");
+    let not_pem_lit = lit(not_pem.display().to_string());
+    let cases: Vec<(Vec<(&str, String)>, &str)> = vec![
+        // [server]
+        (vec![("server.listen", r#""localhost""#.into())], "server.listen"),
+        (vec![("server.body_limit_bytes", "100".into())], "server.body_limit_bytes"),
+        (vec![("server.request_timeout_secs", "0".into())], "server.request_timeout_secs"),
+        (vec![("server.message_body_max", "0".into())], "server.message_body_max"),
+        (vec![("server.log_filter", r#""sessiongate=loud""#.into())], "server.log_filter"),
+        (vec![("server.data_dir", not_pem_lit.clone())], "server.data_dir"),
+        (vec![("server.listen_addr", r#""127.0.0.1:1""#.into())], "server.listen_addr"),
+        // [audit]
+        (vec![("audit.max_batch", "0".into())], "audit.max_batch"),
+        (vec![("audit.write_timeout_ms", "0".into())], "audit.write_timeout_ms"),
+        (vec![("audit.retention_days", "0".into())], "audit.retention_days"),
+        (vec![("audit.replica", r#""gw 1""#.into())], "audit.replica"),
+        (vec![("audit.url", r#""mysql://db/audit""#.into())], "audit.url"),
+        (vec![("audit.url", r#""postgres://u:pw@db:port/audit""#.into())], "audit.url"),
+        (vec![("audit.url", lit(format!("sqlite://{}", d.display())))], "audit.url"),
+        (vec![("audit.kind", r#""sqlite""#.into())], "audit.kind"),
+        // [auth]
+        (vec![("auth.api_keys.0.hash", r#""sha256:abc""#.into())], "auth.api_keys[0].hash"),
+        (vec![("auth.api_keys.0.roles", r#"["superuser"]"#.into())], "auth.api_keys[0].roles[0]"),
+        (vec![("auth.api_keys.0.pools", "[]".into())], "auth.api_keys[0].pools"),
+        (
+            vec![("auth.oidc", r#"{ issuer = "http://idp.contoso.com", audience = "api://sg" }"#.into())],
+            "auth.oidc.issuer",
+        ),
+        (
+            vec![(
+                "auth.oidc",
+                format!(r#"{{ issuer = "https://idp.contoso.com", audience = "api://sg", ca_bundle = {not_pem_lit} }}"#),
+            )],
+            "auth.oidc.ca_bundle",
+        ),
+        (vec![("auth.protected.users", r#"['adm@contoso\x']"#.into())], "auth.protected.users[0]"),
+        (vec![("auth.service_accounts", r#"[" "]"#.into())], "auth.service_accounts[0]"),
+        (vec![("auth.cors.allowed_origins", r#"["*"]"#.into())], "auth.cors.allowed_origins[0]"),
+        // pools: AVD (ARM name rules, credential files)
+        (vec![("pools.0.host_pool", r#""hp/prod""#.into())], "pools[avd-prod].host_pool"),
+        (vec![("pools.0.resource_group", r#""rg.""#.into())], "pools[avd-prod].resource_group"),
+        (vec![("pools.0.api_version", r#""latest""#.into())], "pools[avd-prod].api_version"),
+        (
+            vec![(
+                "pools.0.credential",
+                r#"{ kind = "client_secret", tenant_id = "t", client_id = "c", secret_file = "/nonexistent/secret" }"#.into(),
+            )],
+            "pools[avd-prod].credential.secret_file",
+        ),
+        // pools: WVD classic
+        (vec![("pools.1.page_size", "0".into())], "pools[classic-legacy].page_size"),
+        (vec![("pools.1.broker_url", r#""http://broker.contoso.com""#.into())], "pools[classic-legacy].broker_url"),
+        (vec![("pools.1.ca_bundle", not_pem_lit.clone())], "pools[classic-legacy].ca_bundle"),
+        // pools: WinRM
+        (vec![("pools.2.hosts.0.name", r#""rdsh 01!""#.into())], "pools[rds-farm].hosts[0].name"),
+        (
+            vec![("pools.2.hosts.0.endpoint", r#""http://rdsh-01.contoso.com:5985/wsman""#.into())],
+            "pools[rds-farm].hosts[0].endpoint",
+        ),
+        (vec![("pools.2.auth", r#""kerberos""#.into())], "pools[rds-farm].credential.username"),
+        (
+            vec![("pools.2.credential.password_file", r#""/nonexistent/pw""#.into())],
+            "pools[rds-farm].credential.password_file",
+        ),
+        // pools: shape
+        (vec![("pools.2.provider", r#""citrix""#.into())], "pools[2]"),
+        (vec![("pools.0.bogus", "1".into())], "pools[0]"),
+        (vec![("pools.1.name", r#""AVD-Prod""#.into())], "pools[1].name"),
+        (vec![("pools.0.name", r#""avd prod!""#.into())], "pools[0].name"),
+    ];
+    let base = table_base(d);
+    let file = d.join("sessiongate.toml");
+    std::fs::write(&file, toml::to_string(&base).unwrap()).unwrap();
+    let (code, err) = run_bounded(&["config", "check"], &file);
+    assert_eq!(code, Some(0), "the base config must pass: {err}");
+    let mut wrong = Vec::new();
+    for (edits, key) in cases {
+        let mut v = base.clone();
+        for (path, literal) in &edits {
+            set_key(&mut v, path, literal);
+        }
+        std::fs::write(&file, toml::to_string(&v).unwrap()).unwrap();
+        let (check_code, check_err) = run_bounded(&["config", "check"], &file);
+        let (serve_code, serve_err) = run_bounded(&["serve", "--config"], &file);
+        let named = format!(": {key}: ");
+        let ok = check_code == Some(2)
+            && serve_code == Some(2)
+            && check_err.contains(&named)
+            && serve_err.contains(&named)
+            && check_err.lines().next() == serve_err.lines().next();
+        if !ok {
+            wrong.push(format!(
+                "{edits:?} should name {key}:\n  check {check_code:?}: {check_err}  serve {serve_code:?}: {serve_err}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 #[test]

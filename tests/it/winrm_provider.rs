@@ -654,7 +654,7 @@ mod ntlm {
         cfg.auth = WinRmAuth::Ntlm;
         cfg.hosts[0].endpoint = Some("http://127.0.0.1:5985/wsman".into());
         let e = RdsProvider::from_config("rds", &cfg).err().unwrap();
-        assert!(e.contains("hosts[0].endpoint"), "{e}");
+        assert_eq!(e.key, "pools[rds].hosts[0].endpoint", "{e}");
     }
 }
 

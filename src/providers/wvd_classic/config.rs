@@ -1,5 +1,7 @@
 //! Configuration of a WVD classic pool (`kind = "wvd-classic"`).
 
+use crate::config::{ConfigError, Key};
+use reqwest::Url;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -42,8 +44,9 @@ fn default_max_retries() -> u32 {
 /// One WVD classic host pool.
 ///
 /// ```toml
-/// [providers.legacy]
-/// kind = "wvd-classic"
+/// [[pools]]
+/// name = "legacy"
+/// provider = "wvd-classic"
 /// tenant = "contoso"
 /// host_pool = "Contoso Host Pool"
 /// # broker_url = "https://rdbroker.wvd.microsoft.com"
@@ -56,7 +59,7 @@ fn default_max_retries() -> u32 {
 /// # page_size = 1000
 /// # throttle_budget_secs = 30
 /// # max_retries = 3
-/// [providers.legacy.credential]
+/// [pools.credential]
 /// kind = "client_secret"
 /// tenant_id = "00000000-0000-0000-0000-000000000000"
 /// client_id = "11111111-1111-1111-1111-111111111111"
@@ -115,6 +118,50 @@ impl ClassicPoolConfig {
             throttle_budget_secs: default_throttle_budget_secs(),
             max_retries: default_max_retries(),
         }
+    }
+}
+
+/// An https origin (optionally with a path), without query or fragment.
+pub(super) fn https_url(key: &Key, v: &str) -> Result<Url, ConfigError> {
+    let u = Url::parse(v).map_err(|e| key.err(format!("'{v}' is not a URL: {e}")))?;
+    if u.scheme() != "https" {
+        return Err(key.err(format!("'{v}' must use https")));
+    }
+    if u.host_str().is_none() || u.query().is_some() || u.fragment().is_some() {
+        return Err(key.err(format!(
+            "'{v}' must be an https origin (optionally with a path) without query or fragment"
+        )));
+    }
+    Ok(u)
+}
+
+impl ClassicPoolConfig {
+    /// The checks that need nothing but these settings; `key` is the pool's
+    /// (`pools[<name>]`). [`super::ClassicProvider::new`] runs them first.
+    pub fn validate(&self, key: &Key) -> Result<(), ConfigError> {
+        https_url(&key.field("broker_url"), &self.broker_url)?;
+        https_url(&key.field("authority_host"), &self.authority_host)?;
+        https_url(&key.field("resource"), &self.resource)?;
+        for (k, v) in [
+            ("tenant_group", &self.tenant_group),
+            ("tenant", &self.tenant),
+            ("host_pool", &self.host_pool),
+        ] {
+            if v.trim().is_empty() {
+                return Err(key.field(k).err("must not be empty"));
+            }
+        }
+        if self.timeout_secs == 0 {
+            return Err(key.field("timeout_secs").err("must be at least 1"));
+        }
+        if self.page_size == 0 {
+            return Err(key.field("page_size").err("must be at least 1"));
+        }
+        reqwest::header::HeaderValue::from_str(&self.client_api_version).map_err(|_| {
+            key.field("client_api_version")
+                .err("not a valid header value")
+        })?;
+        Ok(())
     }
 }
 
