@@ -3,11 +3,9 @@
 use crate::{
     api::{AppState, router::router},
     audit::AuditLog,
-    auth::Authenticator,
-    auth::{ProtectedSessions, RateLimiter},
-    config::{Config, ProviderConfig},
-    providers::{avd, winrm, wvd_classic},
-    service::{Gateway, Limits, Pool},
+    auth::{Authenticator, RateLimiter},
+    config::{Config, ConfigError, ValidatedConfig},
+    service::{Gateway, Limits},
 };
 use axum::Router;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -23,48 +21,49 @@ pub struct App {
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A setting `config check` also reports.
     #[error("{0}")]
-    Config(String),
+    Config(#[from] ConfigError),
+    /// OIDC discovery / signing keys could not be fetched.
+    #[error("{0}")]
+    Auth(String),
     #[error("audit log: {0}")]
     Audit(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Builds providers, audit log and authenticator from `cfg`.
+/// Validates `cfg` ([`Config::validate`]), opens the audit log and builds the application.
 pub async fn build_app(cfg: &Config) -> Result<App, StartError> {
+    build_validated(cfg.validate()?).await
+}
+
+/// Opens the audit log of an already validated config and builds the application: what is
+/// left can only fail on the network (audit database, OIDC discovery).
+pub async fn build_validated(cfg: ValidatedConfig) -> Result<App, StartError> {
     let audit = crate::audit::open(&cfg.audit, &cfg.server.data_dir)
         .await
         .map_err(|e| StartError::Audit(e.to_string()))?;
-    build_app_with_audit(cfg, audit).await
+    build_validated_with_audit(cfg, audit).await
 }
 
 /// Same as [`build_app`] with an already open audit log (tests share one).
 pub async fn build_app_with_audit(cfg: &Config, audit: AuditLog) -> Result<App, StartError> {
-    let mut pools = Vec::with_capacity(cfg.pools.len());
-    for p in &cfg.pools {
-        let name = p.name.as_str();
-        let provider = match &p.provider {
-            ProviderConfig::Avd(c) => avd::build(name, c),
-            ProviderConfig::WvdClassic(c) => wvd_classic::build(name, c),
-            ProviderConfig::Rds(c) => winrm::build_rds(name, c),
-            ProviderConfig::Multipoint(c) => winrm::build_multipoint(name, c),
-        }
-        .map_err(|e| StartError::Config(format!("pools[{name}]: {e}")))?;
-        pools.push(Pool {
-            name: p.name.clone(),
-            kind: p.provider.kind(),
-            provider,
-        });
-    }
-    let authenticator = Authenticator::new(&cfg.auth)
+    build_validated_with_audit(cfg.validate()?, audit).await
+}
+
+async fn build_validated_with_audit(
+    v: ValidatedConfig,
+    audit: AuditLog,
+) -> Result<App, StartError> {
+    let authenticator = Authenticator::new(&v.auth)
         .await
-        .map_err(|e| StartError::Config(format!("auth: {e}")))?;
+        .map_err(StartError::Auth)?;
+    let (cfg, pools, protected) = v.into_parts();
     let gateway = Arc::new(Gateway::new(
         pools,
         audit,
-        ProtectedSessions::new(&cfg.auth.protected, &cfg.auth.service_accounts)
-            .map_err(|e| StartError::Config(format!("auth.protected: {e}")))?,
+        protected,
         RateLimiter::new(&cfg.auth.rate_limit),
         Limits {
             message_title_max: cfg.server.message_title_max,

@@ -1,12 +1,18 @@
 //! Typed configuration: embedded defaults < TOML file < environment variables
 //! (`SESSIONGATE__SECTION__KEY=value`, array elements by index: `SESSIONGATE__POOLS__0__NAME`).
-//! Validated at start; errors name the offending key.
+//! [`Config::validate`] is the one validation: `config check` and `serve` both run it, and
+//! every error names the offending key through [`ConfigError::key`] / [`Key`].
 
 use crate::{
     audit::AuditConfig,
-    auth::AuthConfig,
+    auth::{AuthConfig, ProtectedSessions},
     domain::{PoolName, ProviderKind},
-    providers::{avd::AvdPoolConfig, winrm::OnPremPoolConfig, wvd_classic::ClassicPoolConfig},
+    providers::{
+        avd::{self, AvdPoolConfig},
+        winrm::{self, OnPremPoolConfig},
+        wvd_classic::{self, ClassicPoolConfig},
+    },
+    service::Pool,
 };
 use serde::Deserialize;
 use std::{net::SocketAddr, path::PathBuf};
@@ -95,7 +101,7 @@ impl ProviderConfig {
 }
 
 /// A configuration error that names the offending key.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {message}")]
 pub struct ConfigError {
     pub key: String,
@@ -103,85 +109,197 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    /// The one way to report a bad setting: the key as the user writes it (`server.listen`,
+    /// `auth.api_keys[0].hash`, `pools[avd-prod].host_pool`) and what is wrong with it.
+    pub fn key(key: impl std::fmt::Display, message: impl Into<String>) -> Self {
         Self {
-            key: key.into(),
+            key: key.to_string(),
             message: message.into(),
         }
     }
 }
 
+/// A key path being built up while checking nested settings: `Key::root("auth")
+/// .field("api_keys").index(0).field("hash")` prints `auth.api_keys[0].hash`. A pool's
+/// settings are named by the pool's name: `Key::pool("avd-prod").field("host_pool")` prints
+/// `pools[avd-prod].host_pool`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key(String);
+
+impl Key {
+    pub fn root(name: &str) -> Self {
+        Self(name.to_string())
+    }
+
+    /// `pools[<name>]`.
+    pub fn pool(name: &str) -> Self {
+        Self(format!("pools[{name}]"))
+    }
+
+    /// `self.name`.
+    pub fn field(&self, name: &str) -> Self {
+        Self(format!("{}.{name}", self.0))
+    }
+
+    /// `self[i]`.
+    pub fn index(&self, i: usize) -> Self {
+        Self(format!("{}[{i}]", self.0))
+    }
+
+    /// The error for this key.
+    pub fn err(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError::key(self, message)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 const ENV_PREFIX: &str = "SESSIONGATE__";
 
+/// A configuration that passed [`Config::validate`], with what validation built on the way:
+/// the providers (credentials read, CA bundles parsed, no connection made) and the compiled
+/// protected-session patterns. `serve` starts from this, so it cannot fail for a reason
+/// `config check` does not report; only the network (audit database, OIDC discovery, the
+/// listening socket) is left.
+pub struct ValidatedConfig {
+    config: Config,
+    pools: Vec<Pool>,
+    protected: ProtectedSessions,
+}
+
+impl std::fmt::Debug for ValidatedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValidatedConfig")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for ValidatedConfig {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl ValidatedConfig {
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn into_parts(self) -> (Config, Vec<Pool>, ProtectedSessions) {
+        (self.config, self.pools, self.protected)
+    }
+}
+
 impl Config {
-    /// Loads `path` (TOML), applies `SESSIONGATE__*` environment overrides, validates.
+    /// Loads `path` (TOML) and applies `SESSIONGATE__*` environment overrides. Only the
+    /// shape is checked here (types, unknown keys); [`Config::validate`] checks the values.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
+            .map_err(|e| ConfigError::key(path.display(), e.to_string()))?;
         Self::from_toml_with_env(&text, std::env::vars())
     }
 
-    /// Parses TOML text, applies overrides from `env`, validates.
+    /// Parses TOML text and applies overrides from `env` (shape only, like [`Config::load`]).
     pub fn from_toml_with_env(
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let mut value: toml::Value = toml::from_str(text).map_err(|e| {
-            ConfigError::new("(file)", format!("not valid TOML: {}", e.message().trim()))
+            ConfigError::key("(file)", format!("not valid TOML: {}", e.message().trim()))
         })?;
         for (k, v) in env {
             if let Some(rest) = k.strip_prefix(ENV_PREFIX) {
-                apply_override(&mut value, rest, &v).map_err(|m| ConfigError::new(k.clone(), m))?;
+                apply_override(&mut value, rest, &v).map_err(|m| ConfigError::key(&k, m))?;
             }
         }
-        let cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+        serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
-            ConfigError::new(
+            ConfigError::key(
                 if path == "." { "(root)".into() } else { path },
                 e.into_inner().message().trim().to_string(),
             )
-        })?;
-        cfg.validate()?;
-        Ok(cfg)
+        })
     }
 
-    /// Cross-field checks that serde cannot express.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Every check `serve` makes before it touches the network — values, cross-field rules,
+    /// and the local resources the config names (secret and certificate files, CA bundles,
+    /// the GSS-API library of Kerberos pools) — as `config check` runs it. The first problem
+    /// is returned, naming its key.
+    pub fn validate(&self) -> Result<ValidatedConfig, ConfigError> {
+        self.server.validate()?;
+        self.audit.validate()?;
+        self.audit.validate_location(&self.server.data_dir)?;
+        self.auth.validate()?;
+        let protected = ProtectedSessions::new(&self.auth.protected, &self.auth.service_accounts)?;
         let mut seen = std::collections::HashSet::new();
         for (i, p) in self.pools.iter().enumerate() {
             if !seen.insert(p.name.as_str().to_ascii_lowercase()) {
-                return Err(ConfigError::new(
-                    format!("pools[{i}].name"),
-                    format!("pool '{}' is configured twice", p.name),
-                ));
+                return Err(Key::root("pools")
+                    .index(i)
+                    .field("name")
+                    .err(format!("pool '{}' is configured twice", p.name)));
             }
         }
-        if self.server.body_limit_bytes < 1024 {
-            return Err(ConfigError::new(
-                "server.body_limit_bytes",
-                "must be at least 1024",
-            ));
+        let mut pools = Vec::with_capacity(self.pools.len());
+        for p in &self.pools {
+            let name = p.name.as_str();
+            let provider = match &p.provider {
+                ProviderConfig::Avd(c) => avd::build(name, c),
+                ProviderConfig::WvdClassic(c) => wvd_classic::build(name, c),
+                ProviderConfig::Rds(c) => winrm::build_rds(name, c),
+                ProviderConfig::Multipoint(c) => winrm::build_multipoint(name, c),
+            }?;
+            pools.push(Pool {
+                name: p.name.clone(),
+                kind: p.provider.kind(),
+                provider,
+            });
         }
-        if self.server.request_timeout_secs == 0 {
-            return Err(ConfigError::new(
-                "server.request_timeout_secs",
-                "must be at least 1",
-            ));
+        Ok(ValidatedConfig {
+            config: self.clone(),
+            pools,
+            protected,
+        })
+    }
+}
+
+impl ServerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let key = Key::root("server");
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(key.field("data_dir").err("must not be empty"));
         }
-        if self.server.message_title_max == 0 || self.server.message_body_max == 0 {
-            return Err(ConfigError::new(
-                "server.message_title_max",
-                "message bounds must be positive",
-            ));
+        if self.data_dir.exists() && !self.data_dir.is_dir() {
+            return Err(key.field("data_dir").err(format!(
+                "{} exists and is not a directory",
+                self.data_dir.display()
+            )));
         }
-        self.auth.validate().map_err(|m| {
-            let key = m
-                .split_whitespace()
-                .next()
-                .unwrap_or("auth")
-                .trim_end_matches(':')
-                .to_string();
-            ConfigError::new(key, m)
+        if self.body_limit_bytes < 1024 {
+            return Err(key.field("body_limit_bytes").err("must be at least 1024"));
+        }
+        if self.request_timeout_secs == 0 {
+            return Err(key.field("request_timeout_secs").err("must be at least 1"));
+        }
+        if self.message_title_max == 0 {
+            return Err(key.field("message_title_max").err("must be at least 1"));
+        }
+        if self.message_body_max == 0 {
+            return Err(key.field("message_body_max").err("must be at least 1"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_filter).map_err(|e| {
+            key.field("log_filter")
+                .err(format!("not a tracing filter: {e}"))
         })?;
         Ok(())
     }
@@ -280,19 +398,57 @@ mod tests {
     fn duplicate_pool_is_refused() {
         let pool = |n: &str| {
             format!(
-                "[[pools]]\nname=\"{n}\"\nprovider=\"avd\"\nsubscription_id=\"s\"\nresource_group=\"rg\"\nhost_pool=\"hp\"\n[pools.credential]\nkind=\"azure_cli\"\n"
+                "[[pools]]\nname=\"{n}\"\nprovider=\"avd\"\nsubscription_id=\"s\"\nresource_group=\"rg\"\nhost_pool=\"hp1\"\n[pools.credential]\nkind=\"azure_cli\"\n"
             )
         };
         let text = format!("{}{}", pool("a"), pool("A"));
-        let e = Config::from_toml_with_env(&text, vec![]).unwrap_err();
+        let c = Config::from_toml_with_env(&text, vec![]).unwrap();
+        let e = c.validate().unwrap_err();
         assert_eq!(e.key, "pools[1].name", "{e}");
-        Config::from_toml_with_env(&pool("a"), vec![]).unwrap();
+        Config::from_toml_with_env(&pool("a"), vec![])
+            .unwrap()
+            .validate()
+            .unwrap();
     }
 
     #[test]
-    fn shipped_example_config_is_valid() {
+    fn shipped_example_config_parses() {
+        // Its validation (which reads the secrets it names) runs in tests/cli.rs.
         let text = include_str!("../config/example.toml");
         let c = Config::from_toml_with_env(text, vec![]).unwrap();
         assert!(c.pools.len() >= 2);
+    }
+
+    #[test]
+    fn keys_print_as_written() {
+        let k = Key::root("auth").field("api_keys").index(2).field("hash");
+        assert_eq!(k.to_string(), "auth.api_keys[2].hash");
+        let e = Key::pool("avd-prod").field("host_pool").err("bad");
+        assert_eq!(e.key, "pools[avd-prod].host_pool");
+        assert_eq!(e.to_string(), "pools[avd-prod].host_pool: bad");
+    }
+
+    #[test]
+    fn server_values_are_checked_naming_the_key() {
+        let bad = |toml: &str| {
+            Config::from_toml_with_env(toml, vec![])
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .key
+        };
+        assert_eq!(
+            bad("[server]\nbody_limit_bytes = 10\n"),
+            "server.body_limit_bytes"
+        );
+        assert_eq!(
+            bad("[server]\nmessage_body_max = 0\n"),
+            "server.message_body_max"
+        );
+        assert_eq!(
+            bad("[server]\nlog_filter = \"x=loud\"\n"),
+            "server.log_filter"
+        );
+        assert_eq!(bad("[audit]\nmax_batch = 0\n"), "audit.max_batch");
     }
 }

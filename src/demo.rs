@@ -212,11 +212,50 @@ pub fn demo_config(
     keys: &DemoKeys,
     listen: std::net::SocketAddr,
 ) -> Result<Config, String> {
+    let text = demo_config_text(backends, keys, listen)?;
+    Config::from_toml_with_env(&text, std::iter::empty()).map_err(|e| e.to_string())
+}
+
+/// The demo config as TOML text: `config/demo.toml` with the backends' values filled in.
+/// Secrets are not in it: they are files in the data dir that it names (`secret_file`,
+/// `password_file`); the API keys appear only as hashes.
+pub fn demo_config_text(
+    backends: &DemoBackends,
+    keys: &DemoKeys,
+    listen: std::net::SocketAddr,
+) -> Result<String, String> {
     let mut values = backends.values.clone();
     keys.insert_hashes(&mut values);
     values.insert("LISTEN", listen.to_string());
-    let text = render_template(DEMO_TEMPLATE, &values)?;
-    Config::from_toml_with_env(&text, std::iter::empty()).map_err(|e| e.to_string())
+    render_template(DEMO_TEMPLATE, &values)
+}
+
+/// File name of the effective config `demo` writes into its data dir.
+pub const DEMO_CONFIG_FILE: &str = "sessiongate.toml";
+
+const DEMO_CONFIG_HEADER: &str = "\
+# Written by `sessiongate demo`: the configuration this demo ran with (its effective config).
+# Secrets are not in this file: the client secrets and the WinRM password are files next to it,
+# named by secret_file / password_file; API keys appear only as hashes.
+# The emulators listened on random loopback ports and stop with the demo, so the pools below do
+# not answer afterwards. The file stays valid for the commands that need only [server] and
+# [audit], for instance:
+#   sessiongate audit verify --config <this file>
+#   sessiongate audit export --config <this file>
+# and `sessiongate config check <this file>` passes while the files it names exist.
+
+";
+
+/// Quotes `s` for a POSIX shell when it needs it.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:=,@%".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -229,10 +268,15 @@ fn default_data_dir() -> PathBuf {
 pub async fn run(args: DemoArgs) -> u8 {
     crate::telemetry::init(false, "info,sessiongate=info");
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    if let Err(e) = std::fs::create_dir_all(&data_dir) {
-        eprintln!("error: data dir {}: {e}", data_dir.display());
-        return 1;
-    }
+    // Absolute, so the config written below names the same files from any directory.
+    let data_dir =
+        match std::fs::create_dir_all(&data_dir).and_then(|()| std::fs::canonicalize(&data_dir)) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("error: data dir {}: {e}", data_dir.display());
+                return 1;
+            }
+        };
     if let Some(k) = &args.api_key
         && k.trim().len() < 16
     {
@@ -247,13 +291,6 @@ pub async fn run(args: DemoArgs) -> u8 {
         }
     };
     let keys = DemoKeys::generate(args.api_key.clone());
-    let cfg = match demo_config(&backends, &keys, args.listen) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: demo config: {e}");
-            return 1;
-        }
-    };
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -261,10 +298,27 @@ pub async fn run(args: DemoArgs) -> u8 {
             return 1;
         }
     };
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let local = listener.local_addr().unwrap_or(args.listen);
+    let addr = local.to_string();
+    let text = match demo_config_text(&backends, &keys, local) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: demo config: {e}");
+            return 1;
+        }
+    };
+    let cfg = match Config::from_toml_with_env(&text, std::iter::empty()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: demo config: {e}");
+            return 1;
+        }
+    };
+    let cfg_path = data_dir.join(DEMO_CONFIG_FILE);
+    if let Err(e) = std::fs::write(&cfg_path, format!("{DEMO_CONFIG_HEADER}{text}")) {
+        eprintln!("error: {}: {e}", cfg_path.display());
+        return 1;
+    }
     let app = match crate::app::build_app(&cfg).await {
         Ok(a) => a,
         Err(e) => {
@@ -272,7 +326,7 @@ pub async fn run(args: DemoArgs) -> u8 {
             return 1;
         }
     };
-    print_banner(&addr, &keys, &backends, &data_dir);
+    print_banner(&addr, &keys, &backends, &data_dir, &cfg_path);
     match crate::app::serve(app, listener, crate::app::shutdown_signal()).await {
         Ok(()) => 0,
         Err(e) => {
@@ -282,7 +336,7 @@ pub async fn run(args: DemoArgs) -> u8 {
     }
 }
 
-fn print_banner(addr: &str, keys: &DemoKeys, b: &DemoBackends, data_dir: &Path) {
+fn print_banner(addr: &str, keys: &DemoKeys, b: &DemoBackends, data_dir: &Path, cfg: &Path) {
     let url = format!("http://{addr}");
     let state = b.arm.state();
     let hosts = state.hosts("hp-demo");
@@ -299,6 +353,7 @@ fn print_banner(addr: &str, keys: &DemoKeys, b: &DemoBackends, data_dir: &Path) 
         r#"
 sessiongate demo is running at {url}
   data dir (audit log, emulator CA): {data_dir}
+  config it runs with (secrets as files beside it): {cfg}
 
 API keys (one per role):
   operator  {op}
@@ -324,10 +379,14 @@ Try:
   curl -s -X POST -H "Authorization: Bearer $KEY" $SG/hostpools/multipoint-demo/sessionhosts/{mps}/sessions/2/lock
   # the auditor reads the audit log
   curl -s -H "Authorization: Bearer {auditor}" "$SG/audit?limit=5"
+  # verify the audit log's hash chains (also after the demo stopped)
+  sessiongate audit verify --config {cfg_arg}
 
 Stop with Ctrl-C.
 "#,
         data_dir = data_dir.display(),
+        cfg = cfg.display(),
+        cfg_arg = shell_word(&cfg.display().to_string()),
         reader = keys.reader,
         admin = keys.admin,
         auditor = keys.auditor,
@@ -472,5 +531,15 @@ mod tests {
             "a = \"C:\\\\x \\\"q\\\"\""
         );
         assert!(render_template("a = \"@B@\"", &v).is_err());
+    }
+
+    #[test]
+    fn shell_words_are_quoted_when_needed() {
+        assert_eq!(
+            shell_word("/tmp/sg-demo/sessiongate.toml"),
+            "/tmp/sg-demo/sessiongate.toml"
+        );
+        assert_eq!(shell_word("/tmp/my demo/x.toml"), "'/tmp/my demo/x.toml'");
+        assert_eq!(shell_word("/tmp/it's"), "'/tmp/it'\\''s'");
     }
 }

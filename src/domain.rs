@@ -14,10 +14,14 @@ pub struct InvalidValue {
     pub reason: String,
 }
 
+/// Letters, digits and `@ . - _ space`, within the length bounds — but never a name made of dots
+/// only: `.` and `..` are path segments that URL builders drop or resolve, so the target acted on
+/// would not be the one the caller named.
 fn name_ok(s: &str, min: usize, max: usize) -> bool {
     (min..=max).contains(&s.len())
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '@' | '.' | '-' | '_' | ' '))
+        && !s.chars().all(|c| c == '.')
 }
 
 /// A host pool name as configured in sessiongate (3–64 chars of `[A-Za-z0-9@.\-_ ]`).
@@ -32,8 +36,7 @@ impl PoolName {
         } else {
             Err(InvalidValue {
                 what: "pool name",
-                reason: "must be 1-64 characters of letters, digits, '@', '.', '-', '_' or space"
-                    .into(),
+                reason: "must be 1-64 characters of letters, digits, '@', '.', '-', '_' or space, not dots only".into(),
             })
         }
     }
@@ -54,8 +57,7 @@ impl HostName {
         } else {
             Err(InvalidValue {
                 what: "session host name",
-                reason: "must be 1-255 characters of letters, digits, '@', '.', '-', '_' or space"
-                    .into(),
+                reason: "must be 1-255 characters of letters, digits, '@', '.', '-', '_' or space, not dots only".into(),
             })
         }
     }
@@ -326,6 +328,16 @@ mod tests {
         assert!(PoolName::parse("").is_err());
         assert!(HostName::parse("sh1.contoso.com").is_ok());
         assert!(HostName::parse("sh1;rm -rf").is_err());
+    }
+
+    #[test]
+    fn dot_segments_are_not_names() {
+        for bad in [".", "..", "..."] {
+            assert!(HostName::parse(bad).is_err(), "{bad}");
+            assert!(PoolName::parse(bad).is_err(), "{bad}");
+        }
+        assert!(HostName::parse(".sh1").is_ok());
+        assert!(HostName::parse("sh1.").is_ok());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use crate::{
     app,
     auth::apikey,
     cli::{ApikeyCommand, AuditCommand, Command, ConfigCommand},
-    config::Config,
+    config::{Config, ConfigError, ValidatedConfig},
     telemetry,
 };
 use std::path::Path;
@@ -41,15 +41,24 @@ pub async fn run(cmd: Command) -> u8 {
     }
 }
 
+/// Reads the file (shape only: types and unknown keys); errors print as `error: config F: KEY: ...`.
 fn load(path: &Path) -> Result<Config, u8> {
-    Config::load(path).map_err(|e| {
-        eprintln!("error: config {}: {e}", path.display());
-        2
-    })
+    Config::load(path).map_err(|e| config_error(path, &e))
+}
+
+/// [`load`] and [`Config::validate`]: the one validation `serve` and `config check` share.
+fn load_validated(path: &Path) -> Result<ValidatedConfig, u8> {
+    load(path)?.validate().map_err(|e| config_error(path, &e))
+}
+
+fn config_error(path: &Path, e: &ConfigError) -> u8 {
+    eprintln!("error: config {}: {e}", path.display());
+    2
 }
 
 async fn serve(path: &Path) -> u8 {
-    let cfg = match load(path) {
+    // Everything `config check` checks is checked before the socket is bound or the network used.
+    let cfg = match load_validated(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -57,24 +66,27 @@ async fn serve(path: &Path) -> u8 {
     serve_config(cfg).await
 }
 
-/// Builds and serves `cfg` until SIGTERM/Ctrl-C.
-pub async fn serve_config(cfg: Config) -> u8 {
-    let listener = match tokio::net::TcpListener::bind(cfg.server.listen).await {
+/// Serves a validated config until SIGTERM/Ctrl-C. What can still fail here is the network:
+/// binding the socket, the audit database, OIDC discovery.
+pub async fn serve_config(cfg: ValidatedConfig) -> u8 {
+    let listen = cfg.server.listen;
+    let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(listen = %cfg.server.listen, error = %e, "cannot listen");
-            eprintln!("error: cannot listen on {}: {e}", cfg.server.listen);
+            tracing::error!(listen = %listen, error = %e, "cannot listen");
+            eprintln!("error: cannot listen on {listen}: {e}");
             return 1;
         }
     };
-    let app = match app::build_app(&cfg).await {
+    let pools = cfg.pools.len();
+    let app = match app::build_validated(cfg).await {
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: {e}");
             return 1;
         }
     };
-    tracing::info!(listen = %cfg.server.listen, pools = cfg.pools.len(), "sessiongate listening");
+    tracing::info!(listen = %listen, pools, "sessiongate listening");
     match app::serve(app, listener, app::shutdown_signal()).await {
         Ok(()) => 0,
         Err(e) => {
@@ -85,7 +97,7 @@ pub async fn serve_config(cfg: Config) -> u8 {
 }
 
 fn config_check(path: &Path) -> u8 {
-    match load(path) {
+    match load_validated(path) {
         Ok(c) => {
             println!(
                 "ok: {} ({} pool(s), {} API key(s))",
@@ -97,6 +109,16 @@ fn config_check(path: &Path) -> u8 {
         }
         Err(code) => code,
     }
+}
+
+/// For the audit commands: the file and its `[audit]` section only (no secrets are read).
+fn load_for_audit(path: &Path) -> Result<Config, u8> {
+    let cfg = load(path)?;
+    cfg.audit
+        .validate()
+        .and_then(|()| cfg.audit.validate_location(&cfg.server.data_dir))
+        .map_err(|e| config_error(path, &e))?;
+    Ok(cfg)
 }
 
 fn apikey_new(id: &str, roles: &[String], pools: &[String], expires: Option<&str>) -> u8 {
@@ -134,7 +156,7 @@ async fn audit(cmd: AuditCommand) -> u8 {
     let to_u8 = |c: i32| u8::try_from(c).unwrap_or(1);
     match cmd {
         AuditCommand::Verify { config } => {
-            let cfg = match load(&config) {
+            let cfg = match load_for_audit(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -145,7 +167,7 @@ async fn audit(cmd: AuditCommand) -> u8 {
             since,
             format,
         } => {
-            let cfg = match load(&config) {
+            let cfg = match load_for_audit(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };

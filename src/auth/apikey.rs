@@ -119,15 +119,17 @@ fn toml_quote(s: &str) -> String {
 }
 
 impl ApiKeys {
-    pub fn new(cfgs: &[ApiKeyConfig]) -> Result<Self, String> {
+    /// The keys of `[[auth.api_keys]]`; errors name the key.
+    pub fn new(cfgs: &[ApiKeyConfig]) -> Result<Self, crate::config::ConfigError> {
         let mut keys = Vec::with_capacity(cfgs.len());
         for (i, c) in cfgs.iter().enumerate() {
-            let digest = parse_hash(&c.hash).map_err(|e| format!("auth.api_keys[{i}].hash {e}"))?;
+            let key = crate::config::Key::root("auth").field("api_keys").index(i);
+            let digest = parse_hash(&c.hash).map_err(|e| key.field("hash").err(e))?;
             if c.id.trim().is_empty() {
-                return Err(format!("auth.api_keys[{i}].id must not be empty"));
+                return Err(key.field("id").err("must not be empty"));
             }
             if keys.iter().any(|k: &StoredKey| k.cfg.id == c.id) {
-                return Err(format!("auth.api_keys[{i}].id '{}' is used twice", c.id));
+                return Err(key.field("id").err(format!("'{}' is used twice", c.id)));
             }
             keys.push(StoredKey {
                 digest,
@@ -250,6 +252,6 @@ mod tests {
         let mut c = cfg("a", "x", vec![Role::Reader]);
         c.hash = "md5:abc".into();
         let e = ApiKeys::new(&[c]).unwrap_err();
-        assert!(e.contains("auth.api_keys[0].hash"), "{e}");
+        assert_eq!(e.key, "auth.api_keys[0].hash", "{e}");
     }
 }

@@ -43,8 +43,8 @@ impl Authenticator {
     /// signing keys (and starts their periodic refresh on the current tokio runtime).
     /// Errors name the config key at fault.
     pub async fn new(cfg: &AuthConfig) -> Result<Self, String> {
-        cfg.validate()?;
-        let api_keys = Arc::new(ApiKeys::new(&cfg.api_keys)?);
+        cfg.validate().map_err(|e| e.to_string())?;
+        let api_keys = Arc::new(ApiKeys::new(&cfg.api_keys).map_err(|e| e.to_string())?);
         let oidc = match &cfg.oidc {
             Some(o) => Some(OidcVerifier::start(o).await?),
             None => None,

@@ -32,6 +32,7 @@
 
 use super::Role;
 use super::apikey::{ApiKeyConfig, ApiKeys};
+use crate::config::{ConfigError, Key};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::{collections::BTreeMap, path::PathBuf};
 
@@ -205,49 +206,72 @@ impl OidcConfig {
         })
     }
 
-    fn validate(&self) -> Result<(), String> {
-        check_https(&self.issuer, "auth.oidc.issuer")?;
-        check_https(&self.discovery_url(), "auth.oidc.discovery_url")?;
+    /// The HTTP client for discovery and JWKS: the extra CA bundle read and parsed here, so
+    /// `config check` and the start-up share one reading of it.
+    pub(crate) fn http_client(&self) -> Result<reqwest::Client, ConfigError> {
+        let key = Key::root("auth").field("oidc").field("ca_bundle");
+        let ca = match &self.ca_bundle {
+            Some(p) => {
+                Some(crate::httpclient::read_ca_bundle(p).map_err(|e| key.err(e.to_string()))?)
+            }
+            None => None,
+        };
+        crate::httpclient::build_client(
+            ca.as_deref().map(|pem| ("auth.oidc.ca_bundle", pem)),
+            std::time::Duration::from_secs(5),
+        )
+        .map_err(|e| key.err(e.to_string()))
+    }
+
+    fn validate(&self, key: &Key) -> Result<(), ConfigError> {
+        check_https(&self.issuer, &key.field("issuer"))?;
+        check_https(&self.discovery_url(), &key.field("discovery_url"))?;
         if self.audience.is_empty() || self.audience.iter().any(|a| a.trim().is_empty()) {
-            return Err("auth.oidc.audience must name at least one non-empty audience".into());
+            return Err(key
+                .field("audience")
+                .err("must name at least one non-empty audience"));
         }
         if self.refresh_secs == 0 {
-            return Err("auth.oidc.refresh_secs must be at least 1".into());
+            return Err(key.field("refresh_secs").err("must be at least 1"));
         }
         if self.clock_skew_secs > 600 {
-            return Err("auth.oidc.clock_skew_secs must be at most 600".into());
+            return Err(key.field("clock_skew_secs").err("must be at most 600"));
         }
         for (k, grants) in &self.role_map {
+            let rk = key.field("role_map");
             if k.trim().is_empty() {
-                return Err("auth.oidc.role_map has an empty key".into());
+                return Err(rk.err("has an empty key"));
             }
             for (i, g) in grants.iter().enumerate() {
-                validate_pools(&g.pools)
-                    .map_err(|e| format!("auth.oidc.role_map.\"{k}\"[{i}].pools {e}"))?;
+                validate_pools(
+                    &g.pools,
+                    &rk.field(&format!("\"{k}\"")).index(i).field("pools"),
+                )?;
             }
         }
+        self.http_client()?;
         Ok(())
     }
 }
 
-fn check_https(url: &str, key: &str) -> Result<(), String> {
-    let u = url::Url::parse(url).map_err(|e| format!("{key} is not a URL: {e}"))?;
+fn check_https(url: &str, key: &Key) -> Result<(), ConfigError> {
+    let u = url::Url::parse(url).map_err(|e| key.err(format!("is not a URL: {e}")))?;
     if u.scheme() != "https" {
-        return Err(format!("{key} must be an https:// URL"));
+        return Err(key.err("must be an https:// URL"));
     }
     if u.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{key} has no host"));
+        return Err(key.err("has no host"));
     }
     Ok(())
 }
 
-fn validate_pools(pools: &[String]) -> Result<(), String> {
+fn validate_pools(pools: &[String], key: &Key) -> Result<(), ConfigError> {
     if pools.is_empty() {
-        return Err("must list at least one pool (or \"*\")".into());
+        return Err(key.err("must list at least one pool (or \"*\")"));
     }
     for p in pools {
         if p != "*" {
-            crate::domain::PoolName::parse(p).map_err(|e| format!("'{p}': {e}"))?;
+            crate::domain::PoolName::parse(p).map_err(|e| key.err(format!("'{p}': {e}")))?;
         }
     }
     Ok(())
@@ -269,41 +293,50 @@ pub(crate) fn parse_origin(s: &str) -> Result<http::HeaderValue, String> {
 }
 
 impl AuthConfig {
-    /// Checks everything that can be checked without the network; errors name the key.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks everything that can be checked without the network (the OIDC CA bundle is read
+    /// and parsed); errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let key = Key::root("auth");
         ApiKeys::new(&self.api_keys)?;
         for (i, k) in self.api_keys.iter().enumerate() {
-            validate_pools(&k.pools).map_err(|e| format!("auth.api_keys[{i}].pools {e}"))?;
+            let kk = key.field("api_keys").index(i);
+            validate_pools(&k.pools, &kk.field("pools"))?;
             if k.roles.is_empty() {
-                return Err(format!("auth.api_keys[{i}].roles must not be empty"));
+                return Err(kk.field("roles").err("must not be empty"));
             }
         }
         if let Some(o) = &self.oidc {
-            o.validate()?;
+            o.validate(&key.field("oidc"))?;
         }
         for (i, p) in self.protected.users.iter().enumerate() {
             super::policy::validate_pattern(p)
-                .map_err(|e| format!("auth.protected.users[{i}] {e}"))?;
+                .map_err(|e| key.field("protected").field("users").index(i).err(e))?;
         }
         for (i, g) in self.protected.groups.iter().enumerate() {
             if g.trim().is_empty() {
-                return Err(format!("auth.protected.groups[{i}] must not be empty"));
+                return Err(key
+                    .field("protected")
+                    .field("groups")
+                    .index(i)
+                    .err("must not be empty"));
             }
         }
         for (i, p) in self.service_accounts.iter().enumerate() {
             super::policy::validate_pattern(p)
-                .map_err(|e| format!("auth.service_accounts[{i}] {e}"))?;
+                .map_err(|e| key.field("service_accounts").index(i).err(e))?;
         }
         if self.rate_limit.actions_per_minute > 0 && self.rate_limit.burst == 0 {
-            return Err("auth.rate_limit.burst must be at least 1".into());
+            return Err(key
+                .field("rate_limit")
+                .field("burst")
+                .err("must be at least 1"));
         }
         for (i, o) in self.cors.allowed_origins.iter().enumerate() {
+            let ok = key.field("cors").field("allowed_origins").index(i);
             if o == "*" {
-                return Err(format!(
-                    "auth.cors.allowed_origins[{i}]: '*' is not allowed; list the portal origins"
-                ));
+                return Err(ok.err("'*' is not allowed; list the portal origins"));
             }
-            parse_origin(o).map_err(|e| format!("auth.cors.allowed_origins[{i}] {e}"))?;
+            parse_origin(o).map_err(|e| ok.err(e))?;
         }
         Ok(())
     }
@@ -361,22 +394,17 @@ mod tests {
             oidc: Some(OidcConfig::new("http://idp.example", &["a"])),
             ..Default::default()
         };
-        assert!(c.validate().unwrap_err().contains("auth.oidc.issuer"));
+        assert_eq!(c.validate().unwrap_err().key, "auth.oidc.issuer");
         c.oidc = None;
         c.cors.allowed_origins = vec!["https://portal.example/path".into()];
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .contains("auth.cors.allowed_origins[0]")
+        assert_eq!(
+            c.validate().unwrap_err().key,
+            "auth.cors.allowed_origins[0]"
         );
         c.cors.allowed_origins = vec!["*".into()];
         assert!(c.validate().is_err());
         c.cors.allowed_origins = vec![];
         c.protected.users = vec!["".into()];
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .contains("auth.protected.users[0]")
-        );
+        assert_eq!(c.validate().unwrap_err().key, "auth.protected.users[0]");
     }
 }

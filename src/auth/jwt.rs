@@ -133,18 +133,7 @@ pub(crate) fn sanitize(s: &str, max: usize) -> String {
 impl OidcVerifier {
     /// Fetches discovery and keys, then starts the periodic refresh.
     pub(crate) async fn start(cfg: &OidcConfig) -> Result<Arc<Self>, String> {
-        let ca = match &cfg.ca_bundle {
-            Some(p) => Some(
-                crate::httpclient::read_ca_bundle(p)
-                    .map_err(|e| format!("auth.oidc.ca_bundle: {e}"))?,
-            ),
-            None => None,
-        };
-        let client = crate::httpclient::build_client(
-            ca.as_deref().map(|pem| ("auth.oidc.ca_bundle", pem)),
-            Duration::from_secs(5),
-        )
-        .map_err(|e| format!("auth.oidc.ca_bundle: {e}"))?;
+        let client = cfg.http_client().map_err(|e| e.to_string())?;
         let mut role_map: HashMap<String, Vec<Grant>> = HashMap::new();
         for (k, grants) in &cfg.role_map {
             role_map

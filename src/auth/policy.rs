@@ -188,17 +188,25 @@ pub struct ProtectedSessions {
 
 impl ProtectedSessions {
     /// Compiles `[auth.protected]` and `auth.service_accounts`; errors name the key.
-    pub fn new(cfg: &ProtectedConfig, service_accounts: &[String]) -> Result<Self, String> {
+    pub fn new(
+        cfg: &ProtectedConfig,
+        service_accounts: &[String],
+    ) -> Result<Self, crate::config::ConfigError> {
+        let auth = crate::config::Key::root("auth");
         let users = cfg
             .users
             .iter()
             .enumerate()
-            .map(|(i, p)| Pattern::new(p).map_err(|e| format!("auth.protected.users[{i}] {e}")))
+            .map(|(i, p)| {
+                Pattern::new(p).map_err(|e| auth.field("protected").field("users").index(i).err(e))
+            })
             .collect::<Result<_, _>>()?;
         let service_accounts = service_accounts
             .iter()
             .enumerate()
-            .map(|(i, p)| Pattern::new(p).map_err(|e| format!("auth.service_accounts[{i}] {e}")))
+            .map(|(i, p)| {
+                Pattern::new(p).map_err(|e| auth.field("service_accounts").index(i).err(e))
+            })
             .collect::<Result<_, _>>()?;
         Ok(Self {
             users,
@@ -297,6 +305,6 @@ mod tests {
             &[],
         )
         .unwrap_err();
-        assert!(e.contains("auth.protected.users[0]"), "{e}");
+        assert_eq!(e.key, "auth.protected.users[0]", "{e}");
     }
 }

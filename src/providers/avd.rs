@@ -10,6 +10,7 @@
 //!   503 and 504 are transient; a 429 without `Retry-After` waits 5 s.
 
 use super::{ActionEffect, PoolSessions, ProviderError, SessionFilter, SessionProvider};
+use crate::config::{ConfigError, Key};
 use crate::domain::{
     ActionKind, Capabilities, HostName, ProviderKind, Session, SessionHost, SessionId,
     SessionState, StateFilter,
@@ -136,8 +137,12 @@ pub enum AvdCredentialConfig {
     AzureCli,
 }
 
-/// Builds the AVD provider for pool `pool_name`. Errors name the offending key.
-pub fn build(pool_name: &str, cfg: &AvdPoolConfig) -> Result<Arc<dyn SessionProvider>, String> {
+/// Builds the AVD provider for pool `pool_name` (no connection is made). Errors name the
+/// offending key.
+pub fn build(
+    pool_name: &str,
+    cfg: &AvdPoolConfig,
+) -> Result<Arc<dyn SessionProvider>, ConfigError> {
     Ok(Arc::new(AvdProvider::new(pool_name, cfg)?))
 }
 
@@ -172,58 +177,80 @@ fn arm_name_ok(s: &str, min: usize, max: usize, extra: &[char]) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
 }
 
-fn https_url(key: &str, s: &str) -> Result<url::Url, String> {
-    let u = url::Url::parse(s).map_err(|e| format!("{key}: '{s}' is not a URL: {e}"))?;
+fn https_url(key: &Key, s: &str) -> Result<url::Url, ConfigError> {
+    let u = url::Url::parse(s).map_err(|e| key.err(format!("'{s}' is not a URL: {e}")))?;
     if u.scheme() != "https" {
-        return Err(format!("{key}: must be an https URL"));
+        return Err(key.err("must be an https URL"));
     }
     if u.host_str().is_none() {
-        return Err(format!("{key}: has no host"));
+        return Err(key.err("has no host"));
     }
     Ok(u)
 }
 
-impl AvdProvider {
-    pub fn new(pool_name: &str, cfg: &AvdPoolConfig) -> Result<Self, String> {
-        let key = |k: &str| format!("pools[{pool_name}].{k}");
-        if !arm_name_ok(&cfg.subscription_id, 1, 64, &['-']) {
-            return Err(format!(
-                "{}: must be a subscription id (letters, digits, '-')",
-                key("subscription_id")
-            ));
+impl AvdPoolConfig {
+    /// The checks that need nothing but these settings (ARM name rules, api-version, URLs);
+    /// `key` is the pool's (`pools[<name>]`). [`AvdProvider::new`] runs them first.
+    pub fn validate(&self, key: &Key) -> Result<(), ConfigError> {
+        if !arm_name_ok(&self.subscription_id, 1, 64, &['-']) {
+            return Err(key
+                .field("subscription_id")
+                .err("must be a subscription id (letters, digits, '-')"));
         }
-        if !arm_name_ok(&cfg.resource_group, 1, 90, &['-', '_', '.', '(', ')'])
-            || cfg.resource_group.ends_with('.')
+        if !arm_name_ok(&self.resource_group, 1, 90, &['-', '_', '.', '(', ')'])
+            || self.resource_group.ends_with('.')
         {
-            return Err(format!(
-                "{}: must be 1-90 characters of letters, digits, '-', '_', '.', '(', ')' not ending in '.'",
-                key("resource_group")
+            return Err(key.field("resource_group").err(
+                "must be 1-90 characters of letters, digits, '-', '_', '.', '(', ')' not ending in '.'",
             ));
         }
-        if !arm_name_ok(&cfg.host_pool, 3, 64, &['@', '.', '-', '_', ' ']) {
-            return Err(format!(
-                "{}: must be 3-64 characters of letters, digits, '@', '.', '-', '_' or space",
-                key("host_pool")
-            ));
+        if !arm_name_ok(&self.host_pool, 3, 64, &['@', '.', '-', '_', ' ']) {
+            return Err(key
+                .field("host_pool")
+                .err("must be 3-64 characters of letters, digits, '@', '.', '-', '_' or space"));
         }
-        let v = &cfg.api_version;
+        let v = &self.api_version;
         let v_ok = v.len() >= 10
             && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
             && v.as_bytes()[4] == b'-';
         if !v_ok {
-            return Err(format!(
-                "{}: '{v}' is not an api-version like {DEFAULT_API_VERSION}",
-                key("api_version")
-            ));
+            return Err(key.field("api_version").err(format!(
+                "'{v}' is not an api-version like {DEFAULT_API_VERSION}"
+            )));
         }
-        let policy = CallPolicy::from_knobs(
-            cfg.timeout_secs,
-            cfg.max_retries,
-            cfg.retry_budget_secs,
-            cfg.max_response_bytes,
+        self.call_policy(key)?;
+        if let AvdCloud::Custom(c) = &self.cloud {
+            https_url(&key.field("cloud").field("arm_endpoint"), &c.arm_endpoint)?;
+            https_url(
+                &key.field("cloud").field("authority_host"),
+                &c.authority_host,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The upstream-call policy from `timeout_secs`, `max_retries`, `retry_budget_secs` and
+    /// `max_response_bytes`; a 429 without `Retry-After` waits 5 s.
+    pub fn call_policy(&self, key: &Key) -> Result<CallPolicy, ConfigError> {
+        CallPolicy::from_knobs(
+            self.timeout_secs,
+            self.max_retries,
+            self.retry_budget_secs,
+            self.max_response_bytes,
             Duration::from_secs(5),
         )
-        .map_err(|(k, why)| format!("{}: {why}", key(k)))?;
+        .map_err(|(k, why)| key.field(k).err(why))
+    }
+}
+
+impl AvdProvider {
+    /// Validates `cfg` ([`AvdPoolConfig::validate`]), reads its CA bundle and credential
+    /// secret, and builds the client. No connection is made.
+    pub fn new(pool_name: &str, cfg: &AvdPoolConfig) -> Result<Self, ConfigError> {
+        let pool_key = Key::pool(pool_name);
+        let key = |k: &str| pool_key.field(k);
+        cfg.validate(&pool_key)?;
+        let policy = cfg.call_policy(&pool_key)?;
 
         let (arm_endpoint, cloud) = match &cfg.cloud {
             AvdCloud::Named(NamedCloud::Public) => (
@@ -239,22 +266,21 @@ impl AvdProvider {
                 CloudConfiguration::AzureChina,
             ),
             AvdCloud::Custom(c) => {
-                https_url(&key("cloud.arm_endpoint"), &c.arm_endpoint)?;
-                let auth = https_url(&key("cloud.authority_host"), &c.authority_host)?;
+                let auth = https_url(&key("cloud").field("authority_host"), &c.authority_host)?;
                 let mut custom = CustomConfiguration::default();
                 custom.authority_host = auth.as_str().trim_end_matches('/').to_string();
                 (c.arm_endpoint.clone(), CloudConfiguration::Custom(custom))
             }
         };
         let arm_endpoint_str = arm_endpoint.trim_end_matches('/').to_string();
-        let arm_endpoint = https_url(&key("cloud.arm_endpoint"), &arm_endpoint_str)?;
+        let arm_endpoint = https_url(&key("cloud").field("arm_endpoint"), &arm_endpoint_str)?;
         let scope = format!("{arm_endpoint_str}/.default");
 
         let ca = match &cfg.ca_bundle {
             Some(p) => Some((
                 p.display().to_string(),
                 crate::httpclient::read_ca_bundle(p)
-                    .map_err(|e| format!("{}: {e}", key("ca_bundle")))?,
+                    .map_err(|e| key("ca_bundle").err(e.to_string()))?,
             )),
             None => None,
         };
@@ -262,15 +288,19 @@ impl AvdProvider {
             ca.as_ref().map(|(o, p)| (o.as_str(), p.as_str())),
             policy.timeout.min(Duration::from_secs(10)),
         )
-        .map_err(|e| format!("{}: {e}", key("ca_bundle")))?;
+        .map_err(|e| key("ca_bundle").err(e.to_string()))?;
 
         // Token requests get twice the per-call timeout (discovery and token round trips).
+        let first = make_credential(pool_name, &cfg.credential, &http, &cloud)?;
         let (pool, cred, client) = (pool_name.to_string(), cfg.credential.clone(), http.clone());
         let token = CredentialToken::new(
             scope.clone(),
             policy.timeout.saturating_mul(2),
-            Box::new(move || make_credential(&pool, &cred, &client, &cloud)),
-        )?;
+            first,
+            Box::new(move || {
+                make_credential(&pool, &cred, &client, &cloud).map_err(|e| e.to_string())
+            }),
+        );
 
         Ok(Self {
             pool_name: pool_name.to_string(),
@@ -292,14 +322,14 @@ fn make_credential(
     cred: &AvdCredentialConfig,
     http: &reqwest::Client,
     cloud: &CloudConfiguration,
-) -> Result<Arc<dyn TokenCredential>, String> {
-    let key = |k: &str| format!("pools[{pool_name}].{k}");
+) -> Result<Arc<dyn TokenCredential>, ConfigError> {
+    let key = |k: &str| Key::pool(pool_name).field(k);
     let client_options = || ClientOptions {
         transport: Some(Transport::new(Arc::new(http.clone()))),
         cloud: Some(Arc::new(cloud.clone())),
         ..Default::default()
     };
-    let ckey = |k: &str| key(&format!("credential.{k}"));
+    let ckey = |k: &str| key("credential").field(k);
     let credential: Arc<dyn TokenCredential> = match cred {
         AvdCredentialConfig::ClientSecret {
             tenant_id,
@@ -309,37 +339,27 @@ fn make_credential(
         } => {
             let secret = match (secret_env, secret_file) {
                 (Some(var), None) => std::env::var(var).map_err(|_| {
-                    format!(
-                        "{}: environment variable {var} is not set",
-                        ckey("secret_env")
-                    )
+                    ckey("secret_env").err(format!("environment variable {var} is not set"))
                 })?,
                 (None, Some(path)) => std::fs::read_to_string(path)
                     .map_err(|e| {
-                        format!(
-                            "{}: cannot read {}: {e}",
-                            ckey("secret_file"),
-                            path.display()
-                        )
+                        ckey("secret_file").err(format!("cannot read {}: {e}", path.display()))
                     })?
                     .trim_end_matches(['\r', '\n'])
                     .to_string(),
                 _ => {
-                    return Err(format!(
-                        "{}: set exactly one of secret_env or secret_file",
-                        key("credential")
-                    ));
+                    return Err(
+                        key("credential").err("set exactly one of secret_env or secret_file")
+                    );
                 }
             };
             if secret.is_empty() {
-                return Err(format!(
-                    "{}: the client secret is empty",
-                    if secret_env.is_some() {
-                        ckey("secret_env")
-                    } else {
-                        ckey("secret_file")
-                    }
-                ));
+                let k = if secret_env.is_some() {
+                    ckey("secret_env")
+                } else {
+                    ckey("secret_file")
+                };
+                return Err(k.err("the client secret is empty"));
             }
             ClientSecretCredential::new(
                 tenant_id,
@@ -349,14 +369,14 @@ fn make_credential(
                     client_options: client_options(),
                 }),
             )
-            .map_err(|e| format!("{}: {e}", key("credential")))?
+            .map_err(|e| key("credential").err(e.to_string()))?
         }
         AvdCredentialConfig::ManagedIdentity { client_id } => {
             ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
                 user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
                 client_options: client_options(),
             }))
-            .map_err(|e| format!("{}: {e}", key("credential")))?
+            .map_err(|e| key("credential").err(e.to_string()))?
         }
         AvdCredentialConfig::WorkloadIdentity {
             tenant_id,
@@ -366,11 +386,7 @@ fn make_credential(
             if let Some(p) = token_file
                 && !p.exists()
             {
-                return Err(format!(
-                    "{}: {} does not exist",
-                    ckey("token_file"),
-                    p.display()
-                ));
+                return Err(ckey("token_file").err(format!("{} does not exist", p.display())));
             }
             WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
                 credential_options: ClientAssertionCredentialOptions {
@@ -380,11 +396,11 @@ fn make_credential(
                 tenant_id: Some(tenant_id.clone()),
                 token_file_path: token_file.clone(),
             }))
-            .map_err(|e| format!("{}: {e}", key("credential")))?
+            .map_err(|e| key("credential").err(e.to_string()))?
         }
         AvdCredentialConfig::AzureCli => Arc::new(CachedCredential {
             inner: AzureCliCredential::new(None)
-                .map_err(|e| format!("{}: {e}", key("credential")))?,
+                .map_err(|e| key("credential").err(e.to_string()))?,
             cache: tokio::sync::Mutex::new(None),
         }),
     };
@@ -1165,7 +1181,7 @@ mod tests {
         "#,
         )
         .unwrap();
-        let e = AvdProvider::new("hp1", &c).unwrap_err();
+        let e = AvdProvider::new("hp1", &c).unwrap_err().to_string();
         assert_eq!(
             e,
             "pools[hp1].credential.secret_env: environment variable SESSIONGATE_TEST_SURELY_UNSET_VAR is not set"
@@ -1174,6 +1190,7 @@ mod tests {
         assert!(
             AvdProvider::new("x", &c)
                 .unwrap_err()
+                .to_string()
                 .starts_with("pools[x].host_pool:")
         );
         c.host_pool = "hp1".into();
@@ -1184,6 +1201,7 @@ mod tests {
         assert!(
             AvdProvider::new("x", &c)
                 .unwrap_err()
+                .to_string()
                 .starts_with("pools[x].cloud.arm_endpoint:")
         );
     }
@@ -1223,7 +1241,7 @@ mod tests {
         );
         let c: AvdPoolConfig = toml::from_str(&both).unwrap();
         assert_eq!(
-            AvdProvider::new("hp1", &c).unwrap_err(),
+            AvdProvider::new("hp1", &c).unwrap_err().to_string(),
             "pools[hp1].credential: set exactly one of secret_env or secret_file"
         );
     }

@@ -41,20 +41,21 @@ impl std::fmt::Debug for CredentialToken {
 }
 
 impl CredentialToken {
-    /// Builds the first credential now (so configuration errors surface at start-up).
-    /// `timeout` bounds one token acquisition (discovery and token round trips included).
+    /// Starts with `first` (built by the caller, so configuration errors surface at start-up
+    /// in the caller's terms); `factory` builds its replacements. `timeout` bounds one token
+    /// acquisition (discovery and token round trips included).
     pub fn new(
         scope: String,
         timeout: Duration,
+        first: Arc<dyn TokenCredential>,
         factory: CredentialFactory,
-    ) -> Result<Self, String> {
-        let current = RwLock::new(factory()?);
-        Ok(Self {
+    ) -> Self {
+        Self {
             scope,
             timeout,
-            current,
+            current: RwLock::new(first),
             factory,
-        })
+        }
     }
 }
 

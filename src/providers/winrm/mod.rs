@@ -20,6 +20,7 @@ pub use multipoint::{BulkLogoffItem, BulkLogoffStatus, MultiPointProvider};
 pub use rds::RdsProvider;
 pub use transport::{CommandOutput, TransportStats, WinRmError, WinRmTransport, WsManClient};
 
+use crate::config::{ConfigError, Key};
 use crate::domain::{HostName, Session, SessionHost, SessionId, SessionState};
 use crate::providers::{PoolSessions, ProviderError, SessionProvider, UnreachableHost};
 use futures::StreamExt;
@@ -188,31 +189,28 @@ pub(crate) struct Core {
     pub gateway_account: String,
 }
 
-fn resolve_password(pool: &str, c: &CredentialConfig) -> Result<SecretString, String> {
+fn resolve_password(key: &Key, c: &CredentialConfig) -> Result<SecretString, ConfigError> {
     match (&c.password_env, &c.password_file) {
         (Some(var), None) => std::env::var(var).map(SecretString::from).map_err(|_| {
-            format!("pools.{pool}.credential.password_env: environment variable '{var}' is not set")
+            key.field("password_env")
+                .err(format!("environment variable '{var}' is not set"))
         }),
         (None, Some(path)) => std::fs::read_to_string(path)
             .map(|s| SecretString::from(s.trim_end_matches(['\r', '\n']).to_string()))
             .map_err(|e| {
-                format!(
-                    "pools.{pool}.credential.password_file: cannot read {}: {e}",
-                    path.display()
-                )
+                key.field("password_file")
+                    .err(format!("cannot read {}: {e}", path.display()))
             }),
-        _ => Err(format!(
-            "pools.{pool}.credential: set exactly one of password_env or password_file"
-        )),
+        _ => Err(key.err("set exactly one of password_env or password_file")),
     }
 }
 
-fn read_ca(key: &str, path: &std::path::Path) -> Result<String, String> {
-    crate::httpclient::read_ca_bundle(path).map_err(|e| format!("{key}: {e}"))
+fn read_ca(key: &Key, path: &std::path::Path) -> Result<String, ConfigError> {
+    crate::httpclient::read_ca_bundle(path).map_err(|e| key.err(e.to_string()))
 }
 
 /// The service principal of a Kerberos host: the configured `spn` or `HTTP/<name>`.
-fn kerberos_spn(key: &str, h: &HostConfig) -> Result<String, String> {
+fn kerberos_spn(key: &Key, h: &HostConfig) -> Result<String, ConfigError> {
     match &h.spn {
         None => Ok(format!("HTTP/{}", h.name.to_ascii_lowercase())),
         Some(s) => {
@@ -225,44 +223,77 @@ fn kerberos_spn(key: &str, h: &HostConfig) -> Result<String, String> {
             if ok {
                 Ok(s.clone())
             } else {
-                Err(format!(
-                    "{key}.spn: '{s}' is not a service principal like 'HTTP/rdsh-01.contoso.com' or 'HTTP/rdsh-01.contoso.com@CONTOSO.COM'"
-                ))
+                Err(key.field("spn").err(format!(
+                    "'{s}' is not a service principal like 'HTTP/rdsh-01.contoso.com' or 'HTTP/rdsh-01.contoso.com@CONTOSO.COM'"
+                )))
             }
         }
     }
 }
 
-/// Validates the configuration and builds one transport per host. No connection is made.
-pub(crate) fn build_core(pool: &str, cfg: &OnPremPoolConfig) -> Result<Core, String> {
-    if cfg.hosts.is_empty() {
-        return Err(format!("pools.{pool}.hosts: at least one host is required"));
-    }
-    if cfg.credential.username.trim().is_empty() {
-        return Err(format!(
-            "pools.{pool}.credential.username: must not be empty"
-        ));
-    }
-    if cfg.max_concurrency_per_host == 0 || cfg.fanout_concurrency == 0 {
-        return Err(format!(
-            "pools.{pool}.max_concurrency_per_host / fanout_concurrency: must be at least 1"
-        ));
-    }
-    if cfg.operation_timeout_secs == 0 || cfg.connect_timeout_secs == 0 {
-        return Err(format!(
-            "pools.{pool}.operation_timeout_secs / connect_timeout_secs: must be at least 1"
-        ));
-    }
-    if cfg.auth == WinRmAuth::Kerberos {
-        let u = &cfg.credential.username;
-        if u.contains('\\') {
-            return Err(format!(
-                "pools.{pool}.credential.username: Kerberos needs a principal such as 'svc-sessiongate@CONTOSO.COM', not '{u}'"
-            ));
+impl OnPremPoolConfig {
+    /// The checks that need nothing but these settings; `key` is the pool's
+    /// (`pools[<name>]`). [`build_core`] runs them first, then the per-host endpoint checks,
+    /// and reads the password, CA bundles and (Kerberos) the GSS-API library.
+    pub fn validate(&self, key: &Key) -> Result<(), ConfigError> {
+        if self.hosts.is_empty() {
+            return Err(key.field("hosts").err("at least one host is required"));
         }
-        gssapi::available().map_err(|e| format!("pools.{pool}.auth: 'kerberos': {e}"))?;
+        if self.credential.username.trim().is_empty() {
+            return Err(key
+                .field("credential")
+                .field("username")
+                .err("must not be empty"));
+        }
+        for (k, v) in [
+            (
+                "max_concurrency_per_host",
+                self.max_concurrency_per_host as u64,
+            ),
+            ("fanout_concurrency", self.fanout_concurrency as u64),
+            ("operation_timeout_secs", self.operation_timeout_secs),
+            ("connect_timeout_secs", self.connect_timeout_secs),
+        ] {
+            if v == 0 {
+                return Err(key.field(k).err("must be at least 1"));
+            }
+        }
+        if self.auth == WinRmAuth::Kerberos {
+            let u = &self.credential.username;
+            if u.contains('\\') {
+                return Err(key.field("credential").field("username").err(format!(
+                    "Kerberos needs a principal such as 'svc-sessiongate@CONTOSO.COM', not '{u}'"
+                )));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, h) in self.hosts.iter().enumerate() {
+            let hk = key.field("hosts").index(i);
+            HostName::parse(&h.name).map_err(|e| hk.field("name").err(e.to_string()))?;
+            if h.spn.is_some() && self.auth != WinRmAuth::Kerberos {
+                return Err(hk.field("spn").err(format!(
+                    "only used with auth = \"kerberos\" (this pool uses {:?})",
+                    self.auth
+                )));
+            }
+            if !seen.insert(h.name.to_ascii_lowercase()) {
+                return Err(hk
+                    .field("name")
+                    .err(format!("'{}' is listed twice", h.name)));
+            }
+        }
+        Ok(())
     }
-    let password = resolve_password(pool, &cfg.credential)?;
+}
+
+/// Validates the configuration and builds one transport per host. No connection is made.
+pub(crate) fn build_core(pool: &str, cfg: &OnPremPoolConfig) -> Result<Core, ConfigError> {
+    let pk = Key::pool(pool);
+    cfg.validate(&pk)?;
+    if cfg.auth == WinRmAuth::Kerberos {
+        gssapi::available().map_err(|e| pk.field("auth").err(format!("'kerberos': {e}")))?;
+    }
+    let password = resolve_password(&pk.field("credential"), &cfg.credential)?;
     let kerberos_creds = (cfg.auth == WinRmAuth::Kerberos).then(|| {
         Arc::new(gssapi::CredentialCache::new(
             cfg.credential.username.clone(),
@@ -271,87 +302,82 @@ pub(crate) fn build_core(pool: &str, cfg: &OnPremPoolConfig) -> Result<Core, Str
     });
     let connect = Duration::from_secs(cfg.connect_timeout_secs);
     let pool_ca = match &cfg.ca_bundle {
-        Some(p) => Some(read_ca(&format!("pools.{pool}.ca_bundle"), p)?),
+        Some(p) => Some(read_ca(&pk.field("ca_bundle"), p)?),
         None => None,
     };
     let shared = crate::httpclient::build_client(
         pool_ca.as_deref().map(|pem| ("pool ca_bundle", pem)),
         connect,
     )
-    .map_err(|e| format!("pools.{pool}.ca_bundle: {e}"))?;
+    .map_err(|e| pk.field("ca_bundle").err(e.to_string()))?;
 
     // One TLS client config for the NTLM connections of every host without its own CA bundle.
     let pool_ntlm_tls = if matches!(cfg.auth, WinRmAuth::Ntlm | WinRmAuth::Kerberos) {
         Some(
             ntlm_http::tls_config(pool_ca.as_deref())
-                .map_err(|e| format!("pools.{pool}.ca_bundle: {e}"))?,
+                .map_err(|e| pk.field("ca_bundle").err(e.to_string()))?,
         )
     } else {
         None
     };
-    let mut seen = std::collections::HashSet::new();
     let mut hosts = Vec::with_capacity(cfg.hosts.len());
     for (i, h) in cfg.hosts.iter().enumerate() {
-        let key = format!("pools.{pool}.hosts[{i}]");
-        let name = HostName::parse(&h.name).map_err(|e| format!("{key}.name: {e}"))?;
-        if h.spn.is_some() && cfg.auth != WinRmAuth::Kerberos {
-            return Err(format!(
-                "{key}.spn: only used with auth = \"kerberos\" (this pool uses {:?})",
-                cfg.auth
-            ));
-        }
-        if !seen.insert(h.name.to_ascii_lowercase()) {
-            return Err(format!("{key}.name: '{}' is listed twice", h.name));
-        }
+        let key = pk.field("hosts").index(i);
+        let name = HostName::parse(&h.name).map_err(|e| key.field("name").err(e.to_string()))?;
         let mut endpoint = match &h.endpoint {
-            Some(u) => url::Url::parse(u).map_err(|e| format!("{key}.endpoint: {e}"))?,
+            Some(u) => url::Url::parse(u).map_err(|e| key.field("endpoint").err(e.to_string()))?,
             None => {
-                let u = url::Url::parse(&format!("https://{}:5986/wsman", h.name))
-                    .map_err(|e| format!("{key}.name: cannot form an endpoint URL: {e}"))?;
+                let u =
+                    url::Url::parse(&format!("https://{}:5986/wsman", h.name)).map_err(|e| {
+                        key.field("name")
+                            .err(format!("cannot form an endpoint URL: {e}"))
+                    })?;
                 if !u
                     .host_str()
                     .is_some_and(|x| x.eq_ignore_ascii_case(&h.name))
                 {
-                    return Err(format!(
-                        "{key}.name: '{}' is not a plain DNS name; set {key}.endpoint explicitly",
-                        h.name
-                    ));
+                    return Err(key.field("name").err(format!(
+                        "'{}' is not a plain DNS name; set {} explicitly",
+                        h.name,
+                        key.field("endpoint")
+                    )));
                 }
                 u
             }
         };
+        let ek = key.field("endpoint");
         if !endpoint.username().is_empty() || endpoint.password().is_some() {
-            return Err(format!(
-                "{key}.endpoint: must not carry credentials; use pools.{pool}.credential"
-            ));
+            return Err(ek.err(format!(
+                "must not carry credentials; use {}",
+                pk.field("credential")
+            )));
         }
         match endpoint.scheme() {
             "https" => {}
             "http" => {
-                return Err(match cfg.auth {
-                    WinRmAuth::Basic => format!(
-                        "{key}.endpoint: Basic authentication over plain http would send the password in clear; use https"
-                    ),
-                    _ => format!(
-                        "{key}.endpoint: plain http needs WinRM message encryption, which this build does not implement; use https"
-                    ),
-                });
+                return Err(ek.err(match cfg.auth {
+                    WinRmAuth::Basic => {
+                        "Basic authentication over plain http would send the password in clear; use https"
+                    }
+                    _ => {
+                        "plain http needs WinRM message encryption, which this build does not implement; use https"
+                    }
+                }));
             }
-            other => return Err(format!("{key}.endpoint: unsupported scheme '{other}'")),
+            other => return Err(ek.err(format!("unsupported scheme '{other}'"))),
         }
         let sni = h
             .tls_server_name
             .clone()
             .or_else(|| cfg.tls_server_name.clone());
         let host_ca = match &h.ca_bundle {
-            Some(p) => Some(read_ca(&format!("{key}.ca_bundle"), p)?),
+            Some(p) => Some(read_ca(&key.field("ca_bundle"), p)?),
             None => None,
         };
         let http = if let Some(pool_tls) = &pool_ntlm_tls {
             let tls = match host_ca.as_deref() {
-                Some(ca) => {
-                    ntlm_http::tls_config(Some(ca)).map_err(|e| format!("{key}.ca_bundle: {e}"))?
-                }
+                Some(ca) => ntlm_http::tls_config(Some(ca))
+                    .map_err(|e| key.field("ca_bundle").err(e.to_string()))?,
                 None => pool_tls.clone(),
             };
             transport::HttpChannel::Ntlm(Box::new(
@@ -370,7 +396,7 @@ pub(crate) fn build_core(pool: &str, cfg: &OnPremPoolConfig) -> Result<Core, Str
                         None => None,
                     },
                 })
-                .map_err(|e| format!("{key}: {e}"))?,
+                .map_err(|e| key.err(e.to_string()))?,
             ))
         } else if sni.is_some() || host_ca.is_some() {
             let ca = host_ca.as_deref().or(pool_ca.as_deref());
@@ -381,7 +407,7 @@ pub(crate) fn build_core(pool: &str, cfg: &OnPremPoolConfig) -> Result<Core, Str
                 .user_agent(concat!("sessiongate/", env!("CARGO_PKG_VERSION")));
             if let Some(pem) = ca {
                 let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-                    .map_err(|e| format!("{key}.ca_bundle: {e}"))?;
+                    .map_err(|e| key.field("ca_bundle").err(e.to_string()))?;
                 for c in certs {
                     b = b.add_root_certificate(c);
                 }
@@ -392,17 +418,19 @@ pub(crate) fn build_core(pool: &str, cfg: &OnPremPoolConfig) -> Result<Core, Str
                     .map(|s| s.trim_start_matches('[').trim_end_matches(']'))
                     .and_then(|s| s.parse().ok())
                     .ok_or_else(|| {
-                        format!("{key}.tls_server_name: the endpoint host must be an IP address when tls_server_name is set")
+                        key.field("tls_server_name").err(
+                            "the endpoint host must be an IP address when tls_server_name is set",
+                        )
                     })?;
                 let port = endpoint.port_or_known_default().unwrap_or(5986);
                 endpoint
                     .set_host(Some(sni))
-                    .map_err(|e| format!("{key}.tls_server_name: {e}"))?;
+                    .map_err(|e| key.field("tls_server_name").err(e.to_string()))?;
                 b = b.resolve(sni, std::net::SocketAddr::new(ip, port));
             }
             transport::HttpChannel::Basic(
                 b.build()
-                    .map_err(|e| format!("{key}: building HTTP client: {e}"))?,
+                    .map_err(|e| key.err(format!("building HTTP client: {e}")))?,
             )
         } else {
             transport::HttpChannel::Basic(shared.clone())
@@ -434,7 +462,10 @@ pub(crate) fn build_core(pool: &str, cfg: &OnPremPoolConfig) -> Result<Core, Str
 }
 
 /// Builds an RD Session Host pool provider.
-pub fn build_rds(pool: &str, cfg: &OnPremPoolConfig) -> Result<Arc<dyn SessionProvider>, String> {
+pub fn build_rds(
+    pool: &str,
+    cfg: &OnPremPoolConfig,
+) -> Result<Arc<dyn SessionProvider>, ConfigError> {
     Ok(Arc::new(RdsProvider::from_config(pool, cfg)?))
 }
 
@@ -442,7 +473,7 @@ pub fn build_rds(pool: &str, cfg: &OnPremPoolConfig) -> Result<Arc<dyn SessionPr
 pub fn build_multipoint(
     pool: &str,
     cfg: &OnPremPoolConfig,
-) -> Result<Arc<dyn SessionProvider>, String> {
+) -> Result<Arc<dyn SessionProvider>, ConfigError> {
     Ok(Arc::new(MultiPointProvider::from_config(pool, cfg)?))
 }
 
@@ -708,7 +739,7 @@ mod tests {
             pw.display()
         ));
         let e = build_core("p", &c).err().unwrap();
-        assert!(e.contains("pools.p.hosts[0].endpoint"), "{e}");
+        assert!(e.to_string().contains("pools[p].hosts[0].endpoint"), "{e}");
     }
 
     #[test]
@@ -723,8 +754,11 @@ mod tests {
             pw.display()
         ));
         let e = build_core("p", &c).err().unwrap();
-        assert!(e.contains("pools.p.credential.username"), "{e}");
-        assert!(e.contains("svc-sessiongate@CONTOSO.COM"), "{e}");
+        assert!(
+            e.to_string().contains("pools[p].credential.username"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("svc-sessiongate@CONTOSO.COM"), "{e}");
         if gssapi::available().is_ok() {
             for bad in ["HTTP", "HTTP/", "/h1", "HTTP/@X", "HTTP/h 1"] {
                 let c = cfg(&format!(
@@ -734,7 +768,10 @@ mod tests {
                     pw.display()
                 ));
                 let e = build_core("p", &c).err().unwrap();
-                assert!(e.contains("pools.p.hosts[0].spn"), "{bad}: {e}");
+                assert!(
+                    e.to_string().contains("pools[p].hosts[0].spn"),
+                    "{bad}: {e}"
+                );
             }
             let c = cfg(&format!(
                 r#"hosts = [{{ name = "h1.contoso.com", spn = "HTTP/h1.contoso.com@CONTOSO.COM" }}, {{ name = "h2.contoso.com" }}]
@@ -777,14 +814,14 @@ mod tests {
         let e = build_core("p", &mk(r#"{ name = "evil@attacker.example" }"#))
             .err()
             .unwrap();
-        assert!(e.contains("pools.p.hosts[0].name"), "{e}");
+        assert!(e.to_string().contains("pools[p].hosts[0].name"), "{e}");
         let e = build_core(
             "p",
             &mk(r#"{ name = "h1", endpoint = "https://u:pw@h1:5986/wsman" }"#),
         )
         .err()
         .unwrap();
-        assert!(e.contains("pools.p.hosts[0].endpoint"), "{e}");
+        assert!(e.to_string().contains("pools[p].hosts[0].endpoint"), "{e}");
         assert!(build_core("p", &mk(r#"{ name = "h1.contoso.com" }"#)).is_ok());
     }
 
@@ -793,7 +830,7 @@ mod tests {
         let c = cfg(r#"hosts = [{ name = "h1" }]
                credential = { username = "u" }"#);
         let e = build_core("p", &c).err().unwrap();
-        assert!(e.contains("pools.p.credential"), "{e}");
+        assert!(e.to_string().contains("pools[p].credential"), "{e}");
     }
 
     #[test]

@@ -42,7 +42,10 @@ pub struct BulkLogoffItem {
 }
 
 impl MultiPointProvider {
-    pub fn from_config(pool: &str, cfg: &OnPremPoolConfig) -> Result<Self, String> {
+    pub fn from_config(
+        pool: &str,
+        cfg: &OnPremPoolConfig,
+    ) -> Result<Self, crate::config::ConfigError> {
         Ok(Self {
             core: super::build_core(pool, cfg)?,
         })

@@ -14,7 +14,10 @@ pub struct RdsProvider {
 }
 
 impl RdsProvider {
-    pub fn from_config(pool: &str, cfg: &OnPremPoolConfig) -> Result<Self, String> {
+    pub fn from_config(
+        pool: &str,
+        cfg: &OnPremPoolConfig,
+    ) -> Result<Self, crate::config::ConfigError> {
         Ok(Self {
             core: super::build_core(pool, cfg)?,
         })

@@ -1,7 +1,10 @@
 //! Configuration of a WVD classic pool (`kind = "wvd-classic"`).
 
+use crate::config::{ConfigError, Key};
+use crate::upstream::CallPolicy;
+use reqwest::Url;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 pub const DEFAULT_BROKER_URL: &str = "https://rdbroker.wvd.microsoft.com";
 pub const DEFAULT_TENANT_GROUP: &str = "Default Tenant Group";
@@ -125,6 +128,61 @@ impl ClassicPoolConfig {
             max_retries: default_max_retries(),
             max_response_bytes: default_max_response_bytes(),
         }
+    }
+}
+
+/// An https origin (optionally with a path), without query or fragment.
+pub(super) fn https_url(key: &Key, v: &str) -> Result<Url, ConfigError> {
+    let u = Url::parse(v).map_err(|e| key.err(format!("'{v}' is not a URL: {e}")))?;
+    if u.scheme() != "https" {
+        return Err(key.err(format!("'{v}' must use https")));
+    }
+    if u.host_str().is_none() || u.query().is_some() || u.fragment().is_some() {
+        return Err(key.err(format!(
+            "'{v}' must be an https origin (optionally with a path) without query or fragment"
+        )));
+    }
+    Ok(u)
+}
+
+impl ClassicPoolConfig {
+    /// The checks that need nothing but these settings; `key` is the pool's
+    /// (`pools[<name>]`). [`super::ClassicProvider::new`] runs them first.
+    pub fn validate(&self, key: &Key) -> Result<(), ConfigError> {
+        https_url(&key.field("broker_url"), &self.broker_url)?;
+        https_url(&key.field("authority_host"), &self.authority_host)?;
+        https_url(&key.field("resource"), &self.resource)?;
+        for (k, v) in [
+            ("tenant_group", &self.tenant_group),
+            ("tenant", &self.tenant),
+            ("host_pool", &self.host_pool),
+        ] {
+            if v.trim().is_empty() {
+                return Err(key.field(k).err("must not be empty"));
+            }
+        }
+        self.call_policy(key)?;
+        if self.page_size == 0 {
+            return Err(key.field("page_size").err("must be at least 1"));
+        }
+        reqwest::header::HeaderValue::from_str(&self.client_api_version).map_err(|_| {
+            key.field("client_api_version")
+                .err("not a valid header value")
+        })?;
+        Ok(())
+    }
+
+    /// The upstream-call policy from `timeout_secs`, `max_retries`, `retry_budget_secs` and
+    /// `max_response_bytes`; a 429 without `Retry-After` waits 1 s.
+    pub fn call_policy(&self, key: &Key) -> Result<CallPolicy, ConfigError> {
+        CallPolicy::from_knobs(
+            self.timeout_secs,
+            self.max_retries,
+            self.retry_budget_secs,
+            self.max_response_bytes,
+            Duration::from_secs(1),
+        )
+        .map_err(|(k, why)| key.field(k).err(why))
     }
 }
 

@@ -3,6 +3,7 @@
 //! (azure_identity's own certificate credential needs OpenSSL, which we do not ship).
 
 use super::config::ClassicCredentialConfig;
+use crate::config::{ConfigError, Key};
 use azure_core::{
     cloud::{CloudConfiguration, CustomConfiguration},
     credentials::{Secret, TokenCredential},
@@ -34,29 +35,24 @@ fn client_options(http: &reqwest::Client, authority_host: &str) -> ClientOptions
 }
 
 fn read_secret(
-    pool: &str,
+    key: &Key,
     secret_env: Option<&str>,
     secret_file: Option<&std::path::Path>,
-) -> Result<String, String> {
+) -> Result<String, ConfigError> {
     match (secret_env, secret_file) {
         (Some(var), None) => std::env::var(var)
             .map(|s| s.trim().to_string())
             .map_err(|_| {
-                format!(
-                    "providers.{pool}.credential.secret_env: environment variable {var} is not set"
-                )
+                key.field("secret_env")
+                    .err(format!("environment variable {var} is not set"))
             }),
         (None, Some(path)) => std::fs::read_to_string(path)
             .map(|s| s.trim().to_string())
             .map_err(|e| {
-                format!(
-                    "providers.{pool}.credential.secret_file: reading {}: {e}",
-                    path.display()
-                )
+                key.field("secret_file")
+                    .err(format!("reading {}: {e}", path.display()))
             }),
-        _ => Err(format!(
-            "providers.{pool}.credential: set exactly one of secret_env or secret_file"
-        )),
+        _ => Err(key.err("set exactly one of secret_env or secret_file")),
     }
 }
 
@@ -66,7 +62,8 @@ pub fn build_credential(
     cfg: &ClassicCredentialConfig,
     http: &reqwest::Client,
     authority_host: &str,
-) -> Result<Arc<dyn TokenCredential>, String> {
+) -> Result<Arc<dyn TokenCredential>, ConfigError> {
+    let key = Key::pool(pool).field("credential");
     match cfg {
         ClassicCredentialConfig::ClientSecret {
             tenant_id,
@@ -74,11 +71,9 @@ pub fn build_credential(
             secret_env,
             secret_file,
         } => {
-            let secret = read_secret(pool, secret_env.as_deref(), secret_file.as_deref())?;
+            let secret = read_secret(&key, secret_env.as_deref(), secret_file.as_deref())?;
             if secret.is_empty() {
-                return Err(format!(
-                    "providers.{pool}.credential: the client secret is empty"
-                ));
+                return Err(key.err("the client secret is empty"));
             }
             let c = ClientSecretCredential::new(
                 tenant_id,
@@ -88,7 +83,7 @@ pub fn build_credential(
                     client_options: client_options(http, authority_host),
                 }),
             )
-            .map_err(|e| format!("providers.{pool}.credential: {e}"))?;
+            .map_err(|e| key.err(e.to_string()))?;
             Ok(c)
         }
         ClassicCredentialConfig::ClientCertificate {
@@ -97,17 +92,15 @@ pub fn build_credential(
             cert_file,
         } => {
             let pem = std::fs::read_to_string(cert_file).map_err(|e| {
-                format!(
-                    "providers.{pool}.credential.cert_file: reading {}: {e}",
-                    cert_file.display()
-                )
+                key.field("cert_file")
+                    .err(format!("reading {}: {e}", cert_file.display()))
             })?;
             let aud = format!(
                 "{}/{tenant_id}/oauth2/v2.0/token",
                 authority_host.trim_end_matches('/')
             );
             let assertion = CertificateAssertion::from_pem(client_id, &aud, &pem)
-                .map_err(|e| format!("providers.{pool}.credential.cert_file: {e}"))?;
+                .map_err(|e| key.field("cert_file").err(e))?;
             let c = ClientAssertionCredential::new(
                 tenant_id.clone(),
                 client_id.clone(),
@@ -116,7 +109,7 @@ pub fn build_credential(
                     client_options: client_options(http, authority_host),
                 }),
             )
-            .map_err(|e| format!("providers.{pool}.credential: {e}"))?;
+            .map_err(|e| key.err(e.to_string()))?;
             Ok(c)
         }
         ClassicCredentialConfig::ManagedIdentity { client_id } => {
@@ -124,7 +117,7 @@ pub fn build_credential(
                 user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
                 client_options: client_options(http, authority_host),
             }))
-            .map_err(|e| format!("providers.{pool}.credential: {e}"))?;
+            .map_err(|e| key.err(e.to_string()))?;
             Ok(c)
         }
         ClassicCredentialConfig::AzureCli { tenant_id } => {
@@ -132,7 +125,7 @@ pub fn build_credential(
                 tenant_id: tenant_id.clone(),
                 ..AzureCliCredentialOptions::default()
             }))
-            .map_err(|e| format!("providers.{pool}.credential: {e}"))?;
+            .map_err(|e| key.err(e.to_string()))?;
             Ok(c)
         }
     }

@@ -23,10 +23,11 @@ pub use credential::CertificateAssertion;
 pub use wire::{APPLICATION_TYPES, HOST_STATUSES, SESSION_STATES};
 
 use super::{ActionEffect, PoolSessions, ProviderError, SessionFilter, SessionProvider};
+use crate::config::{ConfigError, Key};
 use crate::domain::{
     ActionKind, Capabilities, HostName, ProviderKind, Session, SessionHost, SessionId,
 };
-use crate::upstream::{self, CallPolicy, CredentialToken, Page, Repeat, Reply, Upstream, Verdict};
+use crate::upstream::{self, CredentialToken, Page, Repeat, Reply, Upstream, Verdict};
 use async_trait::async_trait;
 use reqwest::{Method, StatusCode, Url};
 use std::{sync::Arc, time::Duration};
@@ -54,58 +55,30 @@ impl std::fmt::Debug for ClassicProvider {
     }
 }
 
-fn https_url(pool: &str, key: &str, v: &str) -> Result<Url, String> {
-    let u =
-        Url::parse(v).map_err(|e| format!("providers.{pool}.{key}: '{v}' is not a URL: {e}"))?;
-    if u.scheme() != "https" {
-        return Err(format!("providers.{pool}.{key}: '{v}' must use https"));
-    }
-    if u.host_str().is_none() || u.query().is_some() || u.fragment().is_some() {
-        return Err(format!(
-            "providers.{pool}.{key}: '{v}' must be an https origin (optionally with a path) without query or fragment"
-        ));
-    }
-    Ok(u)
-}
-
-/// Builds the provider for pool `pool_name`. Errors name the offending key.
-pub fn build(pool_name: &str, cfg: &ClassicPoolConfig) -> Result<Arc<dyn SessionProvider>, String> {
+/// Builds the provider for pool `pool_name` (no connection is made). Errors name the
+/// offending key.
+pub fn build(
+    pool_name: &str,
+    cfg: &ClassicPoolConfig,
+) -> Result<Arc<dyn SessionProvider>, ConfigError> {
     Ok(Arc::new(ClassicProvider::new(pool_name, cfg)?))
 }
 
 impl ClassicProvider {
-    pub fn new(pool_name: &str, cfg: &ClassicPoolConfig) -> Result<Self, String> {
+    /// Validates `cfg` ([`ClassicPoolConfig::validate`]), reads its CA bundle and credential,
+    /// and builds the client. No connection is made.
+    pub fn new(pool_name: &str, cfg: &ClassicPoolConfig) -> Result<Self, ConfigError> {
         let p = pool_name;
-        let broker = https_url(p, "broker_url", &cfg.broker_url)?;
-        https_url(p, "authority_host", &cfg.authority_host)?;
-        let resource = https_url(p, "resource", &cfg.resource)?;
-        for (key, v) in [
-            ("tenant_group", &cfg.tenant_group),
-            ("tenant", &cfg.tenant),
-            ("host_pool", &cfg.host_pool),
-        ] {
-            if v.trim().is_empty() {
-                return Err(format!("providers.{p}.{key}: must not be empty"));
-            }
-        }
-        let policy = CallPolicy::from_knobs(
-            cfg.timeout_secs,
-            cfg.max_retries,
-            cfg.retry_budget_secs,
-            cfg.max_response_bytes,
-            Duration::from_secs(1),
-        )
-        .map_err(|(k, why)| format!("providers.{p}.{k}: {why}"))?;
-        if cfg.page_size == 0 {
-            return Err(format!("providers.{p}.page_size: must be at least 1"));
-        }
-        reqwest::header::HeaderValue::from_str(&cfg.client_api_version)
-            .map_err(|_| format!("providers.{p}.client_api_version: not a valid header value"))?;
+        let key = Key::pool(p);
+        cfg.validate(&key)?;
+        let broker = config::https_url(&key.field("broker_url"), &cfg.broker_url)?;
+        let resource = config::https_url(&key.field("resource"), &cfg.resource)?;
+        let policy = cfg.call_policy(&key)?;
         let ca = match &cfg.ca_bundle {
             Some(path) => Some((
                 path.display().to_string(),
                 crate::httpclient::read_ca_bundle(path)
-                    .map_err(|e| format!("providers.{p}.ca_bundle: {e}"))?,
+                    .map_err(|e| key.field("ca_bundle").err(e.to_string()))?,
             )),
             None => None,
         };
@@ -113,7 +86,9 @@ impl ClassicProvider {
             ca.as_ref().map(|(o, pem)| (o.as_str(), pem.as_str())),
             policy.timeout.min(Duration::from_secs(10)),
         )
-        .map_err(|e| format!("providers.{p}.ca_bundle: {e}"))?;
+        .map_err(|e| key.field("ca_bundle").err(e.to_string()))?;
+        let credential =
+            credential::build_credential(p, &cfg.credential, &http, &cfg.authority_host)?;
         let scope = format!("{}/.default", resource.as_str().trim_end_matches('/'));
         // Token requests get twice the per-call timeout (discovery and token round trips).
         let (pool, cred, client, authority) = (
@@ -125,8 +100,12 @@ impl ClassicProvider {
         let token = CredentialToken::new(
             scope,
             policy.timeout.saturating_mul(2),
-            Box::new(move || credential::build_credential(&pool, &cred, &client, &authority)),
-        )?;
+            credential,
+            Box::new(move || {
+                credential::build_credential(&pool, &cred, &client, &authority)
+                    .map_err(|e| e.to_string())
+            }),
+        );
         Ok(Self {
             pool_name: pool_name.to_string(),
             broker,

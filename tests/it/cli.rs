@@ -1,0 +1,579 @@
+//! The binary's commands, run as a user would: demo (and its printed curl commands), emulate,
+//! config check, apikey new, openapi.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sessiongate");
+
+struct Killer(Child);
+impl Drop for Killer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Reads stdout lines until `pred` has seen enough (bounded in time).
+fn read_until(child: &mut Child, mut done: impl FnMut(&str) -> bool) -> Vec<String> {
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(l) = line else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            let stop = done(&l);
+            lines.push(l);
+            if stop {
+                return lines;
+            }
+        }
+    }
+    panic!("timed out; got {lines:?}");
+}
+
+#[tokio::test]
+async fn demo_prints_working_keys_and_commands() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(BIN)
+        .args([
+            "demo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut k = Killer(child);
+    let lines = read_until(&mut k.0, |l| l.contains("Stop with Ctrl-C"));
+    let key_of = |role: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(role).map(|r| r.trim().to_string()))
+            .unwrap_or_else(|| panic!("{role} key printed"))
+    };
+    let (op, reader) = (key_of("operator "), key_of("reader "));
+    assert_ne!(op, reader);
+    // The printed logoff command, as printed.
+    let logoff = lines
+        .iter()
+        .find(|l| l.contains("/logoff"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap()
+        .to_string();
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let r = http
+        .get(format!("{base}/hostpools"))
+        .bearer_auth(&op)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .get(format!("{base}/hostpools/avd-demo/sessions"))
+        .bearer_auth(&op)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = http
+        .post(&logoff)
+        .bearer_auth(&op)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["outcome"], "done", "{v}");
+    let v: serde_json::Value = http
+        .post(&logoff)
+        .bearer_auth(&op)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["outcome"], "already_gone", "{v}");
+    let r = http.get(format!("{base}/hostpools")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let disconnect = logoff.replace("/logoff", "/disconnect");
+    let r = http
+        .post(&disconnect)
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http
+        .get(format!("{base}/hostpools/classic-demo/sessions"))
+        .bearer_auth(&op)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The audit log the demo wrote verifies, with the command the demo printed, run as printed
+    // (after the demo stopped: the config it wrote needs no running emulator).
+    drop(k);
+    let verify: Vec<&str> = lines
+        .iter()
+        .find(|l| l.contains("audit verify --config"))
+        .expect("the demo prints the audit verify command")
+        .split_whitespace()
+        .collect();
+    assert_eq!(verify[..4], ["sessiongate", "audit", "verify", "--config"]);
+    assert_eq!(verify.len(), 5, "{verify:?}");
+    let out = Command::new(BIN).args(&verify[1..]).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && report.contains("result: INTACT"),
+        "verify: {report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!report.contains(" 0 event(s)"), "{report}");
+    // The written config is the demo's: in its data dir, passing config check, no secrets in it.
+    let written = std::path::Path::new(verify[4]);
+    assert_eq!(
+        written,
+        dir.path().canonicalize().unwrap().join("sessiongate.toml")
+    );
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(written)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "config check: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(written).unwrap();
+    assert!(
+        text.contains(&format!("listen = \"127.0.0.1:{port}\"")),
+        "{text}"
+    );
+    assert!(!text.contains(&op) && !text.contains(&reader));
+    for secret_file in [
+        "arm-client-secret",
+        "classic-client-secret",
+        "winrm-password",
+    ] {
+        let secret = std::fs::read_to_string(dir.path().join(secret_file)).unwrap();
+        assert!(
+            !secret.trim().is_empty() && !text.contains(secret.trim()),
+            "{secret_file}"
+        );
+        assert!(text.contains(secret_file), "{secret_file} is referenced");
+    }
+}
+
+#[test]
+fn emulate_avd_prints_one_json_line_a_client_can_use() {
+    let child = Command::new(BIN)
+        .args([
+            "emulate",
+            "avd",
+            "--listen",
+            "127.0.0.1:0",
+            "--hosts",
+            "2",
+            "--sessions-per-host",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut k = Killer(child);
+    let lines = read_until(&mut k.0, |l| l.starts_with('{'));
+    let v: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    for f in [
+        "base_url",
+        "token_url",
+        "tenant",
+        "client_id",
+        "client_secret",
+        "subscription",
+        "resource_group",
+        "host_pools",
+        "ca_pem_path",
+    ] {
+        assert!(v.get(f).is_some_and(|x| !x.is_null()), "{f} in {v}");
+    }
+    assert!(
+        std::fs::read_to_string(v["ca_pem_path"].as_str().unwrap())
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+}
+
+#[test]
+fn emulate_wvd_classic_prints_one_json_line() {
+    let child = Command::new(BIN)
+        .args(["emulate", "wvd-classic", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut k = Killer(child);
+    let lines = read_until(&mut k.0, |l| l.starts_with('{'));
+    let v: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    for f in [
+        "broker_url",
+        "token_url",
+        "client_id",
+        "client_secret",
+        "tenant_group",
+        "rds_tenant",
+        "aad_tenant",
+        "host_pools",
+    ] {
+        assert!(v.get(f).is_some_and(|x| !x.is_null()), "{f} in {v}");
+    }
+}
+
+#[test]
+fn config_check_names_the_offending_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.toml");
+    std::fs::write(
+        &f,
+        "[server]\nlisten = \"127.0.0.1:8080\"\nbody_limit = 5\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("server.body_limit"), "{err}");
+
+    // The shipped example passes when the secrets it names are there (config check reads them).
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "config",
+            "check",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml"),
+        ])
+        .env("SESSIONGATE_AVD_SECRET", "s3cret")
+        .env("SESSIONGATE_WINRM_PASSWORD", "s3cret")
+        .env("SESSIONGATE__POOLS__1__CREDENTIAL__SECRET_FILE", &secret)
+        .env("SESSIONGATE__POOLS__3__CREDENTIAL__PASSWORD_FILE", &secret)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A valid config with one pool of each provider kind; every table case breaks one thing.
+fn table_base(dir: &std::path::Path) -> toml::Value {
+    let pw = dir.join("winrm-password");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+data_dir = {data:?}
+
+[audit]
+max_batch = 64
+
+[auth]
+service_accounts = ["svc-sessiongate@contoso.com"]
+
+[[auth.api_keys]]
+id = "ops"
+hash = "sha256:{zeros}"
+roles = ["operator"]
+
+[auth.protected]
+users = ["adm-*@contoso.com"]
+
+[[pools]]
+name = "avd-prod"
+provider = "avd"
+subscription_id = "00000000-0000-0000-0000-000000000000"
+resource_group = "rg-avd"
+host_pool = "hp-prod"
+[pools.credential]
+kind = "azure_cli"
+
+[[pools]]
+name = "classic-legacy"
+provider = "wvd-classic"
+tenant = "contoso"
+host_pool = "Legacy Pool"
+[pools.credential]
+kind = "managed_identity"
+
+[[pools]]
+name = "rds-farm"
+provider = "rds"
+credential = {{ username = 'CONTOSO\svc', password_file = {pw:?} }}
+hosts = [{{ name = "rdsh-01.contoso.com" }}]
+"#,
+        port = free_port(),
+        data = dir.join("data").display().to_string(),
+        zeros = "0".repeat(64),
+        pw = pw.display().to_string(),
+    );
+    toml::from_str(&text).unwrap()
+}
+
+/// Sets `a.b.0.c` (numbers index arrays) to the TOML value `literal`.
+fn set_key(root: &mut toml::Value, path: &str, literal: &str) {
+    let value = toml::from_str::<toml::Table>(&format!("v = {literal}")).unwrap()["v"].clone();
+    let (parents, last) = path.rsplit_once('.').unwrap_or(("", path));
+    let mut cur = root;
+    for seg in parents.split('.').filter(|s| !s.is_empty()) {
+        cur = match (seg.parse::<usize>(), cur) {
+            (Ok(i), toml::Value::Array(a)) => &mut a[i],
+            (_, toml::Value::Table(t)) => t
+                .entry(seg)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new())),
+            (_, other) => panic!("{path}: {other:?} has no {seg}"),
+        };
+    }
+    match cur {
+        toml::Value::Table(t) => {
+            t.insert(last.to_string(), value);
+        }
+        toml::Value::Array(a) => a[last.parse::<usize>().unwrap()] = value,
+        other => panic!("{path}: {other:?} is not a table"),
+    }
+}
+
+/// Runs the binary, returns (exit code, stderr); fails the test if it runs for over 20 s.
+fn run_bounded(args: &[&str], file: &std::path::Path) -> (Option<i32>, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .arg(file)
+        .env_remove("SESSIONGATE_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            return (status.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} {} did not exit", file.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Issue #10 item 4: `config check` and `serve` run one validation. Each broken config is
+/// refused by both, before `serve` binds or touches the network, naming the same key.
+#[test]
+fn broken_configs_are_refused_by_check_and_serve_naming_the_same_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let not_pem = d.join("not-a-ca.pem");
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    let lit = |s: String| format!("{s:?}");
+    let not_pem_lit = lit(not_pem.display().to_string());
+    let cases: Vec<(Vec<(&str, String)>, &str)> = vec![
+        // [server]
+        (vec![("server.listen", r#""localhost""#.into())], "server.listen"),
+        (vec![("server.body_limit_bytes", "100".into())], "server.body_limit_bytes"),
+        (vec![("server.request_timeout_secs", "0".into())], "server.request_timeout_secs"),
+        (vec![("server.message_body_max", "0".into())], "server.message_body_max"),
+        (vec![("server.log_filter", r#""sessiongate=loud""#.into())], "server.log_filter"),
+        (vec![("server.data_dir", not_pem_lit.clone())], "server.data_dir"),
+        (vec![("server.listen_addr", r#""127.0.0.1:1""#.into())], "server.listen_addr"),
+        // [audit]
+        (vec![("audit.max_batch", "0".into())], "audit.max_batch"),
+        (vec![("audit.write_timeout_ms", "0".into())], "audit.write_timeout_ms"),
+        (vec![("audit.retention_days", "0".into())], "audit.retention_days"),
+        (vec![("audit.replica", r#""gw 1""#.into())], "audit.replica"),
+        (vec![("audit.url", r#""mysql://db/audit""#.into())], "audit.url"),
+        (vec![("audit.url", r#""postgres://u:pw@db:port/audit""#.into())], "audit.url"),
+        (vec![("audit.url", lit(format!("sqlite://{}", d.display())))], "audit.url"),
+        (vec![("audit.kind", r#""sqlite""#.into())], "audit.kind"),
+        // [auth]
+        (vec![("auth.api_keys.0.hash", r#""sha256:abc""#.into())], "auth.api_keys[0].hash"),
+        (vec![("auth.api_keys.0.roles", r#"["superuser"]"#.into())], "auth.api_keys[0].roles[0]"),
+        (vec![("auth.api_keys.0.pools", "[]".into())], "auth.api_keys[0].pools"),
+        (
+            vec![("auth.oidc", r#"{ issuer = "http://idp.contoso.com", audience = "api://sg" }"#.into())],
+            "auth.oidc.issuer",
+        ),
+        (
+            vec![(
+                "auth.oidc",
+                format!(r#"{{ issuer = "https://idp.contoso.com", audience = "api://sg", ca_bundle = {not_pem_lit} }}"#),
+            )],
+            "auth.oidc.ca_bundle",
+        ),
+        (vec![("auth.protected.users", r#"['adm@contoso\x']"#.into())], "auth.protected.users[0]"),
+        (vec![("auth.service_accounts", r#"[" "]"#.into())], "auth.service_accounts[0]"),
+        (vec![("auth.cors.allowed_origins", r#"["*"]"#.into())], "auth.cors.allowed_origins[0]"),
+        // pools: AVD (ARM name rules, credential files)
+        (vec![("pools.0.host_pool", r#""hp/prod""#.into())], "pools[avd-prod].host_pool"),
+        (vec![("pools.0.resource_group", r#""rg.""#.into())], "pools[avd-prod].resource_group"),
+        (vec![("pools.0.api_version", r#""latest""#.into())], "pools[avd-prod].api_version"),
+        (
+            vec![(
+                "pools.0.credential",
+                r#"{ kind = "client_secret", tenant_id = "t", client_id = "c", secret_file = "/nonexistent/secret" }"#.into(),
+            )],
+            "pools[avd-prod].credential.secret_file",
+        ),
+        // pools: WVD classic
+        (vec![("pools.1.page_size", "0".into())], "pools[classic-legacy].page_size"),
+        (vec![("pools.1.broker_url", r#""http://broker.contoso.com""#.into())], "pools[classic-legacy].broker_url"),
+        (vec![("pools.1.ca_bundle", not_pem_lit.clone())], "pools[classic-legacy].ca_bundle"),
+        // pools: WinRM
+        (vec![("pools.2.hosts.0.name", r#""rdsh 01!""#.into())], "pools[rds-farm].hosts[0].name"),
+        (
+            vec![("pools.2.hosts.0.endpoint", r#""http://rdsh-01.contoso.com:5985/wsman""#.into())],
+            "pools[rds-farm].hosts[0].endpoint",
+        ),
+        (vec![("pools.2.auth", r#""kerberos""#.into())], "pools[rds-farm].credential.username"),
+        (
+            vec![("pools.2.credential.password_file", r#""/nonexistent/pw""#.into())],
+            "pools[rds-farm].credential.password_file",
+        ),
+        // pools: shape
+        (vec![("pools.2.provider", r#""citrix""#.into())], "pools[2]"),
+        (vec![("pools.0.bogus", "1".into())], "pools[0]"),
+        (vec![("pools.1.name", r#""AVD-Prod""#.into())], "pools[1].name"),
+        (vec![("pools.0.name", r#""avd prod!""#.into())], "pools[0].name"),
+    ];
+    let base = table_base(d);
+    let file = d.join("sessiongate.toml");
+    std::fs::write(&file, toml::to_string(&base).unwrap()).unwrap();
+    let (code, err) = run_bounded(&["config", "check"], &file);
+    assert_eq!(code, Some(0), "the base config must pass: {err}");
+    let mut wrong = Vec::new();
+    for (edits, key) in cases {
+        let mut v = base.clone();
+        for (path, literal) in &edits {
+            set_key(&mut v, path, literal);
+        }
+        std::fs::write(&file, toml::to_string(&v).unwrap()).unwrap();
+        let (check_code, check_err) = run_bounded(&["config", "check"], &file);
+        let (serve_code, serve_err) = run_bounded(&["serve", "--config"], &file);
+        let named = format!(": {key}: ");
+        let ok = check_code == Some(2)
+            && serve_code == Some(2)
+            && check_err.contains(&named)
+            && serve_err.contains(&named)
+            && check_err.lines().next() == serve_err.lines().next();
+        if !ok {
+            wrong.push(format!(
+                "{edits:?} should name {key}:\n  check {check_code:?}: {check_err}  serve {serve_code:?}: {serve_err}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn apikey_new_prints_a_key_and_a_pasteable_hash_line() {
+    let out = Command::new(BIN)
+        .args([
+            "apikey", "new", "--id", "bot", "--role", "operator", "--pool", "avd-prod",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let key = text
+        .split_whitespace()
+        .find(|w| w.starts_with("sg_"))
+        .unwrap();
+    let block = &text[text.find("[[auth.api_keys]]").unwrap()..];
+    let cfg = sessiongate::config::Config::from_toml_with_env(block, std::iter::empty()).unwrap();
+    let keys = sessiongate::auth::apikey::ApiKeys::new(&cfg.auth.api_keys).unwrap();
+    let p = keys
+        .authenticate(key, time::OffsetDateTime::now_utc())
+        .unwrap();
+    assert_eq!(p.id, "apikey:bot");
+    let out = Command::new(BIN)
+        .args(["apikey", "new", "--role", "god"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn openapi_command_matches_committed_file() {
+    let out = Command::new(BIN).arg("openapi").output().unwrap();
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), committed);
+}
+
+#[test]
+fn emulate_winrm_prints_one_json_line_with_host_endpoints() {
+    let child = Command::new(BIN)
+        .args([
+            "emulate",
+            "winrm",
+            "--flavour",
+            "multipoint",
+            "--hosts",
+            "2",
+            "--cbt-hardening",
+            "strict",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut k = Killer(child);
+    let lines = read_until(&mut k.0, |l| l.starts_with('{'));
+    let v: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    let hosts = v["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 2, "{v}");
+    assert!(
+        hosts[0]["endpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://127.0.0.1:")
+    );
+    for f in ["username", "password", "auth", "flavour", "ca_pem_path"] {
+        assert!(v.get(f).is_some_and(|x| !x.is_null()), "{f} in {v}");
+    }
+    assert_eq!(v["cbt_hardening"], "strict", "{v}");
+}

@@ -1,0 +1,34 @@
+//! The integration tests: one binary (`cargo nextest run --test it`, or a module with
+//! `cargo nextest run --test it MODULE::`) that talks HTTP over loopback to the gateway and to
+//! the in-tree emulators. Shared set-up lives in [`support`].
+
+mod support;
+
+mod api_auth;
+mod api_avd;
+mod api_classic;
+mod api_lifecycle;
+mod api_onprem;
+mod audit_crash;
+mod audit_postgres;
+mod audit_sqlite;
+mod audit_throughput;
+mod auth_jwt;
+mod auth_policy;
+mod avd_emulator;
+mod avd_official_sdk;
+mod avd_provider;
+mod avd_scale;
+mod classic_emulator;
+mod classic_measure;
+mod classic_provider;
+mod cli;
+mod gateway_crash;
+mod gateway_postgres;
+mod gateway_store_down;
+mod winrm_bench;
+mod winrm_cbt;
+mod winrm_injection;
+mod winrm_kerberos;
+mod winrm_provider;
+mod winrm_pywinrm;

@@ -1,0 +1,134 @@
+//! TestApp: the gateway on port 0 in front of the in-tree emulators, configured exactly like
+//! `demo` (same template, same adapters), with a fresh audit log per test.
+
+use sessiongate::{
+    config::Config,
+    demo::{DemoBackends, DemoKeys, demo_config, start_backends},
+};
+use std::sync::Arc;
+
+pub const AVD_POOL: &str = "avd-demo";
+pub const ARM_POOL: &str = "hp-demo";
+
+pub struct TestApp {
+    pub url: String,
+    pub keys: DemoKeys,
+    pub backends: DemoBackends,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+    pub config: Config,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    pub server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with a config tweak (extra keys, pools, limits).
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backends = start_backends(dir.path()).await.expect("emulators");
+        let keys = DemoKeys::generate(None);
+        let mut config =
+            demo_config(&backends, &keys, "127.0.0.1:0".parse().unwrap()).expect("demo config");
+        tweak(&mut config);
+        config.validate().expect("valid test config");
+        let app = sessiongate::app::build_app(&config).await.expect("app");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(sessiongate::app::serve(app, listener, async move {
+            let _ = rx.await;
+        }));
+        TestApp {
+            url,
+            keys,
+            backends,
+            dir,
+            http: reqwest::Client::new(),
+            config,
+            shutdown: Some(tx),
+            server: Some(server),
+        }
+    }
+
+    pub fn arm(&self) -> Arc<sessiongate::emulator::arm::ArmState> {
+        self.backends.arm.state()
+    }
+
+    /// First emulated AVD host and a session on it.
+    pub fn avd_target(&self) -> (String, u32, String) {
+        let s = self
+            .arm()
+            .sessions(ARM_POOL)
+            .into_iter()
+            .next()
+            .expect("a seeded session");
+        (s.host, s.id, s.user)
+    }
+
+    pub fn session_url(&self, pool: &str, host: &str, id: u32) -> String {
+        format!(
+            "{}/hostpools/{pool}/sessionhosts/{host}/sessions/{id}",
+            self.url
+        )
+    }
+
+    pub async fn get(&self, key: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post(
+        &self,
+        key: &str,
+        url: &str,
+        body: Option<serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut r = self.http.post(url).bearer_auth(key);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send().await.expect("request")
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(s) = self.server.take() {
+            let _ = s.await;
+        }
+    }
+}
+
+/// Asserts a problem+json answer and returns its body.
+pub async fn problem(resp: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let rid = resp
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body: serde_json::Value = resp.json().await.expect("json body");
+    assert_eq!(ct, "application/problem+json", "content type, body {body}");
+    assert_eq!(body["code"], code, "code, body {body}");
+    assert_eq!(body["status"], status);
+    assert_eq!(body["request_id"], rid.as_str(), "request id echoed");
+    assert!(!rid.is_empty());
+    body
+}
