@@ -460,6 +460,8 @@ fn broken_configs_are_refused_by_check_and_serve_naming_the_same_key() {
         ),
         // pools: WVD classic
         (vec![("pools.1.page_size", "0".into())], "pools[classic-legacy].page_size"),
+        (vec![("pools.1.max_response_bytes", "100".into())], "pools[classic-legacy].max_response_bytes"),
+        (vec![("pools.0.max_response_bytes", "0".into())], "pools[avd-prod].max_response_bytes"),
         (vec![("pools.1.broker_url", r#""http://broker.contoso.com""#.into())], "pools[classic-legacy].broker_url"),
         (vec![("pools.1.ca_bundle", not_pem_lit.clone())], "pools[classic-legacy].ca_bundle"),
         // pools: WinRM
