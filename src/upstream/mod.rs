@@ -31,7 +31,7 @@ mod encode;
 mod paging;
 mod token;
 
-pub use encode::{escape, query, unescape};
+pub use encode::{query, unescape};
 pub use paging::{Page, follow_pages};
 pub use token::{CredentialFactory, CredentialToken, TokenSource};
 
@@ -144,13 +144,13 @@ pub enum UpstreamError {
 
 /// Jittered exponential backoff for retry `attempt` (0-based): 200 ms doubling, capped at 5 s,
 /// drawn from the upper half so concurrent retries spread out.
-pub fn backoff(attempt: u32) -> Duration {
+fn backoff(attempt: u32) -> Duration {
     let base_ms = 200u64.saturating_mul(1u64 << attempt.min(10)).min(5_000);
     Duration::from_millis(rand::rng().random_range(base_ms / 2..=base_ms))
 }
 
 /// `Retry-After` as delta-seconds or an HTTP date (IMF-fixdate); a date in the past is zero.
-pub fn retry_after(h: &HeaderMap) -> Option<Duration> {
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
     let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
@@ -204,10 +204,6 @@ impl Upstream {
             policy,
             token,
         }
-    }
-
-    pub fn policy(&self) -> &CallPolicy {
-        &self.policy
     }
 
     /// One logical call. `build` makes the request for each attempt (the engine adds the
