@@ -70,14 +70,6 @@ impl ProviderError {
             ProviderError::Transport(_) => "upstream_unreachable",
         }
     }
-
-    /// Upstream HTTP status, where there was one.
-    pub fn upstream_status(&self) -> Option<u16> {
-        match self {
-            ProviderError::Upstream { status, .. } => *status,
-            _ => None,
-        }
-    }
 }
 
 /// Result of a logoff or disconnect that reached the backend.

@@ -247,7 +247,7 @@ pub(crate) mod tests {
     }
 
     /// One value of every provider failure (same exhaustiveness guard as above).
-    pub(crate) fn every_provider_error() -> Vec<ProviderError> {
+    fn every_provider_error() -> Vec<ProviderError> {
         let s = || String::from("x");
         let all = vec![
             ProviderError::SessionNotFound,
