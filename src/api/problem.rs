@@ -500,14 +500,21 @@ mod tests {
     }
 
     #[test]
-    fn provider_failures_answer_the_code_the_audit_records() {
+    fn a_provider_failure_answers_the_code_the_audit_records() {
         // `unsupported` used to be audited while callers got `action_not_supported`.
-        let e = ServiceError::ActionNotSupported {
-            action: "lock".into(),
-            pool: "hp1".into(),
-        };
-        let a = ApiError::from(e.clone());
-        assert_eq!((a.code, a.status.as_u16()), (e.code(), 409));
-        assert_eq!(e.code(), "action_not_supported");
+        use crate::domain::{HostName, PoolName, SessionId};
+        let pool = PoolName::parse("hp1").unwrap();
+        let host = HostName::parse("sh1").unwrap();
+        for pe in crate::service::every_provider_error() {
+            let want = pe.code();
+            // Pool-wide calls name no host or session; calls about one session name both.
+            for (h, id) in [(None, None), (Some(&host), Some(SessionId(3)))] {
+                let what = format!("{pe:?} with {h:?}/{id:?}");
+                let se = ServiceError::from_provider(pe.clone(), "lock", &pool, h, id);
+                let audited = se.code();
+                let answered = ApiError::from(se).code;
+                assert_eq!((audited, answered), (want, want), "{what}");
+            }
+        }
     }
 }

@@ -16,9 +16,10 @@ pub use error::ServiceError;
 pub use recovery::STARTED;
 pub use requests::{Caller, RequestOutcome, RequestRecord};
 
-/// One value of every [`ServiceError`] variant (for tests of the error contract).
+/// One value of every [`ServiceError`] and provider error variant (for tests of the error
+/// contract).
 #[cfg(test)]
-pub(crate) use error::tests::every_variant as every_service_error;
+pub(crate) use error::tests::{every_provider_error, every_variant as every_service_error};
 
 use crate::{
     audit::{Actor, AuditError, AuditLog, NewEvent, Target},
@@ -147,7 +148,8 @@ impl Gateway {
         tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
     }
 
-    /// The audit log (start-up and tests; the HTTP layer goes through the methods below).
+    /// The audit log, for start-up and tests; the HTTP layer uses the methods below (checked
+    /// by `src/layer_check.rs`).
     pub fn audit(&self) -> &AuditLog {
         &self.audit
     }
