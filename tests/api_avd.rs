@@ -797,4 +797,3 @@ async fn openapi_is_served_and_matches_the_committed_file() {
         "openapi.yaml is stale: run `cargo run -- openapi > openapi.yaml` and commit it"
     );
 }
-
