@@ -10,6 +10,7 @@ mod error;
 mod recovery;
 mod requests;
 
+/// The audit read (`GET /audit`) as the service offers it: the filter and the page.
 pub use crate::audit::{AuditPage, AuditQuery};
 pub use actions::{ActionError, ActionRequest, ActionResult, ActionTarget};
 pub use error::ServiceError;
