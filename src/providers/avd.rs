@@ -826,7 +826,7 @@ impl AvdProvider {
                         // request was not carried out, so get a fresh token and try once more.
                         refreshed = true;
                         tracing::warn!(
-                            avd.error = e.kind(),
+                            avd.error = e.code(),
                             "ARM refused our token; fetching a new one"
                         );
                         self.rebuild_credential()?;
@@ -864,7 +864,7 @@ impl AvdProvider {
             }
             tracing::info!(
                 avd.attempt = attempt + 1,
-                avd.error = err.kind(),
+                avd.error = err.code(),
                 avd.wait_ms = wait.as_millis() as u64,
                 "retrying ARM call"
             );
