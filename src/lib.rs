@@ -11,6 +11,8 @@ pub mod demo;
 pub mod domain;
 pub mod emulator;
 pub mod httpclient;
+#[cfg(test)]
+mod layer_check;
 pub mod providers;
 pub mod run;
 pub mod service;

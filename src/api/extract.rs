@@ -1,7 +1,7 @@
 //! Our own extractors: malformed paths, queries and bodies become problem+json with stable
 //! codes instead of axum's plain-text rejections.
 
-use super::problem::ApiError;
+use super::problem::{ApiError, RequestError};
 use crate::domain::{HostName, PoolName, SessionId};
 use axum::{
     body::Bytes,
@@ -24,7 +24,7 @@ async fn raw_params<S: Send + Sync>(
     Path::<Vec<(String, String)>>::from_request_parts(parts, state)
         .await
         .map(|Path(v)| v)
-        .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
+        .map_err(|e| RequestError::InvalidPath(e.body_text()).into())
 }
 
 fn param<'a>(v: &'a [(String, String)], name: &str) -> Result<&'a str, ApiError> {
@@ -36,15 +36,15 @@ fn param<'a>(v: &'a [(String, String)], name: &str) -> Result<&'a str, ApiError>
 
 fn pool(v: &[(String, String)]) -> Result<PoolName, ApiError> {
     PoolName::parse(param(v, "pool")?)
-        .map_err(|e| ApiError::bad_request("invalid_pool_name", e.to_string()))
+        .map_err(|e| RequestError::InvalidPoolName(e.to_string()).into())
 }
 fn host(v: &[(String, String)]) -> Result<HostName, ApiError> {
     HostName::parse(param(v, "host")?)
-        .map_err(|e| ApiError::bad_request("invalid_host_name", e.to_string()))
+        .map_err(|e| RequestError::InvalidHostName(e.to_string()).into())
 }
 fn session(v: &[(String, String)]) -> Result<SessionId, ApiError> {
     SessionId::parse(param(v, "id")?)
-        .map_err(|e| ApiError::bad_request("invalid_session_id", e.to_string()))
+        .map_err(|e| RequestError::InvalidSessionId(e.to_string()).into())
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for PoolPath {
@@ -80,7 +80,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(t)| Self(t))
-            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+            .map_err(|e| RequestError::InvalidQuery(e.body_text()).into())
     }
 }
 
@@ -101,14 +101,9 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
             .map(|s| s.to_ascii_lowercase());
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "Request body too large",
-                    "The request body exceeds the configured limit.",
-                )
+                RequestError::PayloadTooLarge
             } else {
-                ApiError::bad_request("invalid_body", e.body_text())
+                RequestError::UnreadableBody(e.body_text())
             }
         })?;
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
@@ -117,14 +112,10 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
         if let Some(ct) = ct {
             let essence = ct.split(';').next().unwrap_or("").trim();
             if essence != "application/json" && !essence.ends_with("+json") {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    "Unsupported media type",
-                    format!(
-                        "the body must be JSON (Content-Type: application/json), not '{essence}'"
-                    ),
-                ));
+                return Err(RequestError::UnsupportedMediaType(format!(
+                    "the body must be JSON (Content-Type: application/json), not '{essence}'"
+                ))
+                .into());
             }
         }
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
@@ -134,20 +125,20 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
                 let path = e.path().to_string();
                 let inner = e.into_inner();
                 if inner.is_syntax() || inner.is_eof() {
-                    Err(ApiError::bad_request(
-                        "invalid_json",
-                        format!("the body is not valid JSON: {inner}"),
-                    ))
+                    Err(
+                        RequestError::InvalidJson(format!("the body is not valid JSON: {inner}"))
+                            .into(),
+                    )
                 } else {
                     let at = if path == "." {
                         String::new()
                     } else {
                         format!(" at '{path}'")
                     };
-                    Err(ApiError::unprocessable(
-                        "invalid_body",
-                        format!("the body does not fit this endpoint{at}: {inner}"),
+                    Err(RequestError::InvalidBody(format!(
+                        "the body does not fit this endpoint{at}: {inner}"
                     ))
+                    .into())
                 }
             }
         }

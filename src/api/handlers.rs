@@ -4,14 +4,14 @@ use super::{
     AppState,
     extract::{ApiQuery, HostPath, OptionalJson, PoolPath, SessionPath},
     middleware::{ActionAudited, RequestId},
-    problem::{ApiError, Problem},
+    problem::{ApiError, Problem, RequestError},
 };
 use crate::{
-    audit::{AuditPage, AuditQuery},
-    auth::{Permission, Principal},
-    domain::{ActionKind, Session, StateFilter},
+    auth::Principal,
+    domain::{ActionKind, HostName, PoolName, Session, SessionId, StateFilter},
     service::{
-        ActionRequest, ActionResult, CallContext, HostList, PoolInfo, ServiceError, SessionList,
+        ActionRequest, ActionResult, AuditPage, AuditQuery, CallContext, HostList, PoolInfo,
+        ServiceError, SessionList,
     },
 };
 use axum::{
@@ -82,7 +82,7 @@ pub async fn healthz() -> Json<Health> {
     responses((status = 200, description = "Ready", body = Health),
               (status = 503, description = "Audit log unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn readyz(State(st): State<AppState>) -> Response {
-    if st.gateway.audit().healthy() {
+    if st.gateway.ready() {
         Json(Health {
             status: "ready",
             version: env!("CARGO_PKG_VERSION"),
@@ -162,10 +162,7 @@ pub async fn list_sessions(
     if let Some(u) = &q.user
         && (u.is_empty() || u.chars().count() > 256)
     {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "user must be 1-256 characters",
-        ));
+        return Err(RequestError::InvalidQuery("user must be 1-256 characters".into()).into());
     }
     Ok(Json(
         st.gateway
@@ -202,7 +199,7 @@ pub async fn list_host_sessions(
 }
 
 /// One session.
-#[utoipa::path(get, path = "/hostpools/{pool}/sessionhosts/{host}/sessions/{id}", tag = "sessions",
+#[utoipa::path(get, path = "/", tag = "sessions",
     params(("pool" = String, Path), ("host" = String, Path), ("id" = String, Path, description = "Windows session id, or an ARM session name/id ending in it")),
     responses((status = 200, body = Session),
               (status = 400, description = "invalid_session_id", body = Problem, content_type = "application/problem+json"),
@@ -267,18 +264,17 @@ fn bounded(name: &str, v: &Option<String>, max: usize) -> Result<(), ApiError> {
     if let Some(s) = v {
         let n = s.chars().count();
         if n == 0 || n > max {
-            return Err(ApiError::unprocessable(
-                "invalid_body",
-                format!("{name} must be 1-{max} characters"),
-            ));
+            return Err(
+                RequestError::InvalidBody(format!("{name} must be 1-{max} characters")).into(),
+            );
         }
         if s.chars()
             .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
         {
-            return Err(ApiError::unprocessable(
-                "invalid_body",
-                format!("{name} must not contain control characters"),
-            ));
+            return Err(RequestError::InvalidBody(format!(
+                "{name} must not contain control characters"
+            ))
+            .into());
         }
     }
     Ok(())
@@ -314,7 +310,7 @@ async fn run_action(st: &AppState, ctx: CallContext, req: ActionRequest) -> Resp
 const ACTION_ERRORS: &str = "see the problem `code`";
 
 /// Log off a session. Already gone → 200 with outcome `already_gone`.
-#[utoipa::path(post, path = "/hostpools/{pool}/sessionhosts/{host}/sessions/{id}/logoff", tag = "actions",
+#[utoipa::path(post, path = "/logoff", tag = "actions",
     params(("pool" = String, Path), ("host" = String, Path), ("id" = String, Path)),
     request_body(content = Option<LogoffBody>, description = "Optional"),
     responses((status = 200, body = ActionResult),
@@ -351,11 +347,7 @@ pub async fn logoff(
 async fn simple_action(
     st: AppState,
     ctx: CallContext,
-    (pool, host, id): (
-        crate::domain::PoolName,
-        crate::domain::HostName,
-        crate::domain::SessionId,
-    ),
+    (pool, host, id): (PoolName, HostName, SessionId),
     b: DisconnectBody,
     kind: ActionKind,
 ) -> Response {
@@ -378,7 +370,7 @@ async fn simple_action(
 }
 
 /// Disconnect a session (it stays signed in).
-#[utoipa::path(post, path = "/hostpools/{pool}/sessionhosts/{host}/sessions/{id}/disconnect", tag = "actions",
+#[utoipa::path(post, path = "/disconnect", tag = "actions",
     params(("pool" = String, Path), ("host" = String, Path), ("id" = String, Path)),
     request_body(content = Option<DisconnectBody>, description = "Optional"),
     responses((status = 200, body = ActionResult),
@@ -395,7 +387,7 @@ pub async fn disconnect(
 }
 
 /// Lock a session (MultiPoint pools only; see `capabilities.actions`).
-#[utoipa::path(post, path = "/hostpools/{pool}/sessionhosts/{host}/sessions/{id}/lock", tag = "actions",
+#[utoipa::path(post, path = "/lock", tag = "actions",
     params(("pool" = String, Path), ("host" = String, Path), ("id" = String, Path)),
     request_body(content = Option<DisconnectBody>, description = "Optional"),
     responses((status = 200, body = ActionResult),
@@ -411,7 +403,7 @@ pub async fn lock(
 }
 
 /// Unlock a session (MultiPoint pools only).
-#[utoipa::path(post, path = "/hostpools/{pool}/sessionhosts/{host}/sessions/{id}/unlock", tag = "actions",
+#[utoipa::path(post, path = "/unlock", tag = "actions",
     params(("pool" = String, Path), ("host" = String, Path), ("id" = String, Path)),
     request_body(content = Option<DisconnectBody>, description = "Optional"),
     responses((status = 200, body = ActionResult),
@@ -427,7 +419,7 @@ pub async fn unlock(
 }
 
 /// Send a message to a session's user.
-#[utoipa::path(post, path = "/hostpools/{pool}/sessionhosts/{host}/sessions/{id}/message", tag = "actions",
+#[utoipa::path(post, path = "/message", tag = "actions",
     params(("pool" = String, Path), ("host" = String, Path), ("id" = String, Path)),
     request_body(content = MessageBody),
     responses((status = 200, body = ActionResult),
@@ -440,7 +432,7 @@ pub async fn message(
     SessionPath(pool, host, id): SessionPath,
     OptionalJson(b): OptionalJson<MessageBody>,
 ) -> Response {
-    let lim = &st.gateway.limits;
+    let lim = st.gateway.limits();
     let checks = common_checks(&b.expected_user, &b.reason, &b.ticket)
         .and_then(|()| bounded("title", &Some(b.title.clone()), lim.message_title_max))
         .and_then(|()| bounded("body", &Some(b.body.clone()), lim.message_body_max));
@@ -474,46 +466,15 @@ pub async fn read_audit(
     Ctx(ctx): Ctx,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    if !ctx.principal.has(Permission::AuditRead, None) {
-        return Err(ServiceError::Forbidden {
-            missing: Permission::AuditRead,
-            pool: None,
-        }
-        .into());
-    }
-    if q.limit.is_some_and(|l| l == 0 || l > 1000) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "limit must be 1-1000",
-        ));
-    }
-    st.gateway
-        .audit()
-        .query(&q)
-        .await
-        .map(Json)
-        .map_err(|e| match e {
-            crate::audit::AuditError::BadQuery(m) => ApiError::bad_request("invalid_query", m),
-            other => ServiceError::AuditUnavailable(other.to_string()).into(),
-        })
+    Ok(Json(st.gateway.read_audit(&ctx, &q).await?))
 }
 
 /// Unknown route.
 pub async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "route_not_found",
-        "Not found",
-        "No such route; see GET /openapi.yaml.",
-    )
+    RequestError::RouteNotFound.into()
 }
 
 /// Known route, wrong method.
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "Method not allowed",
-        "This route does not accept that method; see GET /openapi.yaml.",
-    )
+    RequestError::MethodNotAllowed.into()
 }

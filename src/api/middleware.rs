@@ -1,14 +1,18 @@
 //! Request context (id, span, timeout, problem rendering, audit of non-action calls) and
 //! authentication.
 
-use super::{AppState, problem::ApiError};
+use super::{
+    AppState,
+    problem::{ApiError, RequestError},
+};
 use crate::{
-    audit::{Actor, EventKind, NewEvent, Target},
     auth::{AuthError, Presented, Principal},
+    domain::{SessionId, truncate_for_display},
+    service::{Caller, RequestOutcome, RequestRecord},
 };
 use axum::{
     extract::{ConnectInfo, MatchedPath, Request, State},
-    http::{HeaderValue, StatusCode},
+    http::HeaderValue,
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -78,20 +82,14 @@ pub async fn context(State(st): State<AppState>, mut req: Request, next: Next) -
     let mut resp = async {
         match tokio::time::timeout(timeout, next.run(req)).await {
             Ok(r) => r,
-            Err(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "request_timeout",
-                "Request timed out",
-                "The request took longer than the server's limit. An action already sent upstream still completes and is audited; check GET /audit with this request id.",
-            )
-            .into_response(),
+            Err(_) => ApiError::from(RequestError::Timeout).into_response(),
         }
     }
     .instrument(span.clone())
     .await;
 
     if !is_probe(&path) && resp.extensions().get::<ActionAudited>().is_none() {
-        let ev = request_event(
+        let rec = request_record(
             &resp,
             &request_id,
             &method,
@@ -100,16 +98,8 @@ pub async fn context(State(st): State<AppState>, mut req: Request, next: Next) -
             client,
             started,
         );
-        if let Err(e) = st.gateway.audit().record(ev).await {
-            tracing::error!(parent: &span, error = %e, "audit record of request failed; answering 503");
-            resp = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit_unavailable",
-                "Audit log unavailable",
-                "The audit log cannot record this call. Retry later.",
-            )
-            .with_retry_after(std::time::Duration::from_secs(5))
-            .into_response();
+        if let Err(e) = st.gateway.record_request(rec).await {
+            resp = span.in_scope(|| ApiError::from(e).into_response());
         }
     }
 
@@ -135,7 +125,8 @@ pub async fn context(State(st): State<AppState>, mut req: Request, next: Next) -
     resp
 }
 
-fn request_event(
+/// Describes a finished call for its audit record.
+fn request_record(
     resp: &Response,
     request_id: &str,
     method: &axum::http::Method,
@@ -143,57 +134,44 @@ fn request_event(
     path: &str,
     client: Option<String>,
     started: Instant,
-) -> NewEvent {
+) -> RequestRecord {
     let status = resp.status();
-    let err = resp.extensions().get::<ApiError>();
-    let actor = if let Some(p) = resp.extensions().get::<Principal>() {
-        Actor {
-            id: p.id.clone(),
-            display: p.display.clone(),
-            auth_method: Some(p.method.as_str().into()),
-            roles: p.role_names(),
-        }
+    let caller = if let Some(p) = resp.extensions().get::<Principal>() {
+        Caller::Principal(p.clone())
     } else if let Some(f) = resp.extensions().get::<AuthFailure>() {
-        Actor {
-            id: "anonymous".into(),
-            display: f.presented.hint.clone(),
-            auth_method: f.presented.method.clone(),
-            roles: vec![],
+        Caller::Refused {
+            presented: f.presented.clone(),
+            auth_error: f.error.code(),
         }
     } else {
-        Actor {
-            id: "anonymous".into(),
-            ..Actor::default()
-        }
+        Caller::Anonymous
     };
     let outcome = match status.as_u16() {
-        200..=399 => "ok",
-        401 => "unauthenticated",
-        403 => "denied",
-        429 => "rate_limited",
-        400..=499 => "invalid",
-        _ => "failed",
+        200..=399 => RequestOutcome::Ok,
+        401 => RequestOutcome::Unauthenticated,
+        403 => RequestOutcome::Denied,
+        429 => RequestOutcome::RateLimited,
+        400..=499 => RequestOutcome::Invalid,
+        _ => RequestOutcome::Failed,
     };
-    let target = route.map(|r| target_from_path(r, path)).unwrap_or_default();
-    let mut params = serde_json::Map::new();
-    if let Some(f) = resp.extensions().get::<AuthFailure>() {
-        params.insert("auth_error".into(), f.error.code().into());
-    }
-    NewEvent {
-        kind: Some(EventKind::Request),
+    let (pool, host, session_id) = route.map(|r| target_from_path(r, path)).unwrap_or_default();
+    RequestRecord {
         request_id: request_id.to_string(),
-        actor,
+        caller,
         client_addr: client,
-        method: Some(method.to_string()),
-        route: Some(route.unwrap_or(path).to_string()),
+        method: method.to_string(),
+        route: route.unwrap_or(path).to_string(),
         action: action_name(method, route),
-        target,
-        params: serde_json::Value::Object(params),
-        outcome: outcome.into(),
-        error_code: err.map(|e| e.code.to_string()),
-        http_status: Some(status.as_u16()),
-        upstream_status: None,
-        duration_ms: Some(started.elapsed().as_millis() as u64),
+        pool,
+        host,
+        session_id,
+        outcome,
+        error_code: resp
+            .extensions()
+            .get::<ApiError>()
+            .map(|e| e.code.to_string()),
+        http_status: status.as_u16(),
+        duration: started.elapsed(),
     }
 }
 
@@ -216,15 +194,17 @@ fn action_name(method: &axum::http::Method, route: Option<&str>) -> String {
     }
 }
 
-/// Fills pool/host/session from the path by lining it up with the route template.
-fn target_from_path(route: &str, path: &str) -> Target {
-    let mut t = Target::default();
+/// Pool, host and session id from the path, by lining it up with the route template.
+type PathTarget = (Option<String>, Option<String>, Option<u32>);
+
+fn target_from_path(route: &str, path: &str) -> PathTarget {
+    let mut t = PathTarget::default();
     for (tpl, val) in route.split('/').zip(path.split('/')) {
         let val = percent_decode(val);
         match tpl {
-            "{pool}" => t.pool = Some(crate::domain::truncate_for_display(&val, 128)),
-            "{host}" => t.host = Some(crate::domain::truncate_for_display(&val, 255)),
-            "{id}" => t.session_id = crate::domain::SessionId::parse(&val).ok().map(|s| s.0),
+            "{pool}" => t.0 = Some(truncate_for_display(&val, 128)),
+            "{host}" => t.1 = Some(truncate_for_display(&val, 255)),
+            "{id}" => t.2 = SessionId::parse(&val).ok().map(|s| s.0),
             _ => {}
         }
     }
@@ -249,17 +229,8 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
             resp
         }
         Err((error, presented)) => {
-            let mut e = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                error.code(),
-                "Unauthenticated",
-                match &error {
-                    AuthError::Missing => "Send an API key (Authorization: Bearer <key> or X-API-Key) or an Entra ID access token.".to_string(),
-                    other => other.to_string(),
-                },
-            );
-            e.www_authenticate = Some(st.authenticator.www_authenticate(&error));
-            let mut resp = e.into_response();
+            let challenge = st.authenticator.www_authenticate(&error);
+            let mut resp = ApiError::unauthenticated(&error, challenge).into_response();
             resp.extensions_mut()
                 .insert(AuthFailure { error, presented });
             resp
@@ -277,9 +248,9 @@ mod tests {
             "/hostpools/{pool}/sessionhosts/{host}/sessions/{id}/logoff",
             "/hostpools/hp%201/sessionhosts/sh1.contoso.com/sessions/7/logoff",
         );
-        assert_eq!(t.pool.as_deref(), Some("hp 1"));
-        assert_eq!(t.host.as_deref(), Some("sh1.contoso.com"));
-        assert_eq!(t.session_id, Some(7));
+        assert_eq!(t.0.as_deref(), Some("hp 1"));
+        assert_eq!(t.1.as_deref(), Some("sh1.contoso.com"));
+        assert_eq!(t.2, Some(7));
     }
 
     #[test]

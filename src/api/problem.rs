@@ -1,7 +1,12 @@
 //! Errors as a contract: every failure leaves as `application/problem+json` (RFC 9457) with a
 //! stable `code` and the `request_id`. 5xx bodies stay generic; the cause is logged once.
+//!
+//! Every `code` comes from one of three enums, each with one `code()`: [`ServiceError`] (the
+//! use cases, provider failures included), [`RequestError`] (what this layer rejects itself)
+//! and [`AuthError`]; plus `internal_error`. The table of codes is `docs/api.md`, checked
+//! against these enums by a test below.
 
-use crate::{providers::ProviderError, service::ServiceError};
+use crate::{auth::AuthError, service::ServiceError};
 use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
@@ -59,7 +64,7 @@ impl std::ops::DerefMut for ApiError {
 }
 
 impl ApiError {
-    pub fn new(
+    fn new(
         status: StatusCode,
         code: &'static str,
         title: &'static str,
@@ -76,19 +81,6 @@ impl ApiError {
         }))
     }
 
-    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, "Bad request", detail)
-    }
-
-    pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            code,
-            "Invalid request body",
-            detail,
-        )
-    }
-
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
         Self::new(
@@ -99,7 +91,22 @@ impl ApiError {
         )
     }
 
-    pub fn with_retry_after(mut self, d: Duration) -> Self {
+    /// 401 for a credential that was missing or refused, with the `WWW-Authenticate` challenge.
+    pub fn unauthenticated(error: &AuthError, challenge: String) -> Self {
+        let mut e = Self::new(
+            StatusCode::UNAUTHORIZED,
+            error.code(),
+            "Unauthenticated",
+            match error {
+                AuthError::Missing => "Send an API key (Authorization: Bearer <key> or X-API-Key) or an Entra ID access token.".to_string(),
+                other => other.to_string(),
+            },
+        );
+        e.www_authenticate = Some(challenge);
+        e
+    }
+
+    fn with_retry_after(mut self, d: Duration) -> Self {
         self.retry_after = Some(d);
         self
     }
@@ -151,6 +158,96 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// What the HTTP layer rejects before (or instead of) calling the service.
+#[derive(Debug, Clone)]
+pub enum RequestError {
+    InvalidPath(String),
+    InvalidPoolName(String),
+    InvalidHostName(String),
+    InvalidSessionId(String),
+    InvalidQuery(String),
+    /// The body is not JSON.
+    InvalidJson(String),
+    /// Well-formed JSON that does not fit the endpoint, or a field out of bounds.
+    InvalidBody(String),
+    /// The body could not be read at all.
+    UnreadableBody(String),
+    PayloadTooLarge,
+    UnsupportedMediaType(String),
+    RouteNotFound,
+    MethodNotAllowed,
+    /// The request took longer than `server.request_timeout_secs`.
+    Timeout,
+}
+
+impl RequestError {
+    /// Stable machine-readable code (the problem+json `code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            RequestError::InvalidPath(_) => "invalid_path",
+            RequestError::InvalidPoolName(_) => "invalid_pool_name",
+            RequestError::InvalidHostName(_) => "invalid_host_name",
+            RequestError::InvalidSessionId(_) => "invalid_session_id",
+            RequestError::InvalidQuery(_) => "invalid_query",
+            RequestError::InvalidJson(_) => "invalid_json",
+            RequestError::InvalidBody(_) | RequestError::UnreadableBody(_) => "invalid_body",
+            RequestError::PayloadTooLarge => "payload_too_large",
+            RequestError::UnsupportedMediaType(_) => "unsupported_media_type",
+            RequestError::RouteNotFound => "route_not_found",
+            RequestError::MethodNotAllowed => "method_not_allowed",
+            RequestError::Timeout => "request_timeout",
+        }
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        use StatusCode as S;
+        let code = e.code();
+        match e {
+            RequestError::InvalidPath(d)
+            | RequestError::InvalidPoolName(d)
+            | RequestError::InvalidHostName(d)
+            | RequestError::InvalidSessionId(d)
+            | RequestError::InvalidQuery(d)
+            | RequestError::InvalidJson(d)
+            | RequestError::UnreadableBody(d) => {
+                ApiError::new(S::BAD_REQUEST, code, "Bad request", d)
+            }
+            RequestError::InvalidBody(d) => {
+                ApiError::new(S::UNPROCESSABLE_ENTITY, code, "Invalid request body", d)
+            }
+            RequestError::PayloadTooLarge => ApiError::new(
+                S::PAYLOAD_TOO_LARGE,
+                code,
+                "Request body too large",
+                "The request body exceeds the configured limit.",
+            ),
+            RequestError::UnsupportedMediaType(d) => {
+                ApiError::new(S::UNSUPPORTED_MEDIA_TYPE, code, "Unsupported media type", d)
+            }
+            RequestError::RouteNotFound => ApiError::new(
+                S::NOT_FOUND,
+                code,
+                "Not found",
+                "No such route; see GET /openapi.yaml.",
+            ),
+            RequestError::MethodNotAllowed => ApiError::new(
+                S::METHOD_NOT_ALLOWED,
+                code,
+                "Method not allowed",
+                "This route does not accept that method; see GET /openapi.yaml.",
+            ),
+            RequestError::Timeout => ApiError::new(
+                S::SERVICE_UNAVAILABLE,
+                code,
+                "Request timed out",
+                "The request took longer than the server's limit. An action already sent upstream still completes and is audited; check GET /audit with this request id.",
+            ),
+        }
+    }
+}
+
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         use StatusCode as S;
@@ -192,8 +289,14 @@ impl From<ServiceError> for ApiError {
                 "Action not supported by this pool",
                 detail,
             ),
-            ServiceError::Invalid { .. } => {
-                ApiError::new(S::UNPROCESSABLE_ENTITY, code, "Invalid request", detail)
+            ServiceError::InvalidBody(_) => ApiError::new(
+                S::UNPROCESSABLE_ENTITY,
+                code,
+                "Invalid request body",
+                detail,
+            ),
+            ServiceError::InvalidQuery(_) => {
+                ApiError::new(S::BAD_REQUEST, code, "Bad request", detail)
             }
             ServiceError::AuditUnavailable(cause) => {
                 tracing::error!(error = %cause, "audit log unavailable");
@@ -209,83 +312,209 @@ impl From<ServiceError> for ApiError {
                 ApiError::new(S::TOO_MANY_REQUESTS, code, "Too many requests", detail)
                     .with_retry_after(retry_after)
             }
-            ServiceError::Provider(pe) => from_provider(code, pe),
+            ServiceError::UpstreamPoolNotFound => ApiError::new(
+                S::BAD_GATEWAY,
+                code,
+                "Upstream host pool not found",
+                "The backend does not know the host pool this pool is configured with; check the configuration.",
+            ),
+            ServiceError::HostUnreachable(_) => ApiError::new(
+                S::BAD_GATEWAY,
+                code,
+                "Session host unreachable",
+                "The session host could not be reached.",
+            ),
+            ServiceError::UpstreamAuth(_) => ApiError::new(
+                S::BAD_GATEWAY,
+                code,
+                "Upstream authentication failed",
+                "sessiongate's own credentials were rejected by the backend; an operator must fix the configuration.",
+            ),
+            ServiceError::UpstreamForbidden(_) => ApiError::new(
+                S::BAD_GATEWAY,
+                code,
+                "Upstream denied the operation",
+                "sessiongate's identity lacks the permission on the backend.",
+            ),
+            ServiceError::UpstreamThrottled { retry_after } => ApiError::new(
+                S::SERVICE_UNAVAILABLE,
+                code,
+                "Upstream throttled",
+                "The backend is throttling requests beyond sessiongate's retry budget.",
+            )
+            .with_retry_after(retry_after),
+            ServiceError::UpstreamTimeout(_) => ApiError::new(
+                S::GATEWAY_TIMEOUT,
+                code,
+                "Upstream timed out",
+                "The backend did not answer in time; the action may or may not have happened.",
+            ),
+            ServiceError::Upstream { .. } => ApiError::new(
+                S::BAD_GATEWAY,
+                code,
+                "Upstream error",
+                "The backend answered with an error.",
+            ),
+            ServiceError::UpstreamUnreachable(_) => ApiError::new(
+                S::BAD_GATEWAY,
+                code,
+                "Upstream unreachable",
+                "The backend could not be reached.",
+            ),
         }
     }
 }
 
-fn from_provider(code: &'static str, pe: ProviderError) -> ApiError {
-    use StatusCode as S;
-    match pe {
-        ProviderError::SessionNotFound => ApiError::new(
-            S::NOT_FOUND,
-            code,
-            "Session not found",
-            "The session does not exist on the backend.",
-        ),
-        ProviderError::HostNotFound => ApiError::new(
-            S::NOT_FOUND,
-            code,
-            "Session host not found",
-            "The backend does not know this session host.",
-        ),
-        ProviderError::PoolNotFound => ApiError::new(
-            S::BAD_GATEWAY,
-            code,
-            "Upstream host pool not found",
-            "The backend does not know the host pool this pool is configured with; check the configuration.",
-        ),
-        ProviderError::HostUnreachable(_) => ApiError::new(
-            S::BAD_GATEWAY,
-            code,
-            "Session host unreachable",
-            "The session host could not be reached.",
-        ),
-        ProviderError::UpstreamAuth(_) => ApiError::new(
-            S::BAD_GATEWAY,
-            code,
-            "Upstream authentication failed",
-            "sessiongate's own credentials were rejected by the backend; an operator must fix the configuration.",
-        ),
-        ProviderError::UpstreamForbidden(_) => ApiError::new(
-            S::BAD_GATEWAY,
-            code,
-            "Upstream denied the operation",
-            "sessiongate's identity lacks the permission on the backend.",
-        ),
-        ProviderError::Throttled { retry_after } => ApiError::new(
-            S::SERVICE_UNAVAILABLE,
-            code,
-            "Upstream throttled",
-            "The backend is throttling requests beyond sessiongate's retry budget.",
-        )
-        .with_retry_after(retry_after),
-        ProviderError::Timeout(_) => ApiError::new(
-            S::GATEWAY_TIMEOUT,
-            code,
-            "Upstream timed out",
-            "The backend did not answer in time; the action may or may not have happened.",
-        ),
-        ProviderError::Protected(reason) => {
-            ApiError::new(S::FORBIDDEN, code, "Session is protected", reason)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// One value of every variant (the match stops compiling when one is added).
+    fn every_request_error() -> Vec<RequestError> {
+        let s = || String::from("x");
+        let all = vec![
+            RequestError::InvalidPath(s()),
+            RequestError::InvalidPoolName(s()),
+            RequestError::InvalidHostName(s()),
+            RequestError::InvalidSessionId(s()),
+            RequestError::InvalidQuery(s()),
+            RequestError::InvalidJson(s()),
+            RequestError::InvalidBody(s()),
+            RequestError::UnreadableBody(s()),
+            RequestError::PayloadTooLarge,
+            RequestError::UnsupportedMediaType(s()),
+            RequestError::RouteNotFound,
+            RequestError::MethodNotAllowed,
+            RequestError::Timeout,
+        ];
+        for e in &all {
+            match e {
+                RequestError::InvalidPath(_)
+                | RequestError::InvalidPoolName(_)
+                | RequestError::InvalidHostName(_)
+                | RequestError::InvalidSessionId(_)
+                | RequestError::InvalidQuery(_)
+                | RequestError::InvalidJson(_)
+                | RequestError::InvalidBody(_)
+                | RequestError::UnreadableBody(_)
+                | RequestError::PayloadTooLarge
+                | RequestError::UnsupportedMediaType(_)
+                | RequestError::RouteNotFound
+                | RequestError::MethodNotAllowed
+                | RequestError::Timeout => {}
+            }
         }
-        ProviderError::Unsupported => ApiError::new(
-            S::CONFLICT,
-            "action_not_supported",
-            "Action not supported by this pool",
-            "The backend does not support this action.",
-        ),
-        ProviderError::Upstream { .. } => ApiError::new(
-            S::BAD_GATEWAY,
-            code,
-            "Upstream error",
-            "The backend answered with an error.",
-        ),
-        ProviderError::Transport(_) => ApiError::new(
-            S::BAD_GATEWAY,
-            code,
-            "Upstream unreachable",
-            "The backend could not be reached.",
-        ),
+        all
+    }
+
+    fn every_auth_error() -> Vec<AuthError> {
+        let all = vec![
+            AuthError::Missing,
+            AuthError::Invalid("x".into()),
+            AuthError::Expired,
+        ];
+        for e in &all {
+            match e {
+                AuthError::Missing | AuthError::Invalid(_) | AuthError::Expired => {}
+            }
+        }
+        all
+    }
+
+    /// Every (code, status) the API can answer with, and which enum value produced it.
+    fn every_answer() -> Vec<(String, u16, String)> {
+        let mut out = Vec::new();
+        for e in crate::service::every_service_error() {
+            let want = e.code();
+            let what = format!("{e:?}");
+            let a = ApiError::from(e);
+            assert_eq!(
+                a.code, want,
+                "{what}: HTTP code differs from the audited code"
+            );
+            out.push((a.code.to_string(), a.status.as_u16(), what));
+        }
+        for e in every_request_error() {
+            let want = e.code();
+            let what = format!("{e:?}");
+            let a = ApiError::from(e);
+            assert_eq!(a.code, want, "{what}");
+            out.push((a.code.to_string(), a.status.as_u16(), what));
+        }
+        for e in every_auth_error() {
+            let a = ApiError::unauthenticated(&e, "Bearer".into());
+            assert_eq!(a.code, e.code(), "{e:?}");
+            out.push((a.code.to_string(), a.status.as_u16(), format!("{e:?}")));
+        }
+        let a = ApiError::internal("test");
+        out.push((a.code.to_string(), a.status.as_u16(), "internal".into()));
+        out
+    }
+
+    /// The rows of the code table in docs/api.md: code → the statuses its cell names.
+    fn documented() -> BTreeMap<String, Vec<u16>> {
+        let doc = include_str!("../../docs/api.md");
+        let table = doc
+            .split("<!-- codes:begin -->")
+            .nth(1)
+            .and_then(|t| t.split("<!-- codes:end -->").next())
+            .expect("docs/api.md has the codes:begin/end markers");
+        let mut rows = BTreeMap::new();
+        for line in table.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let code = cells[1].trim_matches('`').to_string();
+            let statuses = cells[2]
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse::<u16>().ok())
+                .filter(|n| (100..600).contains(n))
+                .collect();
+            assert!(
+                rows.insert(code.clone(), statuses).is_none(),
+                "{code} is listed twice in docs/api.md"
+            );
+        }
+        rows
+    }
+
+    #[test]
+    fn the_code_table_is_the_code() {
+        let doc = documented();
+        let answers = every_answer();
+        for (code, status, what) in &answers {
+            let Some(statuses) = doc.get(code) else {
+                panic!("{what} answers `{code}`, which docs/api.md does not list");
+            };
+            assert!(
+                statuses.contains(status),
+                "{what} answers {status} `{code}`; docs/api.md says {statuses:?}"
+            );
+        }
+        let produced: BTreeSet<&str> = answers.iter().map(|(c, _, _)| c.as_str()).collect();
+        for code in doc.keys() {
+            assert!(
+                produced.contains(code.as_str()),
+                "docs/api.md lists `{code}`, which no error produces"
+            );
+        }
+    }
+
+    #[test]
+    fn a_provider_failure_answers_the_code_the_audit_records() {
+        // `unsupported` used to be audited while callers got `action_not_supported`.
+        use crate::domain::{HostName, PoolName, SessionId};
+        let pool = PoolName::parse("hp1").unwrap();
+        let host = HostName::parse("sh1").unwrap();
+        for pe in crate::service::every_provider_error() {
+            let want = pe.code();
+            // Pool-wide calls name no host or session; calls about one session name both.
+            for (h, id) in [(None, None), (Some(&host), Some(SessionId(3)))] {
+                let what = format!("{pe:?} with {h:?}/{id:?}");
+                let se = ServiceError::from_provider(pe.clone(), "lock", &pool, h, id);
+                let audited = se.code();
+                let answered = ApiError::from(se).code;
+                assert_eq!((audited, answered), (want, want), "{what}");
+            }
+        }
     }
 }

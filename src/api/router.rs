@@ -1,46 +1,58 @@
-//! Every route, in one place.
+//! Every route, in one place: each handler is registered once, together with its OpenAPI
+//! operation (`routes!` reads the path from the handler's `#[utoipa::path]`), and the OpenAPI
+//! document is taken from this same router, so the spec cannot miss or misspell a route.
 
-use super::{AppState, handlers as h, middleware};
-use axum::{
-    Router,
-    extract::DefaultBodyLimit,
-    middleware::from_fn_with_state,
-    routing::{get, post},
-};
+use super::{AppState, handlers as h, middleware, openapi::ApiDoc, problem::ApiError};
+use axum::{Router, extract::DefaultBodyLimit, middleware::from_fn_with_state};
 use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer};
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
+/// One session; its read and its actions are nested here (their handlers name the rest).
 const SESSION: &str = "/hostpools/{pool}/sessionhosts/{host}/sessions/{id}";
+
+/// The routes with their operations. `protect` wraps those that need a credential (the
+/// probes do not).
+fn routes(
+    protect: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
+) -> OpenApiRouter<AppState> {
+    let session = OpenApiRouter::new()
+        .routes(routes!(h::get_session))
+        .routes(routes!(h::logoff))
+        .routes(routes!(h::disconnect))
+        .routes(routes!(h::message))
+        .routes(routes!(h::lock))
+        .routes(routes!(h::unlock));
+    let protected = OpenApiRouter::new()
+        .routes(routes!(h::openapi_yaml))
+        .routes(routes!(h::list_pools))
+        .routes(routes!(h::list_hosts))
+        .routes(routes!(h::list_sessions))
+        .routes(routes!(h::list_host_sessions))
+        .nest(SESSION, session)
+        .routes(routes!(h::read_audit));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(h::healthz))
+        .routes(routes!(h::readyz))
+        .merge(protect(protected))
+}
+
+/// The OpenAPI document of every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes(|r| r).into_openapi()
+}
 
 /// The application router with all layers.
 pub fn router(st: AppState, body_limit: usize, cors: Option<CorsLayer>) -> Router {
-    let protected = Router::new()
-        .route("/openapi.yaml", get(h::openapi_yaml))
-        .route("/hostpools", get(h::list_pools))
-        .route("/hostpools/{pool}/sessionhosts", get(h::list_hosts))
-        .route("/hostpools/{pool}/sessions", get(h::list_sessions))
-        .route(
-            "/hostpools/{pool}/sessionhosts/{host}/sessions",
-            get(h::list_host_sessions),
-        )
-        .route(SESSION, get(h::get_session))
-        .route(&format!("{SESSION}/logoff"), post(h::logoff))
-        .route(&format!("{SESSION}/disconnect"), post(h::disconnect))
-        .route(&format!("{SESSION}/message"), post(h::message))
-        .route(&format!("{SESSION}/lock"), post(h::lock))
-        .route(&format!("{SESSION}/unlock"), post(h::unlock))
-        .route("/audit", get(h::read_audit))
-        .route_layer(from_fn_with_state(st.clone(), middleware::authenticate));
-
-    let app = Router::new()
-        .route("/healthz", get(h::healthz))
-        .route("/readyz", get(h::readyz))
-        .merge(protected)
+    let auth = from_fn_with_state(st.clone(), middleware::authenticate);
+    let (api, _) = routes(|r| r.route_layer(auth)).split_for_parts();
+    let app = api
         .fallback(h::not_found)
         .method_not_allowed_fallback(h::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(from_fn_with_state(st.clone(), middleware::context))
         .layer(CatchPanicLayer::custom(|_| {
-            super::problem::ApiError::internal("handler panicked").render("", "")
+            ApiError::internal("handler panicked").render("", "")
         }))
         .with_state(st);
     match cors {

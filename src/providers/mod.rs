@@ -1,5 +1,5 @@
 //! Provider adapters behind one trait. Providers know nothing of our HTTP API: they speak
-//! domain types and [`ProviderError`], which the API layer maps to problem+json.
+//! domain types and [`ProviderError`], which the service turns into a `ServiceError`.
 
 pub mod avd;
 pub mod winrm;
@@ -51,29 +51,22 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
-    /// Stable short kind, used in audit outcomes and logs.
-    pub fn kind(&self) -> &'static str {
+    /// Stable machine code, used in logs. It is the same string the service's `ServiceError`
+    /// gives the same failure, so the audit log and the HTTP answer carry it unchanged.
+    pub fn code(&self) -> &'static str {
         match self {
             ProviderError::SessionNotFound => "session_not_found",
             ProviderError::HostNotFound => "host_not_found",
-            ProviderError::PoolNotFound => "pool_not_found_upstream",
+            ProviderError::PoolNotFound => "upstream_pool_not_found",
             ProviderError::HostUnreachable(_) => "host_unreachable",
             ProviderError::UpstreamAuth(_) => "upstream_auth_failed",
             ProviderError::UpstreamForbidden(_) => "upstream_forbidden",
             ProviderError::Throttled { .. } => "upstream_throttled",
             ProviderError::Timeout(_) => "upstream_timeout",
             ProviderError::Protected(_) => "session_protected",
-            ProviderError::Unsupported => "unsupported",
+            ProviderError::Unsupported => "action_not_supported",
             ProviderError::Upstream { .. } => "upstream_error",
             ProviderError::Transport(_) => "upstream_unreachable",
-        }
-    }
-
-    /// Upstream HTTP status, where there was one.
-    pub fn upstream_status(&self) -> Option<u16> {
-        match self {
-            ProviderError::Upstream { status, .. } => *status,
-            _ => None,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Session actions: logoff, disconnect, message, lock, unlock.
 
-use super::{CallContext, Gateway, ServiceError};
+use super::{CallContext, Gateway, Pool, ServiceError};
 use crate::{
     audit::{EventKind, NewEvent, Target},
     auth::{Permission, Protection},
@@ -132,16 +132,16 @@ impl Gateway {
             }));
         }
         let pool = self.host_checked(pool, &req.host).map_err(unaudited)?;
-        let provider = pool.provider.clone();
 
         // Resolve: ids are reused by Windows, and protection depends on the user.
-        let session: Option<Session> = match provider.get_session(&req.host, req.id).await {
+        let session: Option<Session> = match pool.provider.get_session(&req.host, req.id).await {
             Ok(s) => Some(s),
             Err(ProviderError::SessionNotFound) if req.kind == ActionKind::Logoff => None,
             Err(e) => {
-                return Err(unaudited(self.map_target_err(
+                return Err(unaudited(self.provider_err(
                     pool,
-                    &req.host,
+                    req.kind.as_str(),
+                    Some(&req.host),
                     Some(req.id),
                     e,
                 )));
@@ -167,7 +167,7 @@ impl Gateway {
             .await
             .map_err(|e| unaudited(ServiceError::AuditUnavailable(e.to_string())))?;
 
-        let result = self.decide_and_run(ctx, req, session.as_ref()).await;
+        let result = self.decide_and_run(ctx, req, pool, session.as_ref()).await;
 
         let mut outcome = ctx.event(req.kind.as_str(), target);
         outcome.kind = Some(EventKind::Outcome);
@@ -191,9 +191,7 @@ impl Gateway {
                 }
                 .into();
                 outcome.error_code = Some(e.code().to_string());
-                if let ServiceError::Provider(pe) = e {
-                    outcome.upstream_status = pe.upstream_status();
-                }
+                outcome.upstream_status = e.upstream_status();
             }
         }
         let stored = self.record_outcome(outcome).await.map_err(audited)?;
@@ -239,6 +237,7 @@ impl Gateway {
         &self,
         ctx: &CallContext,
         req: &ActionRequest,
+        pool: &Pool,
         session: Option<&Session>,
     ) -> Result<ActionOutcome, ServiceError> {
         let Some(session) = session else {
@@ -290,20 +289,15 @@ impl Gateway {
         if req.dry_run {
             return Ok(ActionOutcome::WouldDo);
         }
-        let p = &self
-            .pools
-            .get(&req.pool)
-            .ok_or_else(|| ServiceError::PoolNotFound(req.pool.to_string()))?
-            .provider;
+        let p = &pool.provider;
         let effect = match req.kind {
             ActionKind::Logoff => p.logoff(&req.host, req.id, req.force).await,
             ActionKind::Disconnect => p.disconnect(&req.host, req.id).await,
             ActionKind::Lock => p.lock(&req.host, req.id).await,
             ActionKind::Unlock => p.unlock(&req.host, req.id).await,
             ActionKind::Message => {
-                let (t, b) = req.message.as_ref().ok_or(ServiceError::Invalid {
-                    code: "invalid_body",
-                    detail: "message needs a title and a body".into(),
+                let (t, b) = req.message.as_ref().ok_or_else(|| {
+                    ServiceError::InvalidBody("message needs a title and a body".into())
                 })?;
                 p.send_message(&req.host, req.id, t, b)
                     .await
@@ -316,16 +310,8 @@ impl Gateway {
             Err(ProviderError::SessionNotFound) if req.kind == ActionKind::Logoff => {
                 Ok(ActionOutcome::AlreadyGone)
             }
-            Err(ProviderError::Protected(reason)) => Err(ServiceError::Protected {
-                reason,
-                admin_may: false,
-            }),
             Err(e) => {
-                let pool = self
-                    .pools
-                    .get(&req.pool)
-                    .ok_or_else(|| ServiceError::PoolNotFound(req.pool.to_string()))?;
-                Err(self.map_target_err(pool, &req.host, Some(req.id), e))
+                Err(self.provider_err(pool, req.kind.as_str(), Some(&req.host), Some(req.id), e))
             }
         }
     }

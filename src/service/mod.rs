@@ -1,25 +1,35 @@
-//! The use cases. The only caller of providers and of the audit log.
+//! The use cases. The only caller of providers and of the audit log: the HTTP layer reaches
+//! both through [`Gateway`] methods and sees provider failures only as [`ServiceError`].
 //!
-//! An action runs: scope check → resolve the session (re-read: ids are reused) → audit INTENT
-//! (durable) → checks (expected user, protected sessions) → dry run? → provider call →
-//! audit OUTCOME (durable) → result.
+//! An action runs: rate limit → scope check → capability and inventory checks → resolve the
+//! session (re-read: ids are reused) → audit INTENT (durable) → checks (expected user,
+//! protected sessions) → dry run? → provider call → audit OUTCOME (durable) → result.
 
 mod actions;
 mod error;
 mod recovery;
+mod requests;
 
+/// The audit read (`GET /audit`) as the service offers it: the filter and the page.
+pub use crate::audit::{AuditPage, AuditQuery};
 pub use actions::{ActionError, ActionRequest, ActionResult, ActionTarget};
 pub use error::ServiceError;
 pub use recovery::STARTED;
+pub use requests::{Caller, RequestOutcome, RequestRecord};
+
+/// One value of every [`ServiceError`] and provider error variant (for tests of the error
+/// contract).
+#[cfg(test)]
+pub(crate) use error::tests::{every_provider_error, every_variant as every_service_error};
 
 use crate::{
-    audit::{Actor, AuditLog, NewEvent, Target},
+    audit::{Actor, AuditError, AuditLog, NewEvent, Target},
     auth::{Permission, Principal, ProtectedSessions, RateLimiter},
     domain::{
         Capabilities, HostName, PoolName, ProviderKind, Session, SessionHost, SessionId,
         StateFilter,
     },
-    providers::{PoolSessions, SessionFilter, SessionProvider, UnreachableHost},
+    providers::{PoolSessions, ProviderError, SessionFilter, SessionProvider, UnreachableHost},
 };
 use serde::Serialize;
 use std::{collections::BTreeMap, sync::Arc, time::Instant};
@@ -43,21 +53,22 @@ pub struct CallContext {
     pub started: Instant,
 }
 
-impl CallContext {
-    pub fn actor(&self) -> Actor {
-        Actor {
-            id: self.principal.id.clone(),
-            display: self.principal.display.clone(),
-            auth_method: Some(self.principal.method.as_str().to_string()),
-            roles: self.principal.role_names(),
-        }
+/// The audit record's actor for an authenticated caller.
+fn actor_of(p: &Principal) -> Actor {
+    Actor {
+        id: p.id.clone(),
+        display: p.display.clone(),
+        auth_method: Some(p.method.as_str().to_string()),
+        roles: p.role_names(),
     }
+}
 
+impl CallContext {
     fn event(&self, action: &str, target: Target) -> NewEvent {
         NewEvent {
             kind: None,
             request_id: self.request_id.clone(),
-            actor: self.actor(),
+            actor: actor_of(&self.principal),
             client_addr: self.client_addr.clone(),
             method: Some(self.method.clone()),
             route: Some(self.route.clone()),
@@ -110,7 +121,7 @@ pub struct Gateway {
     audit: AuditLog,
     guard: ProtectedSessions,
     limiter: RateLimiter,
-    pub limits: Limits,
+    limits: Limits,
     tasks: tokio_util::task::TaskTracker,
 }
 
@@ -138,8 +149,42 @@ impl Gateway {
         tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
     }
 
+    /// The audit log, for start-up and tests; the HTTP layer uses the methods below (checked
+    /// by `src/layer_check.rs`).
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// Bounds of caller-provided text (message title and body).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Whether the audit log takes writes: without it, actions are refused.
+    pub fn ready(&self) -> bool {
+        self.audit.healthy()
+    }
+
+    /// A page of the audit log, newest first (needs `audit.read`).
+    #[tracing::instrument(skip_all)]
+    pub async fn read_audit(
+        &self,
+        ctx: &CallContext,
+        q: &AuditQuery,
+    ) -> Result<AuditPage, ServiceError> {
+        if !ctx.principal.has(Permission::AuditRead, None) {
+            return Err(ServiceError::Forbidden {
+                missing: Permission::AuditRead,
+                pool: None,
+            });
+        }
+        if q.limit.is_some_and(|l| l == 0 || l > 1000) {
+            return Err(ServiceError::InvalidQuery("limit must be 1-1000".into()));
+        }
+        self.audit.query(q).await.map_err(|e| match e {
+            AuditError::BadQuery(m) => ServiceError::InvalidQuery(m),
+            other => ServiceError::AuditUnavailable(other.to_string()),
+        })
     }
 
     /// Resolves a pool the caller may see with `perm`. A caller without any grant on the pool
@@ -174,7 +219,7 @@ impl Gateway {
         } else {
             Err(ServiceError::HostNotFound {
                 pool: pool.name.to_string(),
-                host: host.to_string(),
+                host: Some(host.to_string()),
             })
         }
     }
@@ -203,7 +248,7 @@ impl Gateway {
             .provider
             .list_hosts()
             .await
-            .map_err(|e| self.map_pool_err(p, e))?;
+            .map_err(|e| self.provider_err(p, "list_hosts", None, None, e))?;
         Ok(HostList {
             pool: pool.to_string(),
             hosts,
@@ -230,7 +275,7 @@ impl Gateway {
             .provider
             .list_sessions(&filter)
             .await
-            .map_err(|e| self.map_pool_err(p, e))?;
+            .map_err(|e| self.provider_err(p, "list_sessions", None, None, e))?;
         sessions.retain(|s| {
             user.as_deref().is_none_or(|u| s.user_matches(u))
                 && state.is_none_or(|f| f.matches(s.state))
@@ -254,7 +299,7 @@ impl Gateway {
         p.provider
             .list_host_sessions(host)
             .await
-            .map_err(|e| self.map_target_err(p, host, None, e))
+            .map_err(|e| self.provider_err(p, "list_host_sessions", Some(host), None, e))
     }
 
     #[tracing::instrument(skip_all, fields(pool = %pool, host = %host, session = %id))]
@@ -270,33 +315,27 @@ impl Gateway {
         p.provider
             .get_session(host, id)
             .await
-            .map_err(|e| self.map_target_err(p, host, Some(id), e))
+            .map_err(|e| self.provider_err(p, "get_session", Some(host), Some(id), e))
     }
 
-    fn map_pool_err(&self, p: &Pool, e: crate::providers::ProviderError) -> ServiceError {
-        tracing::warn!(pool = %p.name, error = %e, "provider call failed");
-        ServiceError::Provider(e)
-    }
-
-    fn map_target_err(
+    /// A provider failure as a [`ServiceError`], logged here unless it is a "not found" or a
+    /// protected session (answers, not faults).
+    fn provider_err(
         &self,
         p: &Pool,
-        host: &HostName,
+        action: &str,
+        host: Option<&HostName>,
         id: Option<SessionId>,
-        e: crate::providers::ProviderError,
+        e: ProviderError,
     ) -> ServiceError {
-        use crate::providers::ProviderError as PE;
-        match (e, id) {
-            (PE::SessionNotFound, Some(id)) => ServiceError::SessionNotFound {
-                pool: p.name.to_string(),
-                host: host.to_string(),
-                id: id.0,
-            },
-            (PE::HostNotFound, _) => ServiceError::HostNotFound {
-                pool: p.name.to_string(),
-                host: host.to_string(),
-            },
-            (other, _) => self.map_pool_err(p, other),
+        if !matches!(
+            e,
+            ProviderError::SessionNotFound
+                | ProviderError::HostNotFound
+                | ProviderError::Protected(_)
+        ) {
+            tracing::warn!(pool = %p.name, error = %e, "provider call failed");
         }
+        ServiceError::from_provider(e, action, &p.name, host, id)
     }
 }

@@ -287,6 +287,76 @@ async fn not_found_and_malformed_targets_have_distinct_codes() {
     problem(r, 405, "method_not_allowed").await;
 }
 
+/// Every operation of the OpenAPI document is served with its method (the router and the
+/// document come from one registration); the audit record names the matched route and the
+/// action; a trailing slash is not a route.
+#[tokio::test]
+async fn every_documented_operation_is_routed_and_audited_by_its_route() {
+    let app = TestApp::start().await;
+    let (host, id, _) = app.avd_target();
+    let doc = serde_json::to_value(sessiongate::api::router::openapi()).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    assert_eq!(paths.len(), 14, "{:?}", paths.keys());
+    let mut seen = Vec::new();
+    for (tpl, item) in paths {
+        let path = tpl
+            .replace("{pool}", AVD_POOL)
+            .replace("{host}", &host)
+            .replace("{id}", &id.to_string());
+        for method in item.as_object().unwrap().keys() {
+            let op = &item[method]["operationId"];
+            let r = match method.as_str() {
+                "get" => app.get(&app.keys.admin, &path).await,
+                "post" => {
+                    let url = format!("{}{path}", app.url);
+                    let body = json!({"title": "t", "body": "b", "dry_run": true});
+                    let body = if path.ends_with("/message") {
+                        body
+                    } else {
+                        json!({"dry_run": true})
+                    };
+                    app.post(&app.keys.admin, &url, Some(body)).await
+                }
+                other => panic!("unexpected method {other} for {tpl}"),
+            };
+            let status = r.status().as_u16();
+            let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+            let body = r.text().await.unwrap();
+            assert!(
+                !body.contains("route_not_found") && !body.contains("method_not_allowed"),
+                "{method} {tpl} is documented but not routed: {status} {body}"
+            );
+            if tpl.starts_with("/hostpools/") {
+                let a: Value = app
+                    .get(&app.keys.auditor, &format!("/audit?request_id={rid}"))
+                    .await
+                    .json()
+                    .await
+                    .unwrap();
+                let ev = a["events"]
+                    .as_array()
+                    .unwrap()
+                    .first()
+                    .unwrap_or_else(|| panic!("{tpl}: audited: {a}"));
+                assert_eq!(ev["route"], tpl.as_str(), "{ev}");
+                assert_eq!(ev["target"]["pool"], AVD_POOL, "{ev}");
+                if method == "get" {
+                    assert_eq!(&ev["action"], op, "{ev}");
+                } else {
+                    assert_eq!(ev["action"].as_str(), tpl.rsplit('/').next(), "{ev}");
+                }
+            }
+            seen.push(format!("{method} {tpl}"));
+            // A trailing slash names no route.
+            if tpl != "/" && method == "get" {
+                let r = app.get(&app.keys.admin, &format!("{path}/")).await;
+                problem(r, 404, "route_not_found").await;
+            }
+        }
+    }
+    assert_eq!(seen.len(), 14, "{seen:?}");
+}
+
 #[tokio::test]
 async fn logoff_then_again_is_already_gone() {
     let app = TestApp::start().await;

@@ -631,7 +631,7 @@ impl Core {
                 Ok(mut s) => out.sessions.append(&mut s),
                 Err(e) => out.unreachable_hosts.push(UnreachableHost {
                     host: host.as_str().to_string(),
-                    error: format!("{}: {e}", e.kind()),
+                    error: format!("{}: {e}", e.code()),
                 }),
             }
         }
@@ -652,7 +652,7 @@ impl Core {
                         s.len() as u32,
                         Some(time::OffsetDateTime::now_utc()),
                     ),
-                    Err(e) => ("unreachable".to_string(), e.kind().to_string(), 0, None),
+                    Err(e) => ("unreachable".to_string(), e.code().to_string(), 0, None),
                 };
                 SessionHost {
                     pool: self.pool.clone(),
