@@ -17,14 +17,6 @@ impl Drop for Killer {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Reads stdout lines until `pred` has seen enough (bounded in time).
 fn read_until(child: &mut Child, mut done: impl FnMut(&str) -> bool) -> Vec<String> {
     let out = child.stdout.take().unwrap();
@@ -53,7 +45,7 @@ fn read_until(child: &mut Child, mut done: impl FnMut(&str) -> bool) -> Vec<Stri
 
 #[tokio::test]
 async fn demo_prints_working_keys_and_commands() {
-    let port = free_port();
+    let port = crate::support::free_port();
     let dir = tempfile::tempdir().unwrap();
     let child = Command::new(BIN)
         .args([
