@@ -1,6 +1,7 @@
 //! The binary's commands, run as a user would: demo (and its printed curl commands), emulate,
 //! config check, apikey new, openapi.
 
+use crate::support::free_port;
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
@@ -45,7 +46,7 @@ fn read_until(child: &mut Child, mut done: impl FnMut(&str) -> bool) -> Vec<Stri
 
 #[tokio::test]
 async fn demo_prints_working_keys_and_commands() {
-    let port = crate::support::free_port();
+    let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let child = Command::new(BIN)
         .args([
