@@ -118,6 +118,13 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
                 .into());
             }
         }
+        // Syntax first, over the whole body: one JSON value and nothing after it (a second
+        // object after the first would otherwise be silently ignored).
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+            return Err(
+                RequestError::InvalidJson(format!("the body is not valid JSON: {e}")).into(),
+            );
+        }
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
         match serde_path_to_error::deserialize::<_, T>(de) {
             Ok(v) => Ok(Self(v)),

@@ -5,6 +5,7 @@
 //! record of every 401), protected sessions, the action rate limit and CORS.
 
 use crate::support::app::{ARM_POOL, AVD_POOL, TestApp, problem};
+use crate::support::{header, oidc_config};
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use sessiongate::{
@@ -12,7 +13,7 @@ use sessiongate::{
     config::Config,
     emulator::{arm::ArmOp, oidc::TestIssuer},
 };
-use std::{collections::BTreeMap, io::Write};
+use std::collections::BTreeMap;
 
 const AUD: &str = "api://sessiongate";
 const PORTAL: &str = "https://portal.contoso.com";
@@ -36,17 +37,7 @@ fn extra_key(id: &str, roles: Vec<Role>, pools: &[&str]) -> (String, apikey::Api
 }
 
 fn request_id(r: &reqwest::Response) -> String {
-    r.headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .expect("x-request-id on every answer")
-        .to_string()
-}
-
-fn header(r: &reqwest::Response, name: &str) -> Option<String> {
-    r.headers()
-        .get(name)
-        .map(|v| v.to_str().expect("ascii header").to_string())
+    header(r, "x-request-id").expect("x-request-id on every answer")
 }
 
 /// Every audit event recorded for one request id (read with the auditor key).
@@ -495,10 +486,7 @@ struct OidcApp {
 
 async fn oidc_app(tune: impl FnOnce(&mut OidcConfig)) -> OidcApp {
     let issuer = TestIssuer::start().await.expect("test issuer");
-    let mut ca = tempfile::NamedTempFile::new().unwrap();
-    ca.write_all(issuer.ca_pem().as_bytes()).unwrap();
-    let mut o = OidcConfig::new(issuer.issuer(), &[AUD]);
-    o.ca_bundle = Some(ca.path().to_path_buf());
+    let (mut o, ca) = oidc_config(&issuer, &[AUD]);
     tune(&mut o);
     let app = TestApp::start_with(move |c: &mut Config| c.auth.oidc = Some(o)).await;
     OidcApp {

@@ -851,3 +851,46 @@ async fn dot_segments_are_not_host_names() {
         "nothing logged off"
     );
 }
+
+#[tokio::test]
+async fn bytes_after_the_json_body_are_refused_and_nothing_is_done() {
+    let app = TestApp::start().await;
+    let (host, id, _) = app.avd_target();
+    let base = app.session_url(AVD_POOL, &host, id);
+    for body in [
+        r#"{"dry_run":true}{"dry_run":false}"#,
+        r#"{"dry_run":false}{"dry_run":true}"#,
+        "{}x",
+        "{} {}",
+        r#"{"force": "yes"} trailing"#,
+    ] {
+        let r = app
+            .http
+            .post(format!("{base}/disconnect"))
+            .bearer_auth(&app.keys.operator)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        problem(r, 400, "invalid_json").await;
+    }
+    let s = app
+        .arm()
+        .sessions(ARM_POOL)
+        .into_iter()
+        .find(|s| s.host == host && s.id == id)
+        .expect("session still there");
+    assert_eq!(s.state, "Active", "nothing was disconnected");
+    // Trailing white space is still fine.
+    let r = app
+        .http
+        .post(format!("{base}/disconnect"))
+        .bearer_auth(&app.keys.operator)
+        .header("content-type", "application/json")
+        .body("{\"dry_run\":true}\n  ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

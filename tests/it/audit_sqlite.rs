@@ -4,24 +4,7 @@
 
 use crate::support::audit::{Env, Raw, ev, record_n};
 
-crate::audit_suite!(Env::sqlite;
-    intact_log_verifies,
-    detects_edited_row,
-    detects_deleted_row,
-    detects_inserted_row,
-    detects_swapped_rows,
-    group_commit,
-    store_down_and_recovery,
-    closed_pool_is_unavailable,
-    retention,
-    retention_twice_and_everything,
-    retention_in_chunks,
-    prune_refuses_broken_prefix,
-    retention_config_runs_at_start,
-    query_filters_and_pagination,
-    two_replicas_concurrently,
-    generated_chain_id,
-);
+crate::audit_suite!(Env::sqlite);
 
 /// `cli_verify` on a missing store: exit code 2, and the file is not created.
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! Bearer JWT authentication against the in-tree test OIDC issuer over loopback HTTPS.
 
+use crate::support::oidc_config;
 use http::{HeaderMap, HeaderValue, header::AUTHORIZATION};
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
@@ -9,7 +10,7 @@ use sessiongate::auth::{
 };
 use sessiongate::domain::PoolName;
 use sessiongate::emulator::oidc::TestIssuer;
-use std::{io::Write, time::Duration};
+use std::time::Duration;
 
 const AUD: &str = "api://sessiongate";
 
@@ -21,13 +22,7 @@ struct Fixture {
 
 async fn fixture(tune: impl FnOnce(&mut OidcConfig)) -> Fixture {
     let issuer = TestIssuer::start().await.unwrap();
-    let mut ca = tempfile::NamedTempFile::new().unwrap();
-    ca.write_all(issuer.ca_pem().as_bytes()).unwrap();
-    let mut o = OidcConfig::new(
-        issuer.issuer(),
-        &[AUD, "00000000-1111-2222-3333-444444444444"],
-    );
-    o.ca_bundle = Some(ca.path().to_path_buf());
+    let (mut o, ca) = oidc_config(&issuer, &[AUD, "00000000-1111-2222-3333-444444444444"]);
     tune(&mut o);
     let cfg = AuthConfig {
         oidc: Some(o),

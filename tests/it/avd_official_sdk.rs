@@ -2,10 +2,7 @@
 //! ARM emulator unchanged (apart from base URL, authority and CA). Skips loudly when python3
 //! lacks `azure-mgmt-desktopvirtualization` and `azure-identity` (CI installs them).
 
-use sessiongate::emulator::{
-    arm::{self, ArmEmulatorOptions},
-    common::EmulatorTls,
-};
+use sessiongate::emulator::arm::ArmEmulatorOptions;
 use std::process::Command;
 
 fn sdk_available() -> bool {
@@ -27,23 +24,17 @@ async fn official_python_sdk_runs_against_the_arm_emulator() {
         );
         return;
     }
-    let tls = EmulatorTls::generate().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let opts = ArmEmulatorOptions {
+    let env = crate::support::avd::start(ArmEmulatorOptions {
         hosts_per_pool: 3,
         sessions_per_host: 3,
         page_size: 4,
         ..ArmEmulatorOptions::default()
-    };
-    let mut emu = arm::start(listener, &tls, opts).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, tls.ca_pem()).unwrap();
-    emu.set_ca_pem_path(ca.display().to_string());
-    let mut info = serde_json::to_value(emu.info()).unwrap();
+    })
+    .await;
+    let mut info = serde_json::to_value(env.emu.info()).unwrap();
     info["expect_hosts"] = 3.into();
     info["expect_sessions"] = 9.into();
-    let info_path = dir.path().join("info.json");
+    let info_path = env.dir.path().join("info.json");
     std::fs::write(&info_path, info.to_string()).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/sdk/avd_sdk_probe.py");
     let out = tokio::process::Command::new("python3")
@@ -58,7 +49,7 @@ async fn official_python_sdk_runs_against_the_arm_emulator() {
         "SDK probe failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let st = emu.state();
+    let st = &env.state;
     assert_eq!(
         st.messages().len(),
         1,

@@ -1,6 +1,7 @@
 //! The WVD classic broker emulator's wire contract, checked with a plain HTTP client.
 
 use crate::support::classic::{Env, POOL};
+use crate::support::client_credentials_token;
 use sessiongate::emulator::wvd_classic::{ClassicEmulatorOptions, RDINFRA_RESOURCE};
 
 const SH1: &str = "classic-hp1-sh1.contoso.com";
@@ -42,21 +43,14 @@ async fn unauthenticated_discovery_answers_the_wara_challenge() {
     assert_eq!(body["error"]["message"], "UnauthorizedAccess");
 
     // The advertised authority hosts the token endpoint.
-    let tok: serde_json::Value = http
-        .post(format!("{authority}/oauth2/v2.0/token"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", info.client_id.as_str()),
-            ("client_secret", info.client_secret.as_str()),
-            ("scope", &format!("{RDINFRA_RESOURCE}/.default")),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = tok["access_token"].as_str().unwrap();
+    let token = &client_credentials_token(
+        &http,
+        &format!("{authority}/oauth2/v2.0/token"),
+        &info.client_id,
+        &info.client_secret,
+        &format!("{RDINFRA_RESOURCE}/.default"),
+    )
+    .await;
     let r = http
         .get(format!("{}/RdsManagement/V1", env.base()))
         .bearer_auth(token)

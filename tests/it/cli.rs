@@ -1,6 +1,7 @@
 //! The binary's commands, run as a user would: demo (and its printed curl commands), emulate,
 //! config check, apikey new, openapi.
 
+use crate::support::free_port;
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
@@ -15,14 +16,6 @@ impl Drop for Killer {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Reads stdout lines until `pred` has seen enough (bounded in time).

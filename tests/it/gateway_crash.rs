@@ -8,9 +8,9 @@
 //!     gateway continues the chain.
 //! Run: `cargo nextest run --test it gateway_crash::`
 
-use crate::support::gateway::{
-    self, ARM_POOL, Backends, GatewayProcess, api_events, cli_verify, free_port,
-};
+use crate::support::app::{ARM_POOL, Demo};
+use crate::support::free_port;
+use crate::support::gateway::{self, GatewayProcess, api_events, cli_verify};
 use serde_json::Value;
 use sessiongate::emulator::arm::{ArmOp, ArmState};
 use std::{
@@ -96,7 +96,7 @@ async fn burst_and_kill(
                 let Some((host, id)) = queue.lock().unwrap().pop() else {
                     return;
                 };
-                let u = format!("{}/logoff", Backends::session_url(&url, &host, id));
+                let u = format!("{}/logoff", Demo::session_url(&url, &host, id));
                 round.lock().unwrap().sent += 1;
                 match gateway::post_action(&http, &u, &key, None).await {
                     Ok(a) if a.status == 200 => {
@@ -144,7 +144,7 @@ async fn verify_ok(cfg_path: &Path, when: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_burst_loses_no_acknowledged_or_performed_action() {
     let t_start = Instant::now();
-    let b = Backends::start().await;
+    let b = Demo::start_unthrottled().await;
     let total: usize = ROUNDS.iter().map(|r| r.0).sum();
     let all_targets = b.seed("crash", total + 1);
     let arm = b.arm();
@@ -278,7 +278,7 @@ async fn sigkill_mid_burst_loses_no_acknowledged_or_performed_action() {
     let (host, id) = all_targets[total].clone();
     let a = gateway::post_action(
         &http,
-        &format!("{}/logoff", Backends::session_url(&url, &host, id)),
+        &format!("{}/logoff", Demo::session_url(&url, &host, id)),
         &b.keys.operator,
         None,
     )

@@ -6,9 +6,9 @@
 //! database per test, dropped afterwards. Unreachable: loud skip, or a failure under `CI=true`.
 //! Run: `cargo nextest run --test it gateway_postgres::`
 
-use crate::support::gateway::{
-    self, Answer, Backends, InProc, PgDb, by_request, cli_verify, post_action,
-};
+use crate::support::app::{Demo, InProc};
+use crate::support::gateway::{self, Answer, by_request, cli_verify, post_action};
+use crate::support::pg::PgDb;
 use futures::StreamExt;
 use serde_json::json;
 use sessiongate::{
@@ -26,11 +26,11 @@ const CONCURRENCY: usize = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_postgres_and_both_chains_verify() {
-    let Some(db) = PgDb::create().await else {
+    let Some(db) = PgDb::create("gw_t").await else {
         return;
     };
     let t_start = Instant::now();
-    let b = Backends::start().await;
+    let b = Demo::start_unthrottled().await;
     let own = b.seed("pg", 2 * PER_GATEWAY_TARGETS);
     let contested = b.seed("race", CONTESTED);
     let arm = b.arm();
@@ -80,7 +80,7 @@ async fn two_replicas_share_postgres_and_both_chains_verify() {
             let http = http.clone();
             let key = key.clone();
             async move {
-                let u = format!("{}/{action}", Backends::session_url(&base, &host, id));
+                let u = format!("{}/{action}", Demo::session_url(&base, &host, id));
                 let a = post_action(&http, &u, &key, body).await.expect("answer");
                 (replica, action, (host, id), a)
             }

@@ -4,18 +4,20 @@
 //! gateway recovers by itself and the same actions succeed and are audited.
 //! Run: `cargo nextest run --test it gateway_store_down::`
 
-use crate::support::gateway::{self, ARM_POOL, Backends, InProc, post_action};
+use crate::support::app::{ARM_POOL, Demo, InProc};
+use crate::support::gateway::{self, Answer, post_action};
 use serde_json::{Value, json};
 use sessiongate::emulator::arm::ArmOp;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use std::time::{Duration, Instant};
 
-fn assert_unavailable(a: &gateway::Answer, retry_after: Option<&str>, what: &str) {
+fn assert_unavailable(a: &Answer, what: &str) {
     assert_eq!(a.status, 503, "{what}: {:?}", a.body);
+    assert_eq!(a.content_type, "application/problem+json", "{what}");
     assert_eq!(a.body["code"], "audit_unavailable", "{what}: {:?}", a.body);
     assert_eq!(a.body["status"], 503);
     assert_eq!(a.body["request_id"], a.request_id.as_str());
-    let ra = retry_after.unwrap_or("");
+    let ra = a.retry_after.as_deref().unwrap_or("");
     assert!(
         ra.parse::<u64>().is_ok_and(|s| s >= 1),
         "{what}: Retry-After {ra:?}"
@@ -24,7 +26,7 @@ fn assert_unavailable(a: &gateway::Answer, retry_after: Option<&str>, what: &str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_refused_without_provider_call_while_store_cannot_write() {
-    let b = Backends::start().await;
+    let b = Demo::start_unthrottled().await;
     let targets = b.seed("down", 3);
     let arm = b.arm();
     let mut cfg = b.config("127.0.0.1:0", None, None);
@@ -65,21 +67,22 @@ async fn actions_refused_without_provider_call_while_store_cannot_write() {
     let (h0, i0) = &targets[0];
     let (h1, i1) = &targets[1];
     let (h2, i2) = &targets[2];
-    let logoff = format!("{}/logoff", Backends::session_url(&gw.url, h0, *i0));
-    let disconnect = format!("{}/disconnect", Backends::session_url(&gw.url, h1, *i1));
-    let message = format!("{}/message", Backends::session_url(&gw.url, h2, *i2));
+    let logoff = format!("{}/logoff", Demo::session_url(&gw.url, h0, *i0));
+    let disconnect = format!("{}/disconnect", Demo::session_url(&gw.url, h1, *i1));
+    let message = format!("{}/message", Demo::session_url(&gw.url, h2, *i2));
     let msg = json!({"title": "Maintenance", "body": "Please save your work"});
 
     let t0 = Instant::now();
     let (lo, di, me) = tokio::join!(
-        raw_post(&http, &logoff, key, None),
-        raw_post(&http, &disconnect, key, None),
-        raw_post(&http, &message, key, Some(msg.clone())),
+        post_action(&http, &logoff, key, None),
+        post_action(&http, &disconnect, key, None),
+        post_action(&http, &message, key, Some(msg.clone())),
     );
+    let (lo, di, me) = (lo.unwrap(), di.unwrap(), me.unwrap());
     let refused_in = t0.elapsed();
-    assert_unavailable(&lo.0, lo.1.as_deref(), "logoff");
-    assert_unavailable(&di.0, di.1.as_deref(), "disconnect");
-    assert_unavailable(&me.0, me.1.as_deref(), "message");
+    assert_unavailable(&lo, "logoff");
+    assert_unavailable(&di, "disconnect");
+    assert_unavailable(&me, "message");
     assert!(
         refused_in < Duration::from_secs(8),
         "refusals took {refused_in:?}"
@@ -112,14 +115,14 @@ async fn actions_refused_without_provider_call_while_store_cannot_write() {
     }
     assert!(arm.messages().is_empty());
     // Still down on a second try (no half-open state that lets one through).
-    let again = raw_post(&http, &logoff, key, None).await;
-    assert_unavailable(&again.0, again.1.as_deref(), "logoff again");
+    let again = post_action(&http, &logoff, key, None).await.unwrap();
+    assert_unavailable(&again, "logoff again");
     assert_eq!(arm.calls(ArmOp::Logoff), 0);
     let refused = [
-        lo.0.request_id.clone(),
-        di.0.request_id.clone(),
-        me.0.request_id.clone(),
-        again.0.request_id.clone(),
+        lo.request_id.clone(),
+        di.request_id.clone(),
+        me.request_id.clone(),
+        again.request_id.clone(),
     ];
 
     // Release: the gateway recovers on its own (the committer's probe)...
@@ -201,38 +204,4 @@ async fn actions_refused_without_provider_call_while_store_cannot_write() {
          recovered {recovered_in:?} after release, events={}",
         events.len()
     );
-}
-
-/// POST returning the answer and its Retry-After header.
-async fn raw_post(
-    http: &reqwest::Client,
-    url: &str,
-    key: &str,
-    body: Option<Value>,
-) -> (gateway::Answer, Option<String>) {
-    let mut r = http.post(url).bearer_auth(key);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let hdr = |n: &str| {
-        resp.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let request_id = hdr("x-request-id").unwrap_or_default();
-    let retry_after = hdr("retry-after");
-    let ct = hdr("content-type").unwrap_or_default();
-    assert_eq!(ct, "application/problem+json");
-    let body: Value = resp.json().await.unwrap();
-    (
-        gateway::Answer {
-            status,
-            request_id,
-            body,
-        },
-        retry_after,
-    )
 }

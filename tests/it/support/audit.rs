@@ -2,6 +2,7 @@
 //! (`tests/it/audit_postgres.rs`). Each test gets a fresh store: a temp dir for SQLite, a fresh
 //! database for PostgreSQL (dropped afterwards, even when the test panics).
 
+use super::pg::PgDb;
 use sessiongate::audit::{
     self, AuditConfig, AuditError, AuditEvent, AuditLog, AuditQuery, BreakKind, EventKind,
     NewEvent, Target, VerifyReport, chain,
@@ -13,19 +14,6 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use time::OffsetDateTime;
-
-pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-/// The server the PostgreSQL tests use: `SESSIONGATE_TEST_PG_URL` or [`PG_ADMIN_URL`].
-pub fn pg_admin_url() -> String {
-    std::env::var("SESSIONGATE_TEST_PG_URL").unwrap_or_else(|_| PG_ADMIN_URL.to_owned())
-}
-
-fn pg_db_url(name: &str) -> String {
-    let mut u = url::Url::parse(&pg_admin_url()).unwrap();
-    u.set_path(&format!("/{name}"));
-    u.to_string()
-}
 
 /// Raw access to the store behind the log's back (the tamperer).
 pub enum Raw {
@@ -91,42 +79,12 @@ impl Raw {
     }
 }
 
-/// Drops the per-test PostgreSQL database when the test ends (also on panic).
-struct PgDbGuard {
-    name: String,
-}
-
-impl Drop for PgDbGuard {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(p) = PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect(&pg_admin_url())
-                    .await
-                {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&p)
-                        .await;
-                    p.close().await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 pub struct Env {
     pub cfg: AuditConfig,
     pub dir: TempDir,
     pub raw: Raw,
     pub is_pg: bool,
-    _guard: Option<PgDbGuard>,
+    _db: Option<PgDb>,
 }
 
 impl Env {
@@ -151,45 +109,15 @@ impl Env {
             dir,
             raw: Raw::Sqlite(raw),
             is_pg: false,
-            _guard: None,
+            _db: None,
         })
     }
 
     /// A fresh database on the test server, or `None` (loud skip) when it is unreachable
     /// outside CI. Under `CI=true` an unreachable server fails the test.
     pub async fn postgres() -> Option<Env> {
-        let admin = match PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(&pg_admin_url())
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                if std::env::var("CI").as_deref() == Ok("true") {
-                    panic!(
-                        "PostgreSQL at {} is not reachable under CI=true: {e}",
-                        pg_admin_url()
-                    );
-                }
-                eprintln!(
-                    "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-                     !!! SKIPPING PostgreSQL audit test: {} not reachable: {e}\n\
-                     !!! (set CI=true to make this a failure)\n\
-                     !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n",
-                    pg_admin_url()
-                );
-                return None;
-            }
-        };
-        let name = format!("audit_t_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
-        let guard = PgDbGuard { name: name.clone() };
-        let url = pg_db_url(&name);
+        let db = PgDb::create("audit_t").await?;
+        let url = db.url.clone();
         let cfg = AuditConfig {
             url: url.clone(),
             replica: Some("gw-test".into()),
@@ -210,7 +138,7 @@ impl Env {
             dir: tempfile::tempdir().unwrap(),
             raw: Raw::Pg(raw),
             is_pg: true,
-            _guard: Some(guard),
+            _db: Some(db),
         })
     }
 
@@ -905,9 +833,31 @@ pub async fn generated_chain_id(env: Env) {
     env.close().await;
 }
 
-/// Defines one `#[tokio::test]` per suite function for a backend constructor.
+/// Defines one `#[tokio::test]` per suite function above for a backend constructor
+/// (`async fn() -> Option<Env>`; `None` skips). A suite function missing from this list is
+/// dead code, which the build refuses.
 #[macro_export]
 macro_rules! audit_suite {
+    ($make:path) => {
+        $crate::audit_suite!($make;
+            intact_log_verifies,
+            detects_edited_row,
+            detects_deleted_row,
+            detects_inserted_row,
+            detects_swapped_rows,
+            group_commit,
+            store_down_and_recovery,
+            closed_pool_is_unavailable,
+            retention,
+            retention_twice_and_everything,
+            retention_in_chunks,
+            prune_refuses_broken_prefix,
+            retention_config_runs_at_start,
+            query_filters_and_pagination,
+            two_replicas_concurrently,
+            generated_chain_id,
+        );
+    };
     ($make:path; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

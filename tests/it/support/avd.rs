@@ -1,6 +1,7 @@
 //! Shared helpers for the AVD tests: an ARM emulator on loopback HTTPS and an adapter
 //! configured against it exactly as an operator would (custom cloud, CA bundle, secret file).
 
+use super::TlsFiles;
 use sessiongate::emulator::arm::{self, ArmEmulator, ArmEmulatorOptions, ArmState};
 use sessiongate::emulator::common::EmulatorTls;
 use sessiongate::providers::SessionProvider;
@@ -13,19 +14,16 @@ pub struct Env {
     pub emu: ArmEmulator,
     pub state: Arc<ArmState>,
     pub tls: EmulatorTls,
-    /// Holds `ca_path` and `secret_path`; removed when the `Env` drops.
-    _dir: tempfile::TempDir,
+    /// Holds `ca_path` and `secret_path` (and whatever else a test writes).
+    pub dir: tempfile::TempDir,
     pub ca_path: PathBuf,
     pub secret_path: PathBuf,
 }
 
 pub async fn start(opts: ArmEmulatorOptions) -> Env {
-    let tls = EmulatorTls::generate().expect("tls");
+    let TlsFiles { tls, dir, ca_path } = TlsFiles::generate();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut emu = arm::start(listener, &tls, opts).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, tls.ca_pem()).unwrap();
     emu.set_ca_pem_path(ca_path.display().to_string());
     let secret_path = dir.path().join("secret");
     std::fs::write(&secret_path, format!("{}\n", emu.info().client_secret)).unwrap();
@@ -34,7 +32,7 @@ pub async fn start(opts: ArmEmulatorOptions) -> Env {
         emu,
         state,
         tls,
-        _dir: dir,
+        dir,
         ca_path,
         secret_path,
     }
@@ -72,11 +70,7 @@ impl Env {
 
     /// A raw HTTPS client trusting the emulator CA (for wire-level checks).
     pub fn raw_client(&self) -> reqwest::Client {
-        sessiongate::httpclient::build_client(
-            Some(("emulator-ca", self.tls.ca_pem())),
-            std::time::Duration::from_secs(5),
-        )
-        .unwrap()
+        super::client_trusting(self.tls.ca_pem())
     }
 
     /// Fetches a token for the emulator's own origin from the emulated token endpoint.
@@ -88,25 +82,18 @@ impl Env {
     /// Asks the emulated token endpoint for a token for `scope`: the token, or the error body.
     pub async fn raw_token_for(&self, scope: &str) -> Result<String, serde_json::Value> {
         let info = self.emu.info();
-        let resp: serde_json::Value = self
-            .raw_client()
-            .post(&info.token_url)
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", info.client_id.as_str()),
-                ("client_secret", info.client_secret.as_str()),
-                ("scope", scope),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        resp["access_token"]
+        let answer = super::client_credentials_answer(
+            &self.raw_client(),
+            &info.token_url,
+            &info.client_id,
+            &info.client_secret,
+            scope,
+        )
+        .await;
+        answer["access_token"]
             .as_str()
             .map(str::to_string)
-            .ok_or(resp)
+            .ok_or(answer)
     }
 
     /// `{base}/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.DesktopVirtualization/hostPools/{pool}`

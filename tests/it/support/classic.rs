@@ -1,12 +1,13 @@
 //! Shared set-up for the WVD classic integration tests: an emulator on loopback HTTPS and
 //! adapter configs pointing at it.
 
-use sessiongate::emulator::common::EmulatorTls;
+use super::TlsFiles;
 use sessiongate::emulator::wvd_classic::{
     self, ClassicEmulator, ClassicEmulatorOptions, ClassicState,
 };
 use sessiongate::providers::SessionProvider;
 use sessiongate::providers::wvd_classic::{ClassicCredentialConfig, ClassicPoolConfig, build};
+use std::path::PathBuf;
 use std::sync::Arc;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -15,23 +16,24 @@ pub const POOL: &str = "classic-hp1";
 
 pub struct Env {
     pub emu: ClassicEmulator,
+    /// Holds `ca.pem` and the secret files the configs point at.
     pub dir: TempDir,
     pub ca_pem: String,
+    ca_path: PathBuf,
 }
 
 impl Env {
     pub async fn start(opts: ClassicEmulatorOptions) -> Self {
-        let tls = EmulatorTls::generate().expect("tls");
+        let TlsFiles { tls, dir, ca_path } = TlsFiles::generate();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let emu = wvd_classic::start(listener, &tls, opts)
             .await
             .expect("start");
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("ca.pem"), tls.ca_pem()).expect("write ca");
         Self {
             emu,
             dir,
             ca_pem: tls.ca_pem().to_string(),
+            ca_path,
         }
     }
 
@@ -67,7 +69,7 @@ impl Env {
         );
         cfg.broker_url = info.broker_url.clone();
         cfg.authority_host = info.authority_host.clone();
-        cfg.ca_bundle = Some(self.dir.path().join("ca.pem"));
+        cfg.ca_bundle = Some(self.ca_path.clone());
         cfg.timeout_secs = 10;
         cfg.retry_budget_secs = 10;
         cfg
@@ -88,35 +90,20 @@ impl Env {
 
     /// A raw HTTP client trusting the emulator CA.
     pub fn http(&self) -> reqwest::Client {
-        sessiongate::httpclient::build_client(
-            Some(("emulator-ca", &self.ca_pem)),
-            std::time::Duration::from_secs(5),
-        )
-        .expect("client")
+        super::client_trusting(&self.ca_pem)
     }
 
     /// A raw bearer token for the role-holding principal.
     pub async fn token(&self) -> String {
         let info = self.emu.info();
-        let r: serde_json::Value = self
-            .http()
-            .post(&info.token_url)
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", info.client_id.as_str()),
-                ("client_secret", info.client_secret.as_str()),
-                ("scope", wvd_classic::RDINFRA_SCOPE),
-            ])
-            .send()
-            .await
-            .expect("token call")
-            .json()
-            .await
-            .expect("token json");
-        r["access_token"]
-            .as_str()
-            .expect("access_token")
-            .to_string()
+        super::client_credentials_token(
+            &self.http(),
+            &info.token_url,
+            &info.client_id,
+            &info.client_secret,
+            wvd_classic::RDINFRA_SCOPE,
+        )
+        .await
     }
 
     /// `{broker}/RdsManagement/V1/TenantGroups/Default%20Tenant%20Group/Tenants/{t}/HostPools/{POOL}`

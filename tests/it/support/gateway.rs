@@ -1,49 +1,32 @@
-//! Shared helpers of the gateway audit tests (`gateway_crash`, `gateway_store_down`,
-//! `gateway_postgres`): the in-tree ARM emulator, the demo config rendered as TOML text (so it
-//! can be written to a file for the real binary or parsed in-process), in-process gateways,
-//! the real binary as a child process, audit readers and fresh PostgreSQL databases.
+//! Helpers of the gateway audit tests (`gateway_crash`, `gateway_store_down`,
+//! `gateway_postgres`): the demo emulators with ARM throttling off, the demo config rendered as
+//! TOML text (so it can be written to a file for the real binary or parsed in-process), the real
+//! binary as a child process and audit readers.
 
 use serde_json::Value;
 use sessiongate::{
     audit::{self, AuditEvent, AuditStore},
     config::Config,
-    demo::{DEMO_TEMPLATE, DemoBackends, DemoKeys, render_template, start_backends},
-    emulator::arm::ArmState,
+    demo::{DEMO_TEMPLATE, render_template},
 };
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-pub const AVD_POOL: &str = "avd-demo";
-pub const ARM_POOL: &str = "hp-demo";
+use super::app::{ARM_POOL, AVD_POOL, Demo};
+use super::header;
 
-/// The ARM emulator (in-process), its data dir and the demo keys.
-pub struct Backends {
-    pub dir: tempfile::TempDir,
-    pub backends: DemoBackends,
-    pub keys: DemoKeys,
-}
-
-impl Backends {
-    /// Starts the emulator with ARM throttling off (the tests measure the audit path, not
-    /// the ARM token buckets).
-    pub async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let backends = start_backends(dir.path()).await.expect("emulators");
-        backends.arm.state().set_throttling(None);
-        Self {
-            dir,
-            backends,
-            keys: DemoKeys::generate(None),
-        }
-    }
-
-    pub fn arm(&self) -> Arc<ArmState> {
-        self.backends.arm.state()
+/// Gateway-test helpers on the demo set-up.
+impl Demo {
+    /// Starts the demo emulators with ARM throttling off (the tests measure the audit path,
+    /// not the ARM token buckets).
+    pub async fn start_unthrottled() -> Self {
+        let demo = Self::start().await;
+        demo.arm().set_throttling(None);
+        demo
     }
 
     /// Adds `n` sessions (users `{prefix}{i}@contoso.com`) spread over the pool's hosts;
@@ -116,7 +99,7 @@ impl Backends {
         text
     }
 
-    /// [`Backends::config_text`] parsed and validated.
+    /// [`Demo::config_text`] parsed and validated.
     pub fn config(&self, listen: &str, audit_url: Option<&str>, replica: Option<&str>) -> Config {
         let text = self.config_text(listen, audit_url, replica);
         let c = Config::from_toml_with_env(&text, std::iter::empty()).expect("config parses");
@@ -131,42 +114,6 @@ impl Backends {
 
 fn toml_str(s: &str) -> String {
     serde_json::to_string(s).expect("string")
-}
-
-/// A gateway served in-process on port 0.
-pub struct InProc {
-    pub url: String,
-    pub gateway: Arc<sessiongate::service::Gateway>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-}
-
-impl InProc {
-    pub async fn start(cfg: &Config) -> Self {
-        let app = sessiongate::app::build_app(cfg).await.expect("app");
-        let gateway = app.gateway.clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(sessiongate::app::serve(app, listener, async move {
-            let _ = rx.await;
-        }));
-        Self {
-            url,
-            gateway,
-            shutdown: Some(tx),
-            server: Some(server),
-        }
-    }
-
-    pub async fn stop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(s) = self.server.take() {
-            let _ = s.await;
-        }
-    }
 }
 
 /// The real `sessiongate` binary running `serve --config FILE`; SIGKILLed when dropped.
@@ -229,12 +176,6 @@ impl Drop for GatewayProcess {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// A port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 /// Runs `sessiongate audit verify --config FILE`; returns (exit code, stdout+stderr).
@@ -310,6 +251,8 @@ pub async fn api_events(http: &reqwest::Client, base: &str, auditor_key: &str) -
 pub struct Answer {
     pub status: u16,
     pub request_id: String,
+    pub content_type: String,
+    pub retry_after: Option<String>,
     pub body: Value,
 }
 
@@ -326,16 +269,15 @@ pub async fn post_action(
     }
     let resp = r.send().await?;
     let status = resp.status().as_u16();
-    let request_id = resp
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let request_id = header(&resp, "x-request-id").unwrap_or_default();
+    let content_type = header(&resp, "content-type").unwrap_or_default();
+    let retry_after = header(&resp, "retry-after");
     let body: Value = resp.json().await?;
     Ok(Answer {
         status,
         request_id,
+        content_type,
+        retry_after,
         body,
     })
 }
@@ -359,88 +301,4 @@ pub fn by_request(events: &[AuditEvent]) -> HashMap<String, (Vec<AuditEvent>, Ve
         }
     }
     m
-}
-
-// ---- PostgreSQL ----------------------------------------------------------------------------
-
-pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-/// The server the PostgreSQL tests use: `SESSIONGATE_TEST_PG_URL` or [`PG_ADMIN_URL`].
-pub fn pg_admin_url() -> String {
-    std::env::var("SESSIONGATE_TEST_PG_URL").unwrap_or_else(|_| PG_ADMIN_URL.to_owned())
-}
-
-/// A fresh database, dropped (WITH FORCE) when this guard drops, also on panic.
-pub struct PgDb {
-    pub name: String,
-    pub url: String,
-}
-
-impl PgDb {
-    /// A fresh database, or `None` (loud skip) when the server is unreachable outside CI.
-    /// Under `CI=true` an unreachable server fails the test.
-    pub async fn create() -> Option<PgDb> {
-        use sqlx::postgres::PgPoolOptions;
-        let admin = match PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(&pg_admin_url())
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                if std::env::var("CI").as_deref() == Ok("true") {
-                    panic!(
-                        "PostgreSQL at {} is not reachable under CI=true: {e}",
-                        pg_admin_url()
-                    );
-                }
-                eprintln!(
-                    "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-                     !!! SKIPPING PostgreSQL gateway test: {} not reachable: {e}\n\
-                     !!! (set CI=true to make this a failure)\n\
-                     !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n",
-                    pg_admin_url()
-                );
-                return None;
-            }
-        };
-        let name = format!("gw_t_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
-        let mut u = url::Url::parse(&pg_admin_url()).unwrap();
-        u.set_path(&format!("/{name}"));
-        Some(PgDb {
-            name,
-            url: u.to_string(),
-        })
-    }
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(p) = sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect(&pg_admin_url())
-                    .await
-                {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&p)
-                        .await;
-                    p.close().await;
-                }
-            });
-        })
-        .join();
-    }
 }

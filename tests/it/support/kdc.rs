@@ -52,20 +52,13 @@ pub fn available(test: &str) -> bool {
     false
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let p = l.local_addr().unwrap().port();
-    drop(l);
-    p
-}
-
 impl Kdc {
     /// Creates the realm and starts the KDC. Sets `KRB5_CONFIG` for this process (call it
     /// before any runtime thread starts).
     pub fn start() -> Kdc {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let port = free_port();
+        let port = super::free_port();
         let krb5_conf = d.join("krb5.conf");
         std::fs::write(
             &krb5_conf,

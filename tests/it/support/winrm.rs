@@ -1,7 +1,7 @@
 //! Shared set-up for the WinRM integration tests: an emulator on loopback and a pool config
 //! pointing at it (CA bundle and password written to a temp dir).
 
-use sessiongate::emulator::common::EmulatorTls;
+use super::TlsFiles;
 use sessiongate::emulator::winrm::{self, Flavour, WinRmEmulator, WinRmEmulatorOptions};
 use sessiongate::providers::winrm::{CredentialConfig, HostConfig, OnPremPoolConfig, WinRmAuth};
 use std::time::{Duration, Instant};
@@ -26,7 +26,6 @@ pub async fn setup(
     hosts: usize,
     tweak: impl FnOnce(&mut WinRmEmulatorOptions),
 ) -> Env {
-    let tls = EmulatorTls::generate().unwrap();
     let mut opts = WinRmEmulatorOptions {
         flavour,
         hosts: host_names(hosts),
@@ -34,10 +33,8 @@ pub async fn setup(
         ..Default::default()
     };
     tweak(&mut opts);
+    let TlsFiles { tls, dir, ca_path } = TlsFiles::generate();
     let emu = winrm::start(&tls, opts.clone()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, tls.ca_pem()).unwrap();
     let pw = dir.path().join("pw");
     std::fs::write(&pw, format!("{}\n", opts.password)).unwrap();
     let host_cfgs = emu
