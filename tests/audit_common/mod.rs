@@ -56,15 +56,29 @@ impl Lock {
 impl Raw {
     pub async fn exec(&self, sql: &str) -> u64 {
         match self {
-            Raw::Sqlite(p) => sqlx::query(sql).execute(p).await.unwrap().rows_affected(),
-            Raw::Pg(p) => sqlx::query(sql).execute(p).await.unwrap().rows_affected(),
+            Raw::Sqlite(p) => sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(p)
+                .await
+                .unwrap()
+                .rows_affected(),
+            Raw::Pg(p) => sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(p)
+                .await
+                .unwrap()
+                .rows_affected(),
         }
     }
 
     pub async fn scalar(&self, sql: &str) -> i64 {
         match self {
-            Raw::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
-            Raw::Pg(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+            Raw::Sqlite(p) => sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(p)
+                .await
+                .unwrap(),
+            Raw::Pg(p) => sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(p)
+                .await
+                .unwrap(),
         }
     }
 
@@ -111,9 +125,11 @@ impl Drop for PgDbGuard {
                     .connect(&pg_admin_url())
                     .await
                 {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&p)
-                        .await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&p)
+                    .await;
                     p.close().await;
                 }
             });
@@ -184,7 +200,7 @@ impl Env {
             }
         };
         let name = format!("audit_t_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&admin)
             .await
             .unwrap();
@@ -294,7 +310,7 @@ pub fn first_break(r: &VerifyReport) -> &audit::ChainBreak {
 }
 
 async fn cli_verify_code(env: &Env) -> i32 {
-    audit::cli_verify(&env.cfg, env.dir.path()).await
+    sessiongate::run::audit_verify(&env.cfg, env.dir.path()).await
 }
 
 // ---------------------------------------------------------------- the suite

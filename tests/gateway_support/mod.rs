@@ -407,7 +407,7 @@ impl PgDb {
             }
         };
         let name = format!("gw_t_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&admin)
             .await
             .unwrap();
@@ -435,9 +435,11 @@ impl Drop for PgDb {
                     .connect(&pg_admin_url())
                     .await
                 {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&p)
-                        .await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&p)
+                    .await;
                     p.close().await;
                 }
             });
