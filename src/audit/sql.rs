@@ -1,5 +1,6 @@
 //! The SQL audit store: SQLite (embedded default) and PostgreSQL (several replicas), one code
-//! path through sqlx. The SQL text is shared (`$N` placeholders work on both); the only
+//! path through sqlx. The SQL text is shared (`$N` placeholders work on both; the SQLite
+//! insert paths use `?`, which sqlx binds without a name lookup); the only
 //! differences are the transaction start (`BEGIN IMMEDIATE` on SQLite so the write lock is taken
 //! up front), `FOR UPDATE` on the chain head read and a statement timeout on PostgreSQL.
 //! Appends to a SQLite *file* normally go through the dedicated writer instead

@@ -5,10 +5,12 @@
 //! a `krb5.conf` that locates the KDC: `/etc/krb5.conf` or `KRB5_CONFIG`).
 //!
 //! Only the handful of RFC 2744 calls WinRM needs are bound: importing names, acquiring
-//! credentials (with a password, MIT's `gss_acquire_cred_with_password`, or from a keytab
-//! for the emulator's acceptor, `gss_acquire_cred_from`), the context loop on both sides
-//! with channel bindings, and error texts. Every call blocks (the initiator talks to the
-//! KDC), so async callers run them on the blocking pool.
+//! credentials (with a password, MIT's `gss_acquire_cred_with_password`), the initiator's
+//! context loop with channel bindings, and error texts. The emulator's acceptor
+//! (`crate::emulator::winrm::gss_acceptor`: `gss_acquire_cred_from` with a keytab,
+//! `gss_accept_sec_context`) uses the same loaded library and the `pub(crate)` items here.
+//! Every call blocks (the initiator talks to the KDC), so async callers run them on the
+//! blocking pool.
 
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::sync::{Arc, Mutex, OnceLock};
