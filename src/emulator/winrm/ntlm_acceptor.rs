@@ -10,9 +10,6 @@ use crate::providers::winrm::ntlm::{
 };
 
 const TARGET_TYPE_SERVER: u32 = 0x0002_0000;
-const NEGOTIATE_SIGN: u32 = 0x0000_0010;
-const NEGOTIATE_SEAL: u32 = 0x0000_0020;
-const NEGOTIATE_KEY_EXCH: u32 = 0x4000_0000;
 
 /// The CHALLENGE for a NEGOTIATE: the client flags plus "target type server", the server
 /// challenge, the VERSION of Windows Server 2022, the target name and `target_info`.
@@ -75,25 +72,6 @@ fn mic_of(msg: &[u8]) -> Option<[u8; 16]> {
     msg.get(AUTH_MIC_AT..AUTH_PAYLOAD_AT)?.try_into().ok()
 }
 
-/// RC4 (only to unwrap an NTLM `EncryptedRandomSessionKey`, MS-NLMP 3.1.5.1.2).
-fn rc4(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut s: [u8; 256] = std::array::from_fn(|i| i as u8);
-    let mut j = 0u8;
-    for i in 0..256 {
-        j = j.wrapping_add(s[i]).wrapping_add(key[i % key.len()]);
-        s.swap(i, usize::from(j));
-    }
-    let (mut i, mut j) = (0u8, 0u8);
-    data.iter()
-        .map(|b| {
-            i = i.wrapping_add(1);
-            j = j.wrapping_add(s[usize::from(i)]);
-            s.swap(usize::from(i), usize::from(j));
-            b ^ s[usize::from(s[usize::from(i)].wrapping_add(s[usize::from(j)]))]
-        })
-        .collect()
-}
-
 /// Checks an AUTHENTICATE against the expected account, given the NEGOTIATE and CHALLENGE
 /// messages of the same exchange. `user` may be `DOMAIN\user`; the user part is compared
 /// case-insensitively, the domain is not checked. When the client's `MsvAvFlags` say a MIC is
@@ -137,22 +115,9 @@ pub fn verify_authenticate(
     let Some(sent) = mic_of(msg) else {
         return false;
     };
-    // KXKEY for NTLMv2 is the session base key; with key exchange the client sent the
-    // exported session key wrapped in it.
-    let base_key = hmac_md5(&key, &[&proof]);
-    let flags = msg
-        .get(60..64)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map_or(0, u32::from_le_bytes);
-    let session_key: [u8; 16] =
-        if flags & NEGOTIATE_KEY_EXCH != 0 && flags & (NEGOTIATE_SIGN | NEGOTIATE_SEAL) != 0 {
-            match read_fields(msg, 52).map(|k| rc4(&base_key, k).try_into()) {
-                Some(Ok(k)) => k,
-                _ => return false,
-            }
-        } else {
-            base_key
-        };
+    // The CHALLENGE offers no key exchange (`NEGOTIATE_KEY_EXCH`), so the exported session
+    // key is KXKEY, which for NTLMv2 is the session base key (MS-NLMP 3.3.2).
+    let session_key = hmac_md5(&key, &[&proof]);
     let mut zeroed = msg.to_vec();
     zeroed[AUTH_MIC_AT..AUTH_PAYLOAD_AT].fill(0);
     let want = mic(&session_key, negotiate, challenge, &zeroed);
@@ -244,12 +209,6 @@ mod tests {
         // All zeros means "no binding".
         let z = authenticate("svc", "CONTOSO", "pw", &ch, [1; 8], Some(&[0; 16]));
         assert_eq!(channel_binding_of(&z), None);
-    }
-
-    #[test]
-    fn rc4_vector() {
-        // RFC 6229 is keystream-only; the classic "Key"/"Plaintext" vector.
-        assert_eq!(hex::encode(rc4(b"Key", b"Plaintext")), "bbf316e8d940af0ad3");
     }
 
     /// Our AUTHENTICATE carries VERSION, `MsvAvFlags` "MIC present" and a MIC that covers
