@@ -330,6 +330,19 @@ async fn enqueue(
     }
 }
 
+/// Tops `batch` up with whatever is already queued (`next` returns it without waiting), up to
+/// `max_batch` jobs, then drops the jobs whose callers already gave up (timed out): they were
+/// told `Unavailable` and will not act on the event, so it is not written.
+fn fill_batch(batch: &mut Vec<Job>, max_batch: usize, mut next: impl FnMut() -> Option<Job>) {
+    while batch.len() < max_batch {
+        match next() {
+            Some(j) => batch.push(j),
+            None => break,
+        }
+    }
+    batch.retain(|j| !j.reply.is_closed());
+}
+
 /// Answers every caller of a batch with its stored event, or all of them with the error.
 fn finish_batch(
     res: Result<Vec<AuditEvent>, AuditError>,
@@ -401,15 +414,7 @@ fn writer_thread(
             }
         };
         batch.push(first);
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
-        // Callers that already gave up (timed out) are not written: they were told
-        // Unavailable and will not act on it.
-        batch.retain(|j| !j.reply.is_closed());
+        fill_batch(&mut batch, max_batch, || rx.try_recv().ok());
         if batch.is_empty() {
             continue;
         }
@@ -459,15 +464,7 @@ async fn committer(
         };
         let Some(first) = first else { return };
         let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
-        // Callers that already gave up (timed out) are not written: they were told
-        // Unavailable and will not act on it.
-        batch.retain(|j| !j.reply.is_closed());
+        fill_batch(&mut batch, max_batch, || rx.try_recv().ok());
         if batch.is_empty() {
             continue;
         }
