@@ -1,5 +1,6 @@
 //! Runs a parsed command. Returns the process exit code.
 
+use crate::audit::AuditConfig;
 use crate::{
     app,
     auth::apikey,
@@ -8,6 +9,7 @@ use crate::{
     telemetry,
 };
 use std::path::Path;
+use time::OffsetDateTime;
 
 pub async fn run(cmd: Command) -> u8 {
     match cmd {
@@ -160,7 +162,7 @@ async fn audit(cmd: AuditCommand) -> u8 {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            to_u8(crate::audit::cli_verify(&cfg.audit, &cfg.server.data_dir).await)
+            to_u8(audit_verify(&cfg.audit, &cfg.server.data_dir).await)
         }
         AuditCommand::Export {
             config,
@@ -182,7 +184,7 @@ async fn audit(cmd: AuditCommand) -> u8 {
                     return 2;
                 }
             };
-            to_u8(crate::audit::cli_export(&cfg.audit, &cfg.server.data_dir, since, &format).await)
+            to_u8(audit_export(&cfg.audit, &cfg.server.data_dir, since, &format).await)
         }
     }
 }
@@ -210,5 +212,100 @@ async fn probe(url: &str) -> u8 {
             eprintln!("unhealthy: {url}: {e}");
             1
         }
+    }
+}
+
+/// Renders a verification report for people.
+pub fn render_report(r: &crate::audit::VerifyReport) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "audit verify: {} chain(s), {} event(s) checked",
+        r.chains.len(),
+        r.events_checked
+    );
+    for c in &r.chains {
+        match &c.broken {
+            None => {
+                let _ = writeln!(
+                    s,
+                    "  chain {}: ok ({} events after anchor seq {}, head seq {})",
+                    c.chain, c.events, c.anchor_seq, c.head_seq
+                );
+            }
+            Some(b) => {
+                let _ = writeln!(s, "  chain {}: BROKEN at {}", c.chain, b);
+            }
+        }
+    }
+    let _ = writeln!(s, "result: {}", if r.ok { "INTACT" } else { "BROKEN" });
+    s
+}
+
+/// `sessiongate audit verify`: prints the report; exit code 0 intact, 1 broken, 2 cannot open.
+pub async fn audit_verify(cfg: &AuditConfig, data_dir: &Path) -> i32 {
+    let store = match crate::audit::open_read_only(cfg, data_dir).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("audit verify: cannot open the audit store: {e}");
+            return 2;
+        }
+    };
+    match crate::audit::AuditStore::verify(&store).await {
+        Ok(r) => {
+            print!("{}", render_report(&r));
+            if r.ok { 0 } else { 1 }
+        }
+        Err(e) => {
+            eprintln!("audit verify: cannot read the audit store: {e}");
+            2
+        }
+    }
+}
+
+/// `sessiongate audit export --format jsonl [--since T]`: writes to stdout; exit code 0 done,
+/// 1 failed midway, 2 cannot open or bad format.
+pub async fn audit_export(
+    cfg: &AuditConfig,
+    data_dir: &Path,
+    since: Option<OffsetDateTime>,
+    format: &str,
+) -> i32 {
+    if format != "jsonl" {
+        eprintln!("audit export: unsupported format {format:?} (supported: jsonl)");
+        return 2;
+    }
+    let store = match crate::audit::open_read_only(cfg, data_dir).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("audit export: cannot open the audit store: {e}");
+            return 2;
+        }
+    };
+    match crate::audit::export_jsonl(&store, since, tokio::io::stdout()).await {
+        Ok(n) => {
+            eprintln!("audit export: {n} event(s)");
+            0
+        }
+        Err(e) => {
+            eprintln!("audit export: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn audit_command_futures_are_send() {
+        let cfg = AuditConfig::default();
+        let dir = std::path::PathBuf::from("/nonexistent");
+        assert_send(&audit_verify(&cfg, &dir));
+        assert_send(&audit_export(&cfg, &dir, None, "jsonl"));
     }
 }

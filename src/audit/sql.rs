@@ -1,5 +1,6 @@
 //! The SQL audit store: SQLite (embedded default) and PostgreSQL (several replicas), one code
-//! path through sqlx. The SQL text is shared (`$N` placeholders work on both); the only
+//! path through sqlx. The SQL text is shared (`$N` placeholders work on both; the SQLite
+//! insert paths use `?`, which sqlx binds without a name lookup); the only
 //! differences are the transaction start (`BEGIN IMMEDIATE` on SQLite so the write lock is taken
 //! up front), `FOR UPDATE` on the chain head read and a statement timeout on PostgreSQL.
 //! Appends to a SQLite *file* normally go through the dedicated writer instead
@@ -19,7 +20,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{ColumnIndex, Decode, Row, Type};
+// Every SQL text built at run time here (`AssertSqlSafe`) is assembled from constants,
+// placeholders and numbers; values are always bound, never formatted in.
+use sqlx::{AssertSqlSafe, ColumnIndex, Decode, Row, Type};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -545,7 +548,7 @@ impl SqlStore {
              ORDER BY seq LIMIT $4"
         );
         with_pool!(&self.db, p => {
-            let rows = sqlx::query(&sql)
+            let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
                 .bind(chain)
                 .bind(after)
                 .bind(upto)
@@ -583,7 +586,7 @@ impl SqlStore {
 
     async fn scalar_i64(&self, sql: &str, chain: &str, n: i64) -> Result<Option<i64>, AuditError> {
         with_pool!(&self.db, p => {
-            sqlx::query_scalar::<_, Option<i64>>(sql)
+            sqlx::query_scalar::<_, Option<i64>>(AssertSqlSafe(sql))
                 .bind(chain)
                 .bind(n)
                 .fetch_one(p)
@@ -880,7 +883,8 @@ macro_rules! append_in_tx {
         // Multi-row INSERTs: one statement per INSERT_CHUNK events.
         for chunk in out.chunks(INSERT_CHUNK) {
             let sql = insert_sql(chunk.len(), $qmark);
-            let mut q = sqlx::query(&sql).persistent(chunk.len() <= SQLITE_CACHED_ROWS);
+            let mut q =
+                sqlx::query(AssertSqlSafe(sql)).persistent(chunk.len() <= SQLITE_CACHED_ROWS);
             for stored in chunk {
                 q = bind_event!(q, stored);
             }
@@ -955,7 +959,7 @@ async fn sqlite_fused_append(
         return Ok(out);
     };
     let sql = sqlite_fused_sql(out.len());
-    let mut q = sqlx::query(&sql).persistent(out.len() <= SQLITE_CACHED_ROWS);
+    let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(out.len() <= SQLITE_CACHED_ROWS);
     for stored in &out {
         q = bind_event!(q, stored);
     }
@@ -1190,7 +1194,7 @@ impl SqlStore {
         args: Vec<Arg>,
     ) -> Result<Vec<AuditEvent>, AuditError> {
         with_pool!(&self.db, p => {
-            let mut q = sqlx::query(sql);
+            let mut q = sqlx::query(AssertSqlSafe(sql));
             for a in args {
                 q = match a {
                     Arg::I(v) => q.bind(v),
@@ -1222,7 +1226,7 @@ impl AuditStore for SqlStore {
         let head_sql = self.head_sql();
         let qmark = !self.is_postgres();
         let out = with_pool!(&self.db, p => {
-            let mut tx = p.begin_with(self.write_begin_sql()).await.map_err(db_err)?;
+            let mut tx = p.begin_with(AssertSqlSafe(self.write_begin_sql())).await.map_err(db_err)?;
             let out = append_in_tx!(tx, head_sql, chain, events, qmark);
             tx.commit().await.map_err(db_err)?;
             out
@@ -1304,7 +1308,7 @@ impl AuditStore for SqlStore {
             return Ok(());
         };
         with_pool!(&self.db, p => {
-            let mut tx = p.begin_with(self.write_begin_sql()).await.map_err(db_err)?;
+            let mut tx = p.begin_with(AssertSqlSafe(self.write_begin_sql())).await.map_err(db_err)?;
             sqlx::query("UPDATE audit_chains SET head_seq = head_seq WHERE chain = $1")
                 .bind(chain)
                 .execute(&mut *tx)

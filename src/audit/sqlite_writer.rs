@@ -1,8 +1,9 @@
-//! The dedicated SQLite writer: one connection of its own (raw SQLite through
-//! `libsqlite3-sys`, the library sqlx already links), driven synchronously by the audit writer
-//! thread (`AuditLog`), so a whole batch — `BEGIN IMMEDIATE`, the chain head read inside the
-//! transaction, the rows, the head move, `COMMIT` — runs on that thread with no further
-//! hand-off. Reads, retention and migrations stay on sqlx.
+//! The dedicated SQLite writer: one connection of its own (`rusqlite`, over the same
+//! `libsqlite3-sys` and bundled SQLite that sqlx links), driven synchronously by the audit
+//! writer thread (`AuditLog`), so a whole batch — `BEGIN IMMEDIATE`, the chain head read inside
+//! the transaction, the rows, the head move, `COMMIT` — runs on that thread with no further
+//! hand-off. Its statements are prepared once and kept in the connection's statement cache.
+//! Reads, retention and migrations stay on sqlx.
 //!
 //! Same guarantees as the sqlx path: WAL, `synchronous=FULL` (a commit is on disk when
 //! `COMMIT` returns), `busy_timeout` = ¾ of the write timeout, the head re-read in every
@@ -12,10 +13,9 @@ use super::chain::unix_micros;
 use super::event::{AuditEvent, NewEvent};
 use super::sql::{chain_events, insert_sql};
 use super::{AuditError, BlockingWriter};
-use libsqlite3_sys as ffi;
-use std::ffi::{CStr, CString, c_char, c_int};
+use rusqlite::types::ToSql;
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 use std::path::Path;
-use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -24,370 +24,161 @@ fn unavailable(what: &str, msg: impl std::fmt::Display) -> AuditError {
     AuditError::Unavailable(format!("audit writer: {what}: {msg}"))
 }
 
-/// An open SQLite connection, used by one thread at a time (opened `NOMUTEX`; it may move
-/// between threads, never be shared).
-struct Conn {
-    db: NonNull<ffi::sqlite3>,
-}
+const BEGIN_SQL: &str = "BEGIN IMMEDIATE";
+const HEAD_SQL: &str = "SELECT head_seq, head_hash FROM audit_chains WHERE chain = ?1";
+const UPDATE_HEAD_SQL: &str =
+    "UPDATE audit_chains SET head_seq = ?1, head_hash = ?2 WHERE chain = ?3";
+const PROBE_SQL: &str = "UPDATE audit_chains SET head_seq = head_seq WHERE chain = ?1";
+const COMMIT_SQL: &str = "COMMIT";
+const ROLLBACK_SQL: &str = "ROLLBACK";
 
-// SAFETY: SQLite is built thread-safe (SQLITE_THREADSAFE=1); a NOMUTEX connection may be used
-// from any thread as long as it is not used by two at once. `Conn` is not `Sync` and every use
-// takes `&mut` (or `&` within one owner), so it is only ever used by its owning thread.
-unsafe impl Send for Conn {}
-
-impl Conn {
-    fn open(path: &Path, busy_timeout: Duration) -> Result<Conn, AuditError> {
-        let name = path
-            .to_str()
-            .and_then(|s| CString::new(s).ok())
-            .ok_or_else(|| unavailable("open", format!("unusable path {}", path.display())))?;
-        let mut db: *mut ffi::sqlite3 = std::ptr::null_mut();
-        let flags = ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_NOMUTEX;
-        // SAFETY: `name` is a valid C string; `db` receives the handle (also on most errors).
-        let rc = unsafe { ffi::sqlite3_open_v2(name.as_ptr(), &mut db, flags, std::ptr::null()) };
-        let Some(db) = NonNull::new(db) else {
-            return Err(unavailable("open", errstr(rc)));
-        };
-        let conn = Conn { db };
-        if rc != ffi::SQLITE_OK {
-            return Err(conn.error("open", rc));
-        }
-        let ms = c_int::try_from(busy_timeout.as_millis()).unwrap_or(c_int::MAX);
-        // SAFETY: valid handle.
-        let rc = unsafe { ffi::sqlite3_busy_timeout(conn.db.as_ptr(), ms) };
-        if rc != ffi::SQLITE_OK {
-            return Err(conn.error("busy_timeout", rc));
-        }
-        conn.exec(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON",
-        )?;
-        Ok(conn)
-    }
-
-    /// Runs SQL text without binds or results (pragmas).
-    fn exec(&self, sql: &str) -> Result<(), AuditError> {
-        let text = CString::new(sql).map_err(|e| unavailable("exec", e))?;
-        // SAFETY: valid handle and C string; no callback; no error-message out-pointer.
-        let rc = unsafe {
-            ffi::sqlite3_exec(
-                self.db.as_ptr(),
-                text.as_ptr(),
-                None,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-        };
-        if rc == ffi::SQLITE_OK {
-            Ok(())
-        } else {
-            Err(self.error("exec", rc))
-        }
-    }
-
-    fn prepare(&self, sql: &str) -> Result<Stmt, AuditError> {
-        let len = c_int::try_from(sql.len()).map_err(|e| unavailable("prepare", e))?;
-        let mut stmt: *mut ffi::sqlite3_stmt = std::ptr::null_mut();
-        // SAFETY: `sql` is valid for `len` bytes; SQLite copies what it needs.
-        let rc = unsafe {
-            ffi::sqlite3_prepare_v3(
-                self.db.as_ptr(),
-                sql.as_ptr().cast::<c_char>(),
-                len,
-                ffi::SQLITE_PREPARE_PERSISTENT,
-                &mut stmt,
-                std::ptr::null_mut(),
-            )
-        };
-        if rc != ffi::SQLITE_OK {
-            return Err(self.error("prepare", rc));
-        }
-        let stmt = NonNull::new(stmt).ok_or_else(|| unavailable("prepare", "empty statement"))?;
-        Ok(Stmt { stmt, db: self.db })
-    }
-
-    /// Whether a transaction is open.
-    fn in_transaction(&self) -> bool {
-        // SAFETY: valid handle.
-        unsafe { ffi::sqlite3_get_autocommit(self.db.as_ptr()) == 0 }
-    }
-
-    fn error(&self, what: &str, rc: c_int) -> AuditError {
-        unavailable(what, errmsg(self.db, rc))
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        // SAFETY: valid handle, closed once, after its statements were finalized (`Open`
-        // declares them before the connection, so they drop first).
-        unsafe {
-            ffi::sqlite3_close(self.db.as_ptr());
-        }
-    }
-}
-
-fn errstr(rc: c_int) -> String {
-    // SAFETY: `sqlite3_errstr` returns a static string for any code.
-    let p = unsafe { ffi::sqlite3_errstr(rc) };
-    if p.is_null() {
-        return format!("error {rc}");
-    }
-    // SAFETY: non-null, NUL-terminated, static.
-    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-}
-
-fn errmsg(db: NonNull<ffi::sqlite3>, rc: c_int) -> String {
-    // SAFETY: valid handle; the message is valid until the next call on this connection,
-    // and it is copied right away.
-    let p = unsafe { ffi::sqlite3_errmsg(db.as_ptr()) };
-    if p.is_null() {
-        return errstr(rc);
-    }
-    // SAFETY: non-null, NUL-terminated.
-    let m = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
-    format!("{m} (code {rc})")
-}
-
-/// A prepared statement of a [`Conn`]; must be dropped before it.
-struct Stmt {
-    stmt: NonNull<ffi::sqlite3_stmt>,
-    db: NonNull<ffi::sqlite3>,
-}
-
-// SAFETY: as for `Conn`: moved with its connection to the one thread that uses both.
-unsafe impl Send for Stmt {}
-
-impl Stmt {
-    fn check(&self, what: &str, rc: c_int) -> Result<(), AuditError> {
-        if rc == ffi::SQLITE_OK {
-            Ok(())
-        } else {
-            Err(unavailable(what, errmsg(self.db, rc)))
-        }
-    }
-
-    fn bind_i64(&mut self, i: c_int, v: i64) -> Result<(), AuditError> {
-        // SAFETY: valid statement.
-        let rc = unsafe { ffi::sqlite3_bind_int64(self.stmt.as_ptr(), i, v) };
-        self.check("bind", rc)
-    }
-
-    fn bind_text(&mut self, i: c_int, v: &str) -> Result<(), AuditError> {
-        let len = c_int::try_from(v.len()).map_err(|e| unavailable("bind", e))?;
-        // SAFETY: valid statement; `v` is valid for `len` bytes and SQLite copies it
-        // (SQLITE_TRANSIENT).
-        let rc = unsafe {
-            ffi::sqlite3_bind_text(
-                self.stmt.as_ptr(),
-                i,
-                v.as_ptr().cast::<c_char>(),
-                len,
-                ffi::SQLITE_TRANSIENT(),
-            )
-        };
-        self.check("bind", rc)
-    }
-
-    fn bind_null(&mut self, i: c_int) -> Result<(), AuditError> {
-        // SAFETY: valid statement.
-        let rc = unsafe { ffi::sqlite3_bind_null(self.stmt.as_ptr(), i) };
-        self.check("bind", rc)
-    }
-
-    fn bind_opt_text(&mut self, i: c_int, v: Option<&str>) -> Result<(), AuditError> {
-        match v {
-            Some(s) => self.bind_text(i, s),
-            None => self.bind_null(i),
-        }
-    }
-
-    fn bind_opt_i64(&mut self, i: c_int, v: Option<i64>) -> Result<(), AuditError> {
-        match v {
-            Some(n) => self.bind_i64(i, n),
-            None => self.bind_null(i),
-        }
-    }
-
-    /// One step: `Ok(true)` when a row is ready, `Ok(false)` when done.
-    fn step(&mut self, what: &str) -> Result<bool, AuditError> {
-        // SAFETY: valid statement.
-        match unsafe { ffi::sqlite3_step(self.stmt.as_ptr()) } {
-            ffi::SQLITE_ROW => Ok(true),
-            ffi::SQLITE_DONE => Ok(false),
-            rc => Err(unavailable(what, errmsg(self.db, rc))),
-        }
-    }
-
-    /// Back to the start with no bindings: no statement stays active (holding a read
-    /// snapshot) between uses.
-    fn reset(&mut self) {
-        // SAFETY: valid statement. `reset` repeats the last step's error, already reported.
-        unsafe {
-            ffi::sqlite3_reset(self.stmt.as_ptr());
-            ffi::sqlite3_clear_bindings(self.stmt.as_ptr());
-        }
-    }
-
-    /// Steps a statement that returns no rows to its end, then resets it.
-    fn run(&mut self, what: &str) -> Result<(), AuditError> {
-        let r = self.step(what);
-        self.reset();
-        r.map(|_| ())
-    }
-
-    fn column_i64(&self, i: c_int) -> i64 {
-        // SAFETY: valid statement positioned on a row.
-        unsafe { ffi::sqlite3_column_int64(self.stmt.as_ptr(), i) }
-    }
-
-    fn column_text(&self, i: c_int) -> Result<String, AuditError> {
-        // SAFETY: valid statement on a row; the pointer is valid until the next step/reset,
-        // `bytes` is read after `text` as SQLite documents, and the bytes are copied at once.
-        unsafe {
-            let p = ffi::sqlite3_column_text(self.stmt.as_ptr(), i);
-            let n = usize::try_from(ffi::sqlite3_column_bytes(self.stmt.as_ptr(), i)).unwrap_or(0);
-            if p.is_null() {
-                return Err(unavailable("read", "NULL where text was expected"));
-            }
-            let bytes = std::slice::from_raw_parts(p, n);
-            String::from_utf8(bytes.to_vec()).map_err(|e| unavailable("read", e))
-        }
-    }
-}
-
-impl Drop for Stmt {
-    fn drop(&mut self) {
-        // SAFETY: valid statement, finalized once, before its connection is closed.
-        unsafe {
-            ffi::sqlite3_finalize(self.stmt.as_ptr());
-        }
-    }
-}
-
-/// The connection with its statements prepared once (fields drop in order: statements first).
+/// The writer connection, with the statements of a batch prepared once (cached on the
+/// connection; the cache holds them across batches).
 struct Open {
-    begin: Stmt,
-    head: Stmt,
-    insert: Stmt,
-    update: Stmt,
-    probe: Stmt,
-    commit: Stmt,
-    rollback: Stmt,
-    conn: Conn,
+    conn: Connection,
+    insert_sql: String,
 }
 
 impl Open {
+    /// Opens the (already migrated) file read-write, sets the busy timeout and the pragmas,
+    /// and prepares every statement of the write path.
     fn new(path: &Path, busy_timeout: Duration) -> Result<Open, AuditError> {
-        let conn = Conn::open(path, busy_timeout)?;
-        Ok(Open {
-            begin: conn.prepare("BEGIN IMMEDIATE")?,
-            head: conn.prepare("SELECT head_seq, head_hash FROM audit_chains WHERE chain = ?")?,
-            insert: conn.prepare(&insert_sql(1, true))?,
-            update: conn
-                .prepare("UPDATE audit_chains SET head_seq = ?, head_hash = ? WHERE chain = ?")?,
-            probe: conn.prepare("UPDATE audit_chains SET head_seq = head_seq WHERE chain = ?")?,
-            commit: conn.prepare("COMMIT")?,
-            rollback: conn.prepare("ROLLBACK")?,
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| unavailable("open", e))?;
+        conn.busy_timeout(busy_timeout)
+            .map_err(|e| unavailable("busy_timeout", e))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON",
+        )
+        .map_err(|e| unavailable("pragma", e))?;
+        let open = Open {
             conn,
-        })
+            insert_sql: insert_sql(1, true),
+        };
+        for sql in [
+            BEGIN_SQL,
+            HEAD_SQL,
+            open.insert_sql.as_str(),
+            UPDATE_HEAD_SQL,
+            PROBE_SQL,
+            COMMIT_SQL,
+            ROLLBACK_SQL,
+        ] {
+            open.conn
+                .prepare_cached(sql)
+                .map_err(|e| unavailable("prepare", e))?;
+        }
+        Ok(open)
+    }
+
+    /// Runs a cached statement that returns no rows.
+    fn run(&self, what: &str, sql: &str, params: &[&dyn ToSql]) -> Result<usize, AuditError> {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute(params))
+            .map_err(|e| unavailable(what, e))
     }
 
     /// One transaction: lock, head, rows, head move, commit. On error the transaction may be
     /// open; the caller rolls it back.
-    fn append(
-        &mut self,
-        chain: &str,
-        events: Vec<NewEvent>,
-    ) -> Result<Vec<AuditEvent>, AuditError> {
-        self.begin.run("begin")?;
-        self.head.bind_text(1, chain)?;
-        let head = match self.head.step("head") {
-            Ok(true) => self
-                .head
-                .column_text(1)
-                .map(|h| Some((self.head.column_i64(0), h))),
-            Ok(false) => Ok(None),
-            Err(e) => Err(e),
-        };
-        self.head.reset();
-        let Some((seq, prev)) = head? else {
+    fn append(&self, chain: &str, events: Vec<NewEvent>) -> Result<Vec<AuditEvent>, AuditError> {
+        self.run("begin", BEGIN_SQL, &[])?;
+        let head = self
+            .conn
+            .prepare_cached(HEAD_SQL)
+            .and_then(|mut s| {
+                s.query_row([chain], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
+                .optional()
+            })
+            .map_err(|e| unavailable("head", e))?;
+        let Some((seq, prev)) = head else {
             return Err(AuditError::Unavailable(format!(
                 "audit chain {chain} has no head row"
             )));
         };
         let out = chain_events(chain, seq, prev, events);
-        for stored in &out {
-            let r = bind_event(&mut self.insert, stored).and_then(|()| self.insert.step("insert"));
-            self.insert.reset();
-            r?;
+        {
+            let mut insert = self
+                .conn
+                .prepare_cached(&self.insert_sql)
+                .map_err(|e| unavailable("insert", e))?;
+            for stored in &out {
+                insert_event(&mut insert, stored)?;
+            }
         }
         if let Some(last) = out.last() {
-            self.update.bind_i64(1, last.seq)?;
-            self.update.bind_text(2, &last.hash)?;
-            self.update.bind_text(3, chain)?;
-            self.update.run("head update")?;
-            // SAFETY: valid handle.
-            if unsafe { ffi::sqlite3_changes(self.conn.db.as_ptr()) } != 1 {
+            let changed = self.run(
+                "head update",
+                UPDATE_HEAD_SQL,
+                params![last.seq, last.hash, chain],
+            )?;
+            if changed != 1 {
                 return Err(AuditError::Unavailable(format!(
                     "audit chain {chain}: head row vanished"
                 )));
             }
         }
-        self.commit.run("commit")?;
+        self.run("commit", COMMIT_SQL, &[])?;
         Ok(out)
     }
 
-    fn probe(&mut self, chain: &str) -> Result<(), AuditError> {
-        self.begin.run("begin")?;
-        self.probe.bind_text(1, chain)?;
-        self.probe.run("probe")?;
-        self.commit.run("commit")
+    fn probe(&self, chain: &str) -> Result<(), AuditError> {
+        self.run("begin", BEGIN_SQL, &[])?;
+        self.run("probe", PROBE_SQL, &[&chain])?;
+        self.run("commit", COMMIT_SQL, &[]).map(|_| ())
     }
 
     /// Rolls back whatever is still open (after an error).
-    fn abandon(&mut self) {
-        if self.conn.in_transaction() {
-            let _ = self.rollback.run("rollback");
+    fn abandon(&self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.run("rollback", ROLLBACK_SQL, &[]);
         }
     }
 }
 
-/// Binds the 27 columns of `stored` in `COLS` order, with the same values and storage classes
-/// as the sqlx path (`bind_event!` in `sql.rs`).
-fn bind_event(q: &mut Stmt, stored: &AuditEvent) -> Result<(), AuditError> {
+/// Inserts one row: the 27 columns of `stored` in `COLS` order, with the same values and
+/// storage classes as the sqlx path (`bind_event!` in `sql.rs`).
+fn insert_event(
+    q: &mut rusqlite::CachedStatement<'_>,
+    stored: &AuditEvent,
+) -> Result<(), AuditError> {
     let e = &stored.event;
     let roles = serde_json::to_string(&e.actor.roles).unwrap_or_else(|_| "[]".into());
     let params = serde_json::to_string(&e.params).unwrap_or_else(|_| "null".into());
-    q.bind_text(1, &stored.id)?;
-    q.bind_text(2, &stored.chain)?;
-    q.bind_i64(3, stored.seq)?;
-    q.bind_i64(4, unix_micros(stored.time))?;
-    q.bind_opt_text(5, e.kind.map(|k| k.as_str()))?;
-    q.bind_text(6, &e.request_id)?;
-    q.bind_text(7, &e.actor.id)?;
-    q.bind_opt_text(8, e.actor.display.as_deref())?;
-    q.bind_opt_text(9, e.actor.auth_method.as_deref())?;
-    q.bind_text(10, &roles)?;
-    q.bind_opt_text(11, e.client_addr.as_deref())?;
-    q.bind_opt_text(12, e.method.as_deref())?;
-    q.bind_opt_text(13, e.route.as_deref())?;
-    q.bind_text(14, &e.action)?;
-    q.bind_opt_text(15, e.target.pool.as_deref())?;
-    q.bind_opt_text(16, e.target.host.as_deref())?;
-    q.bind_opt_i64(17, e.target.session_id.map(i64::from))?;
-    q.bind_opt_text(18, e.target.user.as_deref())?;
-    q.bind_text(19, &params)?;
-    q.bind_opt_text(20, e.ticket().as_deref())?;
-    q.bind_text(21, &e.outcome)?;
-    q.bind_opt_text(22, e.error_code.as_deref())?;
-    q.bind_opt_i64(23, e.http_status.map(i64::from))?;
-    q.bind_opt_i64(24, e.upstream_status.map(i64::from))?;
-    q.bind_opt_i64(
-        25,
-        e.duration_ms.map(|d| i64::try_from(d).unwrap_or(i64::MAX)),
-    )?;
-    q.bind_text(26, &stored.prev_hash)?;
-    q.bind_text(27, &stored.hash)
+    let duration_ms = e.duration_ms.map(|d| i64::try_from(d).unwrap_or(i64::MAX));
+    q.execute(params![
+        stored.id,
+        stored.chain,
+        stored.seq,
+        unix_micros(stored.time),
+        e.kind.map(|k| k.as_str()),
+        e.request_id,
+        e.actor.id,
+        e.actor.display,
+        e.actor.auth_method,
+        roles,
+        e.client_addr,
+        e.method,
+        e.route,
+        e.action,
+        e.target.pool,
+        e.target.host,
+        e.target.session_id.map(i64::from),
+        e.target.user,
+        params,
+        e.ticket(),
+        e.outcome,
+        e.error_code,
+        e.http_status.map(i64::from),
+        e.upstream_status.map(i64::from),
+        duration_ms,
+        stored.prev_hash,
+        stored.hash,
+    ])
+    .map(|_| ())
+    .map_err(|e| unavailable("insert", e))
 }
 
 /// The SQLite file writer of one chain. Created by `SqlStore::claim_chain`, handed to the
@@ -427,24 +218,20 @@ impl SqliteWriter {
             .ok_or_else(|| AuditError::Unavailable("audit store closed".into()))
     }
 
-    /// A pragma's value on the writer connection (tests).
+    /// A pragma's value on the writer connection, as text (tests).
     #[cfg(test)]
     fn pragma(&mut self, name: &str) -> Result<String, AuditError> {
+        use rusqlite::types::ValueRef;
         let o = self.conn()?;
-        let mut s = o.conn.prepare(&format!("PRAGMA {name}"))?;
-        let r = if s.step("pragma")? {
-            // SAFETY: valid statement on a row.
-            let t = unsafe { ffi::sqlite3_column_type(s.stmt.as_ptr(), 0) };
-            if t == ffi::SQLITE_INTEGER {
-                Ok(s.column_i64(0).to_string())
-            } else {
-                s.column_text(0)
-            }
-        } else {
-            Err(unavailable("pragma", "no row"))
-        };
-        s.reset();
-        r
+        o.conn
+            .query_row(&format!("PRAGMA {name}"), [], |r| {
+                Ok(match r.get_ref(0)? {
+                    ValueRef::Integer(n) => n.to_string(),
+                    ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                    other => format!("{other:?}"),
+                })
+            })
+            .map_err(|e| unavailable("pragma", e))
     }
 }
 
@@ -555,9 +342,10 @@ mod tests {
         store.claim_chain("c").await.unwrap();
         let mut w = store.take_writer().unwrap();
         let first = w.append_batch(vec![ev(0)]).unwrap();
-        let other = Conn::open(&path, Duration::from_millis(100)).unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.busy_timeout(Duration::from_millis(100)).unwrap();
         other
-            .exec(
+            .execute_batch(
                 "INSERT INTO audit_events (id, chain, seq, ts_us, request_id, actor_id, \
                  actor_roles, action, params, outcome, prev_hash, hash) \
                  VALUES ('x', 'c', 3, 0, 'x', 'x', '[]', 'x', '{}', 'x', 'x', 'x')",
@@ -566,7 +354,7 @@ mod tests {
         assert!(w.append_batch(vec![ev(1), ev(2)]).is_err());
         // The writer holds no lock: another connection writes at once (100 ms busy timeout).
         other
-            .exec("DELETE FROM audit_events WHERE id = 'x'")
+            .execute_batch("DELETE FROM audit_events WHERE id = 'x'")
             .unwrap();
         let next = w.append_batch(vec![ev(3)]).unwrap();
         assert_eq!(

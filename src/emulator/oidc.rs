@@ -228,7 +228,7 @@ impl TestIssuer {
             | Algorithm::PS512 => (keys.rsa.enc.clone(), keys.rsa.kid.clone()),
             Algorithm::ES256 => (keys.ec.enc.clone(), keys.ec.kid.clone()),
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => (
-                EncodingKey::from_secret(keys.rsa.public_pem.as_bytes()),
+                EncodingKey::from_secret(keys.rsa.public_pem.as_bytes())?,
                 keys.rsa.kid.clone(),
             ),
             other => return Err(format!("the test issuer cannot sign {other:?}").into()),

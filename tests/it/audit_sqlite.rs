@@ -6,15 +6,15 @@ use crate::support::audit::{Env, Raw, ev, record_n};
 
 crate::audit_suite!(Env::sqlite);
 
-/// `cli_verify` on a missing store: exit code 2, and the file is not created.
+/// `audit verify` (`run::audit_verify`) on a missing store: exit code 2, and the file is not created.
 #[tokio::test]
 async fn cli_verify_cannot_open() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = sessiongate::audit::AuditConfig::default();
-    assert_eq!(sessiongate::audit::cli_verify(&cfg, dir.path()).await, 2);
+    assert_eq!(sessiongate::run::audit_verify(&cfg, dir.path()).await, 2);
     assert!(!dir.path().join("audit.sqlite3").exists());
     assert_eq!(
-        sessiongate::audit::cli_export(&cfg, dir.path(), None, "csv").await,
+        sessiongate::run::audit_export(&cfg, dir.path(), None, "csv").await,
         2
     );
 }
@@ -91,18 +91,18 @@ fn record_emits_one_structured_log_line() {
     assert_eq!(f["audit.hash"], stored.hash.as_str());
 }
 
-/// `cli_export` writes JSON lines to stdout and exits 0; `cli_verify` exits 0 on an intact log.
+/// `audit export` writes JSON lines to stdout and exits 0; `audit verify` exits 0 on an intact log.
 #[tokio::test]
 async fn cli_helpers_on_a_good_store() {
     let env = Env::sqlite().await.unwrap();
     let log = env.open().await;
     record_n(&log, 3).await;
     assert_eq!(
-        sessiongate::audit::cli_export(&env.cfg, env.dir.path(), None, "jsonl").await,
+        sessiongate::run::audit_export(&env.cfg, env.dir.path(), None, "jsonl").await,
         0
     );
     assert_eq!(
-        sessiongate::audit::cli_verify(&env.cfg, env.dir.path()).await,
+        sessiongate::run::audit_verify(&env.cfg, env.dir.path()).await,
         0
     );
     env.close().await;

@@ -6,6 +6,7 @@ use crate::support::app::TestApp;
 use crate::support::kdc::{self, Kdc, REALM};
 use crate::support::winrm::{Env, host_names, setup};
 use sessiongate::domain::{HostName, SessionId};
+use sessiongate::emulator::winrm::gss_acceptor;
 use sessiongate::emulator::winrm::{CbtHardening, Flavour};
 use sessiongate::providers::winrm::{RdsProvider, WinRmAuth, cbt, gssapi};
 use sessiongate::providers::{ActionEffect, ProviderError, SessionFilter, SessionProvider};
@@ -195,7 +196,7 @@ fn gssapi_channel_bindings_must_match() {
         kdc.add_user("sessiongate", PASSWORD);
         let kt = kdc.add_services(&["web.contoso.test".to_string()], "http.keytab");
         tokio::task::spawn_blocking(move || {
-            let acceptor = gssapi::Credential::acceptor_from_keytab(&kt).unwrap();
+            let acceptor = gss_acceptor::acceptor_from_keytab(&kt).unwrap();
             let cred = std::sync::Arc::new(
                 gssapi::Credential::with_password(&format!("sessiongate@{REALM}"), PASSWORD)
                     .unwrap(),
@@ -207,7 +208,7 @@ fn gssapi_channel_bindings_must_match() {
             let (mut init, token) =
                 gssapi::Initiator::start(cred.clone(), "HTTP/web.contoso.test", Some(ours.clone()))
                     .unwrap();
-            let ok = gssapi::accept(&acceptor, &token, Some(&ours)).unwrap();
+            let ok = gss_acceptor::accept(&acceptor, &token, Some(&ours)).unwrap();
             assert_eq!(ok.client, format!("sessiongate@{REALM}"));
             assert!(ok.channel_bound);
             init.finish(&ok.reply).unwrap();
@@ -216,13 +217,13 @@ fn gssapi_channel_bindings_must_match() {
             let (_, token) =
                 gssapi::Initiator::start(cred.clone(), "HTTP/web.contoso.test", Some(theirs))
                     .unwrap();
-            assert!(gssapi::accept(&acceptor, &token, Some(&ours)).is_err());
+            assert!(gss_acceptor::accept(&acceptor, &token, Some(&ours)).is_err());
 
             // No bindings from the initiator: MIT accepts, but not as channel-bound (a host at
             // CbtHardeningLevel=Strict refuses it, see kerberos_strict_channel_binding_host).
             let (_, token) =
                 gssapi::Initiator::start(cred.clone(), "HTTP/web.contoso.test", None).unwrap();
-            let unbound = gssapi::accept(&acceptor, &token, Some(&ours)).unwrap();
+            let unbound = gss_acceptor::accept(&acceptor, &token, Some(&ours)).unwrap();
             assert!(!unbound.channel_bound);
 
             // A reply that is not the acceptor's AP-REP fails mutual authentication.

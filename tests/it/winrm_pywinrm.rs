@@ -123,8 +123,14 @@ except Exception as e:
 "#;
 
 /// pyspnego as the NTLM *acceptor*, given the channel bindings of a certificate: judges an
-/// AUTHENTICATE built by our client with `binding_of` (application data, or none).
-fn pyspnego_judges(dir: &std::path::Path, cert_app: &[u8], binding_of: Option<&[u8]>) -> String {
+/// AUTHENTICATE built by our client with `binding_of` (application data, or none), after
+/// `tamper` changed it.
+fn pyspnego_judges(
+    dir: &std::path::Path,
+    cert_app: &[u8],
+    binding_of: Option<&[u8]>,
+    tamper: fn(&mut Vec<u8>),
+) -> String {
     use sessiongate::providers::winrm::{cbt, ntlm};
     use std::io::{BufRead, BufReader, Write};
     let users = dir.join("ntlm-users");
@@ -146,7 +152,8 @@ fn pyspnego_judges(dir: &std::path::Path, cert_app: &[u8], binding_of: Option<&[
     out.read_line(&mut line).unwrap();
     let ch = ntlm::parse_challenge(&hex::decode(line.trim()).unwrap()).unwrap();
     let hash = binding_of.map(cbt::ntlm_channel_binding_hash);
-    let msg = ntlm::authenticate("svc", "CONTOSO", "Passw0rd!", &ch, [5; 8], hash.as_ref());
+    let mut msg = ntlm::authenticate("svc", "CONTOSO", "Passw0rd!", &ch, [5; 8], hash.as_ref());
+    tamper(&mut msg);
     writeln!(stdin, "{}", hex::encode(msg)).unwrap();
     line.clear();
     out.read_line(&mut line).unwrap();
@@ -170,13 +177,49 @@ fn pyspnego_acceptor_checks_our_channel_binding() {
     let app = cbt::application_data(tls.server_cert_der()).unwrap();
     let other = sessiongate::emulator::common::EmulatorTls::generate().unwrap();
     let wrong = cbt::application_data(other.server_cert_der()).unwrap();
-    assert_eq!(pyspnego_judges(dir.path(), &app, Some(&app)), "accepted");
+    let keep: fn(&mut Vec<u8>) = |_| {};
     assert_eq!(
-        pyspnego_judges(dir.path(), &app, Some(&wrong)),
+        pyspnego_judges(dir.path(), &app, Some(&app), keep),
+        "accepted"
+    );
+    assert_eq!(
+        pyspnego_judges(dir.path(), &app, Some(&wrong), keep),
         "refused BadBindingsError"
     );
     assert_eq!(
-        pyspnego_judges(dir.path(), &app, None),
+        pyspnego_judges(dir.path(), &app, None, keep),
         "refused BadBindingsError"
+    );
+}
+
+/// Our AUTHENTICATE carries `MsvAvFlags` "MIC present" and the MIC (as current Windows clients
+/// send it): pyspnego's acceptor checks that MIC and accepts it; a flipped MIC byte, or a
+/// negotiate flag changed after the MIC was computed (the NTProofStr does not cover the
+/// flags), is refused.
+#[test]
+fn pyspnego_acceptor_checks_our_mic() {
+    if !pywinrm_available() {
+        eprintln!(
+            "\n*** SKIPPED pyspnego MIC test: python3 with pywinrm/pyspnego is not installed ***\n"
+        );
+        return;
+    }
+    use sessiongate::providers::winrm::cbt;
+    let dir = tempfile::tempdir().unwrap();
+    let tls = sessiongate::emulator::common::EmulatorTls::generate().unwrap();
+    let app = cbt::application_data(tls.server_cert_der()).unwrap();
+    assert_eq!(
+        pyspnego_judges(dir.path(), &app, Some(&app), |_| {}),
+        "accepted"
+    );
+    // The MIC sits at offset 72 (after the 64-byte header and the VERSION).
+    assert_eq!(
+        pyspnego_judges(dir.path(), &app, Some(&app), |m| m[72] ^= 1),
+        "refused InvalidTokenError"
+    );
+    // NEGOTIATE_56 (bit 31) dropped from the AUTHENTICATE's flags.
+    assert_eq!(
+        pyspnego_judges(dir.path(), &app, Some(&app), |m| m[63] &= 0x7f),
+        "refused InvalidTokenError"
     );
 }

@@ -6,7 +6,9 @@
 //! sessiongate's own script templates against an in-memory session table; any other script
 //! fails like PowerShell would.
 
+pub mod gss_acceptor;
 mod host;
+pub mod ntlm_acceptor;
 
 pub use host::{EmuSession, ReceivedScript, SentMessage};
 
@@ -16,7 +18,7 @@ use crate::emulator::common::{
 use crate::providers::winrm::soap;
 use crate::providers::winrm::transport::STDIN_BOOTSTRAP;
 use crate::providers::winrm::xml::{self, Element, esc};
-use crate::providers::winrm::{cbt, gssapi, ntlm};
+use crate::providers::winrm::{cbt, ntlm};
 use axum::{
     Router,
     body::Bytes,
@@ -169,8 +171,9 @@ pub(crate) struct StateInner {
     round_trips: AtomicU64,
     shells_created: AtomicU64,
     command_duration_ms: AtomicU64,
-    /// NTLM: challenge issued per connection, and connections that authenticated.
-    ntlm_pending: Mutex<HashMap<u64, [u8; 8]>>,
+    /// NTLM: the NEGOTIATE received and the CHALLENGE sent per connection (the MIC covers
+    /// both), and connections that authenticated.
+    ntlm_pending: Mutex<HashMap<u64, NtlmExchange>>,
     ntlm_authed: Mutex<std::collections::HashSet<u64>>,
     /// `MsvAvChannelBindings` a client of this emulator's certificate sends (`None` when the
     /// certificate has no RFC 5929 hash: then every presented binding is wrong).
@@ -184,8 +187,11 @@ pub(crate) struct StateInner {
     kerberos_clients: Mutex<Vec<(String, bool)>>,
 }
 
+/// An NTLM exchange waiting for its AUTHENTICATE: the NEGOTIATE received, the CHALLENGE sent.
+type NtlmExchange = (Vec<u8>, Vec<u8>);
+
 struct KerberosAcceptor {
-    cred: gssapi::Credential,
+    cred: crate::providers::winrm::gssapi::Credential,
     principal: Option<String>,
     /// `tls-server-end-point` application data of our own certificate.
     app_data: Vec<u8>,
@@ -418,7 +424,7 @@ pub async fn start(
     let kerberos = match &opts.kerberos_keytab {
         None => None,
         Some(kt) => {
-            let cred = gssapi::Credential::acceptor_from_keytab(kt)
+            let cred = gss_acceptor::acceptor_from_keytab(kt)
                 .map_err(|e| std::io::Error::other(format!("Kerberos keytab: {e}")))?;
             let app_data =
                 cbt::application_data(tls.server_cert_der()).map_err(std::io::Error::other)?;
@@ -612,7 +618,7 @@ fn kerberos_authenticate(
     };
     let level = CbtHardening::from_u8(host.cbt_hardening.load(Ordering::Relaxed));
     let bindings = (level != CbtHardening::None).then_some(k.app_data.as_slice());
-    let accepted = match gssapi::accept(&k.cred, token, bindings) {
+    let accepted = match gss_acceptor::accept(&k.cred, token, bindings) {
         Ok(a) => a,
         Err(e) => {
             tracing::debug!(target: "sessiongate::emulator", error = %e, "Kerberos refused");
@@ -670,12 +676,8 @@ fn authenticate(
             kerberos_authenticate(st, host, c, &tok)
         }
         (Some(tok), Some(c)) => {
-            if ntlm::is_negotiate(&tok) {
+            if ntlm_acceptor::is_negotiate(&tok) {
                 let sc: [u8; 8] = rand::random();
-                st.ntlm_pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(c, sc);
                 let info = ntlm::av_pairs(&[
                     (ntlm::AV_NB_DOMAIN, ntlm::utf16le("CONTOSO")),
                     (
@@ -687,7 +689,12 @@ fn authenticate(
                         ntlm::filetime_now().to_le_bytes().to_vec(),
                     ),
                 ]);
-                return AuthOutcome::Challenge(ntlm::challenge_message(sc, &info, "CONTOSO"));
+                let challenge = ntlm_acceptor::challenge_message(sc, &info, "CONTOSO");
+                st.ntlm_pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(c, (tok, challenge.clone()));
+                return AuthOutcome::Challenge(challenge);
             }
             let pending = st
                 .ntlm_pending
@@ -695,9 +702,17 @@ fn authenticate(
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&c);
             match pending {
-                Some(sc) if ntlm::verify_authenticate(&tok, sc, &st.username, &st.password) => {
+                Some((negotiate, challenge))
+                    if ntlm_acceptor::verify_authenticate(
+                        &tok,
+                        &negotiate,
+                        &challenge,
+                        &st.username,
+                        &st.password,
+                    ) =>
+                {
                     let level = CbtHardening::from_u8(host.cbt_hardening.load(Ordering::Relaxed));
-                    if !level.accepts(ntlm::channel_binding_of(&tok), st.expected_cbt) {
+                    if !level.accepts(ntlm_acceptor::channel_binding_of(&tok), st.expected_cbt) {
                         // Windows answers a bad binding like a bad password: 401.
                         st.cbt_refusals.fetch_add(1, Ordering::Relaxed);
                         return AuthOutcome::Refused;

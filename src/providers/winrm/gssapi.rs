@@ -5,31 +5,33 @@
 //! a `krb5.conf` that locates the KDC: `/etc/krb5.conf` or `KRB5_CONFIG`).
 //!
 //! Only the handful of RFC 2744 calls WinRM needs are bound: importing names, acquiring
-//! credentials (with a password, MIT's `gss_acquire_cred_with_password`, or from a keytab
-//! for the emulator's acceptor, `gss_acquire_cred_from`), the context loop on both sides
-//! with channel bindings, and error texts. Every call blocks (the initiator talks to the
-//! KDC), so async callers run them on the blocking pool.
+//! credentials (with a password, MIT's `gss_acquire_cred_with_password`), the initiator's
+//! context loop with channel bindings, and error texts. The emulator's acceptor
+//! (`crate::emulator::winrm::gss_acceptor`: `gss_acquire_cred_from` with a keytab,
+//! `gss_accept_sec_context`) uses the same loaded library and the `pub(crate)` items here.
+//! Every call blocks (the initiator talks to the KDC), so async callers run them on the
+//! blocking pool.
 
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::sync::{Arc, Mutex, OnceLock};
 
-type OmUint32 = u32;
+pub(crate) type OmUint32 = u32;
 
 #[repr(C)]
-struct BufferDesc {
+pub(crate) struct BufferDesc {
     length: usize,
     value: *mut c_void,
 }
 
 impl BufferDesc {
-    fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         BufferDesc {
             length: 0,
             value: std::ptr::null_mut(),
         }
     }
     /// A borrowed view of `bytes` (GSS-API never writes through input buffers).
-    fn borrowed(bytes: &[u8]) -> Self {
+    pub(crate) fn borrowed(bytes: &[u8]) -> Self {
         BufferDesc {
             length: bytes.len(),
             value: bytes.as_ptr() as *mut c_void,
@@ -38,13 +40,13 @@ impl BufferDesc {
 }
 
 #[repr(C)]
-struct OidDesc {
+pub(crate) struct OidDesc {
     length: OmUint32,
     elements: *mut c_void,
 }
 
 #[repr(C)]
-struct ChannelBindings {
+pub(crate) struct ChannelBindings {
     initiator_addrtype: OmUint32,
     initiator_address: BufferDesc,
     acceptor_addrtype: OmUint32,
@@ -53,22 +55,22 @@ struct ChannelBindings {
 }
 
 #[repr(C)]
-struct KeyValueElement {
-    key: *const c_char,
-    value: *const c_char,
+pub(crate) struct KeyValueElement {
+    pub(crate) key: *const c_char,
+    pub(crate) value: *const c_char,
 }
 
 #[repr(C)]
-struct KeyValueSet {
-    count: OmUint32,
-    elements: *const KeyValueElement,
+pub(crate) struct KeyValueSet {
+    pub(crate) count: OmUint32,
+    pub(crate) elements: *const KeyValueElement,
 }
 
-type Name = *mut c_void;
-type Ctx = *mut c_void;
-type Cred = *mut c_void;
+pub(crate) type Name = *mut c_void;
+pub(crate) type Ctx = *mut c_void;
+pub(crate) type Cred = *mut c_void;
 
-const GSS_S_COMPLETE: OmUint32 = 0;
+pub(crate) const GSS_S_COMPLETE: OmUint32 = 0;
 const GSS_S_CONTINUE_NEEDED: OmUint32 = 1;
 const GSS_C_MUTUAL_FLAG: OmUint32 = 2;
 const GSS_C_REPLAY_FLAG: OmUint32 = 4;
@@ -77,10 +79,10 @@ const GSS_C_INTEG_FLAG: OmUint32 = 32;
 /// MIT krb5 ≥ 1.19: the acceptor verified the initiator's channel bindings.
 pub const GSS_C_CHANNEL_BOUND_FLAG: OmUint32 = 2048;
 const GSS_C_INITIATE: c_int = 1;
-const GSS_C_ACCEPT: c_int = 2;
+pub(crate) const GSS_C_ACCEPT: c_int = 2;
 const GSS_C_GSS_CODE: c_int = 1;
 const GSS_C_MECH_CODE: c_int = 2;
-const GSS_C_INDEFINITE: OmUint32 = 0xffff_ffff;
+pub(crate) const GSS_C_INDEFINITE: OmUint32 = 0xffff_ffff;
 const GSS_C_AF_UNSPEC: OmUint32 = 0;
 
 /// 1.2.840.113554.1.2.1.4 — `service@host` names.
@@ -161,18 +163,18 @@ type AcceptSecContext = unsafe extern "C" fn(
 ) -> OmUint32;
 
 /// The bound entry points of the loaded library.
-struct Lib {
+pub(crate) struct Lib {
     import_name: ImportName,
     release_name: ReleaseName,
     release_buffer: ReleaseBuffer,
     release_cred: ReleaseCred,
     delete_sec_context: DeleteSecContext,
     display_status: DisplayStatus,
-    display_name: DisplayName,
+    pub(crate) display_name: DisplayName,
     acquire_cred_with_password: AcquireCredWithPassword,
-    acquire_cred_from: AcquireCredFrom,
+    pub(crate) acquire_cred_from: AcquireCredFrom,
     init_sec_context: InitSecContext,
-    accept_sec_context: AcceptSecContext,
+    pub(crate) accept_sec_context: AcceptSecContext,
 }
 
 /// Library file names tried, in order.
@@ -226,7 +228,7 @@ fn load() -> Result<Lib, String> {
     })
 }
 
-fn lib() -> Result<&'static Lib, GssError> {
+pub(crate) fn lib() -> Result<&'static Lib, GssError> {
     static LIB: OnceLock<Result<Lib, String>> = OnceLock::new();
     LIB.get_or_init(load)
         .as_ref()
@@ -300,7 +302,7 @@ impl GssError {
     }
 }
 
-fn buffer_to_vec(lib: &Lib, buf: &mut BufferDesc) -> Vec<u8> {
+pub(crate) fn buffer_to_vec(lib: &Lib, buf: &mut BufferDesc) -> Vec<u8> {
     let out = if buf.value.is_null() || buf.length == 0 {
         Vec::new()
     } else {
@@ -337,7 +339,7 @@ fn status_text(lib: &Lib, code: OmUint32, kind: c_int) -> String {
     parts.join("; ")
 }
 
-fn failure(lib: &Lib, call: &'static str, major: OmUint32, minor: OmUint32) -> GssError {
+pub(crate) fn failure(lib: &Lib, call: &'static str, major: OmUint32, minor: OmUint32) -> GssError {
     let mut message = status_text(lib, major, GSS_C_GSS_CODE);
     if minor != 0 {
         let m = status_text(lib, minor, GSS_C_MECH_CODE);
@@ -353,12 +355,12 @@ fn failure(lib: &Lib, call: &'static str, major: OmUint32, minor: OmUint32) -> G
     }
 }
 
-fn is_error(major: OmUint32) -> bool {
+pub(crate) fn is_error(major: OmUint32) -> bool {
     major & 0xffff_0000 != 0
 }
 
 /// An imported name, released on drop.
-struct OwnedName(Name);
+pub(crate) struct OwnedName(pub(crate) Name);
 
 impl Drop for OwnedName {
     fn drop(&mut self) {
@@ -401,7 +403,7 @@ fn import_service(spn: &str) -> Result<OwnedName, GssError> {
 
 /// Credential handle, released on drop.
 pub struct Credential {
-    cred: Cred,
+    pub(crate) cred: Cred,
     /// Seconds of validity the library reported at acquisition.
     lifetime: u32,
     acquired: std::time::Instant,
@@ -426,7 +428,7 @@ impl Drop for Credential {
 
 impl Credential {
     /// The result of one `gss_acquire_cred*` call.
-    fn acquired(
+    pub(crate) fn acquired(
         lib: &Lib,
         call: &'static str,
         major: OmUint32,
@@ -477,40 +479,6 @@ impl Credential {
         )
     }
 
-    /// Acceptor credentials for every key in a keytab file (the emulator's side).
-    pub fn acceptor_from_keytab(keytab: &std::path::Path) -> Result<Self, GssError> {
-        let lib = lib()?;
-        let key = CString::new("keytab").map_err(|e| GssError::Protocol(e.to_string()))?;
-        let value = CString::new(keytab.to_string_lossy().as_bytes())
-            .map_err(|e| GssError::Protocol(e.to_string()))?;
-        let elements = [KeyValueElement {
-            key: key.as_ptr(),
-            value: value.as_ptr(),
-        }];
-        let store = KeyValueSet {
-            count: 1,
-            elements: elements.as_ptr(),
-        };
-        let mut minor = 0;
-        let mut cred: Cred = std::ptr::null_mut();
-        let mut lifetime: OmUint32 = 0;
-        // SAFETY: no desired name (any key in the keytab), valid credential store.
-        let major = unsafe {
-            (lib.acquire_cred_from)(
-                &mut minor,
-                std::ptr::null_mut(),
-                GSS_C_INDEFINITE,
-                std::ptr::null(),
-                GSS_C_ACCEPT,
-                &store,
-                &mut cred,
-                std::ptr::null_mut(),
-                &mut lifetime,
-            )
-        };
-        Credential::acquired(lib, "gss_acquire_cred_from", major, minor, cred, lifetime)
-    }
-
     /// Whether the tickets behind this credential are still valid for `margin` more.
     pub fn fresh_for(&self, margin: std::time::Duration) -> bool {
         if self.lifetime == GSS_C_INDEFINITE {
@@ -523,7 +491,7 @@ impl Credential {
 }
 
 /// A security context, deleted on drop.
-struct OwnedCtx(Ctx);
+pub(crate) struct OwnedCtx(pub(crate) Ctx);
 
 impl Drop for OwnedCtx {
     fn drop(&mut self) {
@@ -537,7 +505,7 @@ impl Drop for OwnedCtx {
     }
 }
 
-fn bindings(app_data: Option<&[u8]>) -> Option<ChannelBindings> {
+pub(crate) fn bindings(app_data: Option<&[u8]>) -> Option<ChannelBindings> {
     app_data.map(|d| ChannelBindings {
         initiator_addrtype: GSS_C_AF_UNSPEC,
         initiator_address: BufferDesc::empty(),
@@ -638,73 +606,6 @@ impl Initiator {
         }
         Ok(())
     }
-}
-
-/// What an acceptor learned from a complete context.
-#[derive(Debug, Clone)]
-pub struct Accepted {
-    /// The client principal (`user@REALM`).
-    pub client: String,
-    /// The reply token (AP-REP) to send back for mutual authentication.
-    pub reply: Vec<u8>,
-    /// The initiator's channel bindings matched ours (MIT ≥ 1.19).
-    pub channel_bound: bool,
-}
-
-/// Accepts a one-leg Kerberos context (the emulator's side).
-pub fn accept(
-    cred: &Credential,
-    token: &[u8],
-    app_data: Option<&[u8]>,
-) -> Result<Accepted, GssError> {
-    let lib = lib()?;
-    let mut ctx = OwnedCtx(std::ptr::null_mut());
-    let cb = bindings(app_data);
-    let input = BufferDesc::borrowed(token);
-    let mut src: Name = std::ptr::null_mut();
-    let mut out = BufferDesc::empty();
-    let mut ret_flags: OmUint32 = 0;
-    let mut minor = 0;
-    // SAFETY: valid credential, token and optional bindings; out-parameters.
-    let major = unsafe {
-        (lib.accept_sec_context)(
-            &mut minor,
-            &mut ctx.0,
-            cred.cred,
-            &input,
-            cb.as_ref()
-                .map_or(std::ptr::null(), |c| c as *const ChannelBindings),
-            &mut src,
-            std::ptr::null_mut(),
-            &mut out,
-            &mut ret_flags,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-        )
-    };
-    let reply = buffer_to_vec(lib, &mut out);
-    let src = OwnedName(src);
-    if is_error(major) {
-        return Err(failure(lib, "gss_accept_sec_context", major, minor));
-    }
-    if major != GSS_S_COMPLETE {
-        return Err(GssError::Protocol(
-            "the Kerberos context needs more than one leg".into(),
-        ));
-    }
-    let mut buf = BufferDesc::empty();
-    let mut minor = 0;
-    // SAFETY: `src` is the name the library returned; out buffer released by buffer_to_vec.
-    let major = unsafe { (lib.display_name)(&mut minor, src.0, &mut buf, std::ptr::null_mut()) };
-    if is_error(major) {
-        return Err(failure(lib, "gss_display_name", major, minor));
-    }
-    let client = String::from_utf8_lossy(&buffer_to_vec(lib, &mut buf)).into_owned();
-    Ok(Accepted {
-        client,
-        reply,
-        channel_bound: ret_flags & GSS_C_CHANNEL_BOUND_FLAG != 0,
-    })
 }
 
 /// Initiator credentials shared by every connection of one pool, re-acquired when their

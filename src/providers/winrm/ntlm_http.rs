@@ -40,7 +40,8 @@ pub fn tls_config(ca_pem: Option<&str>) -> Result<Arc<rustls::ClientConfig>, Str
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut extra = Vec::new();
     if let Some(pem) = ca_pem {
-        for c in rustls_pemfile::certs(&mut pem.as_bytes()) {
+        use rustls_pki_types::{CertificateDer, pem::PemObject};
+        for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
             extra.push(c.map_err(|e| format!("bad PEM certificate: {e}"))?);
         }
         if extra.is_empty() {

@@ -10,7 +10,6 @@ pub const NS_ADDRESSING: &str = "http://schemas.xmlsoap.org/ws/2004/08/addressin
 pub const NS_WSMAN: &str = "http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd";
 pub const NS_WSMAN_MS: &str = "http://schemas.microsoft.com/wbem/wsman/1/wsman.xsd";
 pub const NS_SHELL: &str = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell";
-pub const NS_TRANSFER: &str = "http://schemas.xmlsoap.org/ws/2004/09/transfer";
 pub const NS_WSMAN_FAULT: &str = "http://schemas.microsoft.com/wbem/wsman/1/wsmanfault";
 pub const ANONYMOUS: &str = "http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous";
 
@@ -28,8 +27,6 @@ pub const SIGNAL_TERMINATE: &str =
     "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/signal/terminate";
 pub const STATE_DONE: &str =
     "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/CommandState/Done";
-pub const STATE_RUNNING: &str =
-    "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/CommandState/Running";
 
 /// WSManFault code of the `w:TimedOut` fault: no output within OperationTimeout, poll again.
 pub const CODE_TIMED_OUT: u64 = 2150858793;

@@ -68,12 +68,11 @@ impl Element {
     }
 }
 
-fn local(name: &[u8]) -> String {
-    let n = match name.iter().position(|b| *b == b':') {
-        Some(i) => &name[i + 1..],
-        None => name,
-    };
-    String::from_utf8_lossy(n).into_owned()
+fn local(name: &str) -> String {
+    match name.split_once(':') {
+        Some((_, n)) => n.to_owned(),
+        None => name.to_owned(),
+    }
 }
 
 fn start_elem(e: &quick_xml::events::BytesStart<'_>) -> Result<Element, String> {
@@ -84,11 +83,11 @@ fn start_elem(e: &quick_xml::events::BytesStart<'_>) -> Result<Element, String> 
     for a in e.attributes() {
         let a = a.map_err(|e| format!("bad attribute: {e}"))?;
         let key = local(a.key.as_ref());
-        if key == "xmlns" || a.key.as_ref().starts_with(b"xmlns:") {
+        if key == "xmlns" || a.key.as_ref().starts_with("xmlns:") {
             continue;
         }
         let v = a
-            .unescape_value()
+            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
             .map_err(|e| format!("bad attribute value: {e}"))?;
         el.attrs.push((key, v.into_owned()));
     }
@@ -131,13 +130,12 @@ pub fn parse(xml: &str) -> Result<Element, String> {
             }
             Event::Text(t) => {
                 if let Some(cur) = stack.last_mut() {
-                    let s = t.decode().map_err(|e| format!("bad text: {e}"))?;
-                    cur.text.push_str(&s);
+                    cur.text.push_str(&t.xml10_content());
                 }
             }
             Event::CData(t) => {
                 if let Some(cur) = stack.last_mut() {
-                    cur.text.push_str(&String::from_utf8_lossy(&t));
+                    cur.text.push_str(&t);
                 }
             }
             Event::GeneralRef(r) => {
@@ -148,8 +146,7 @@ pub fn parse(xml: &str) -> Result<Element, String> {
                     {
                         cur.text.push(c);
                     } else {
-                        let name = r.decode().map_err(|e| format!("bad reference: {e}"))?;
-                        let c = match name.as_ref() {
+                        let c = match &*r.xml10_content() {
                             "amp" => '&',
                             "lt" => '<',
                             "gt" => '>',

@@ -153,16 +153,17 @@ impl fmt::Debug for CertificateAssertion {
 impl CertificateAssertion {
     /// Reads the first certificate and the (RSA) private key from one PEM file.
     pub fn from_pem(client_id: &str, audience: &str, pem: &str) -> Result<Self, String> {
-        use rustls::pki_types::PrivateKeyDer;
-        let mut rd = std::io::BufReader::new(pem.as_bytes());
-        let cert = rustls_pemfile::certs(&mut rd)
+        use rustls_pki_types::pem::{Error as PemError, PemObject};
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let cert = CertificateDer::pem_slice_iter(pem.as_bytes())
             .next()
             .ok_or("no CERTIFICATE block found")?
             .map_err(|e| format!("bad certificate PEM: {e}"))?;
-        let mut rd = std::io::BufReader::new(pem.as_bytes());
-        let key = rustls_pemfile::private_key(&mut rd)
-            .map_err(|e| format!("bad private key PEM: {e}"))?
-            .ok_or("no private key block found")?;
+        let key = match PrivateKeyDer::from_pem_slice(pem.as_bytes()) {
+            Ok(k) => k,
+            Err(PemError::NoItemsFound) => return Err("no private key block found".into()),
+            Err(e) => return Err(format!("bad private key PEM: {e}")),
+        };
         let b64 = base64::engine::general_purpose::STANDARD;
         let key = match key {
             PrivateKeyDer::Pkcs1(k) => {

@@ -43,15 +43,29 @@ impl Lock {
 impl Raw {
     pub async fn exec(&self, sql: &str) -> u64 {
         match self {
-            Raw::Sqlite(p) => sqlx::query(sql).execute(p).await.unwrap().rows_affected(),
-            Raw::Pg(p) => sqlx::query(sql).execute(p).await.unwrap().rows_affected(),
+            Raw::Sqlite(p) => sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(p)
+                .await
+                .unwrap()
+                .rows_affected(),
+            Raw::Pg(p) => sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(p)
+                .await
+                .unwrap()
+                .rows_affected(),
         }
     }
 
     pub async fn scalar(&self, sql: &str) -> i64 {
         match self {
-            Raw::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
-            Raw::Pg(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+            Raw::Sqlite(p) => sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(p)
+                .await
+                .unwrap(),
+            Raw::Pg(p) => sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(p)
+                .await
+                .unwrap(),
         }
     }
 
@@ -221,7 +235,7 @@ pub fn first_break(r: &VerifyReport) -> &audit::ChainBreak {
 }
 
 async fn cli_verify_code(env: &Env) -> i32 {
-    audit::cli_verify(&env.cfg, env.dir.path()).await
+    sessiongate::run::audit_verify(&env.cfg, env.dir.path()).await
 }
 
 // ---------------------------------------------------------------- the suite

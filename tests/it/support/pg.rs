@@ -47,7 +47,7 @@ impl PgDb {
             }
         };
         let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&admin)
             .await
             .expect("CREATE DATABASE");
@@ -76,7 +76,7 @@ impl Drop for PgDb {
                     .connect(&pg_admin_url())
                     .await
                 {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
                         .execute(&p)
                         .await;
                     p.close().await;
