@@ -76,9 +76,11 @@ impl Drop for PgDb {
                     .connect(&pg_admin_url())
                     .await
                 {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                        .execute(&p)
-                        .await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&p)
+                    .await;
                     p.close().await;
                 }
             });
