@@ -211,11 +211,11 @@ fn target_from_path(route: &str, path: &str) -> PathTarget {
     t
 }
 
+/// A path segment as the router decodes it (`+` stays `+`; invalid UTF-8 is replaced).
 fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| s.to_string())
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Authentication for every route except the probes: inserts the [`Principal`] into the
