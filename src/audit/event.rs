@@ -123,6 +123,7 @@ pub struct AuditEvent {
 /// Filters for `GET /audit`.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// RFC 3339 lower bound (inclusive).
     #[serde(default, with = "time::serde::rfc3339::option")]

@@ -1316,3 +1316,22 @@ async fn without_cors_config_no_cors_headers() {
     assert_eq!(r.status(), 200);
     assert!(!has_cors(&r));
 }
+
+#[tokio::test]
+async fn audit_read_refuses_unknown_query_parameters() {
+    let app = TestApp::start().await;
+    // A misspelt filter must not silently return everything unfiltered.
+    for q in ["actr=x", "limit=5&pool=a&colour=red", "request-id=x"] {
+        let r = app.get(&app.keys.auditor, &format!("/audit?{q}")).await;
+        let body = problem(r, 400, "invalid_query").await;
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("unknown field"),
+            "{body}"
+        );
+    }
+    let r = app.get(&app.keys.auditor, "/audit?actor=x&limit=5").await;
+    assert_eq!(r.status(), 200);
+}
