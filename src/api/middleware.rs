@@ -238,6 +238,23 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
     }
 }
 
+/// Refuses a request whose declared `Content-Length` exceeds the body limit with 413 at once,
+/// before anything waits for the body (a client announcing more than it sends would otherwise
+/// hold the connection until the request timeout).
+pub async fn declared_length(limit: usize, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => {
+            ApiError::from(RequestError::PayloadTooLarge).into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,6 +50,9 @@ pub fn router(st: AppState, body_limit: usize, cors: Option<CorsLayer>) -> Route
         .fallback(h::not_found)
         .method_not_allowed_fallback(h::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            middleware::declared_length(body_limit, req, next)
+        }))
         .layer(from_fn_with_state(st.clone(), middleware::context))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal("handler panicked").render("", "")

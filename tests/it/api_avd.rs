@@ -894,3 +894,39 @@ async fn bytes_after_the_json_body_are_refused_and_nothing_is_done() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn declared_length_over_the_limit_is_refused_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start().await;
+    let (host, id, _) = app.avd_target();
+    let addr = app.url.trim_start_matches("http://").to_string();
+    let limit = app.config.server.body_limit_bytes;
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Announces more than the limit, sends two bytes, and keeps the connection open.
+    let req = format!(
+        "POST /hostpools/{AVD_POOL}/sessionhosts/{host}/sessions/{id}/logoff HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{{}}",
+        app.keys.operator,
+        limit + 1
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an answer before the body arrives")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("payload_too_large"), "{text}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    assert_eq!(
+        app.arm()
+            .sessions(ARM_POOL)
+            .iter()
+            .filter(|x| x.host == host && x.id == id)
+            .count(),
+        1,
+        "nothing logged off"
+    );
+}
