@@ -118,24 +118,23 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
                 .into());
             }
         }
-        // Syntax first, over the whole body: one JSON value and nothing after it (a second
-        // object after the first would otherwise be silently ignored).
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-            return Err(
-                RequestError::InvalidJson(format!("the body is not valid JSON: {e}")).into(),
-            );
-        }
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        match serde_path_to_error::deserialize::<_, T>(de) {
-            Ok(v) => Ok(Self(v)),
+        let not_json = |e: serde_json::Error| -> ApiError {
+            RequestError::InvalidJson(format!("the body is not valid JSON: {e}")).into()
+        };
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        match serde_path_to_error::deserialize::<_, T>(&mut de) {
+            // One JSON value and nothing after it: a second object after the first would
+            // otherwise be silently ignored.
+            Ok(v) => de.end().map(|()| Self(v)).map_err(not_json),
             Err(e) => {
                 let path = e.path().to_string();
                 let inner = e.into_inner();
                 if inner.is_syntax() || inner.is_eof() {
-                    Err(
-                        RequestError::InvalidJson(format!("the body is not valid JSON: {inner}"))
-                            .into(),
-                    )
+                    Err(not_json(inner))
+                } else if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+                {
+                    // Wrong shape and not JSON as a whole (data after the value): not JSON wins.
+                    Err(not_json(syntax))
                 } else {
                     let at = if path == "." {
                         String::new()
