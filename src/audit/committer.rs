@@ -6,6 +6,7 @@
 
 use super::chain::VerifyReport;
 use super::event::{AuditEvent, AuditPage, AuditQuery, NewEvent};
+use super::spool::Spool;
 use super::store::{AuditConfig, AuditError, AuditStore, BlockingWriter, PruneReport};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -55,6 +56,19 @@ struct Inner {
     healthy: Arc<AtomicBool>,
     counters: Arc<Counters>,
     write_timeout: Duration,
+    /// Where events that could not be committed after their action ran are kept.
+    spool: Option<Arc<Spool>>,
+    /// Serialises spool drains (the background drainer and the start-up merge).
+    drain_lock: tokio::sync::Mutex<()>,
+}
+
+/// What became of an event handed to [`AuditLog::record_or_spool`].
+#[derive(Debug, Clone)]
+pub enum Kept {
+    /// Committed to the chain.
+    Stored(AuditEvent),
+    /// Durably in the local spool; the drainer commits it once the store takes writes.
+    Spooled,
 }
 
 /// Handle used by the service: cheap to clone.
@@ -65,6 +79,11 @@ pub struct AuditLog {
 
 /// While unhealthy and idle, the committer probes the store this often.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// While healthy and idle, the committer writes a heartbeat this often, so readiness notices a
+/// store that stopped taking writes (full, read-only, locked) even when no event is written.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the spool drainer looks for spooled events.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(500);
 /// How often retention runs (it also runs at start).
 const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -86,6 +105,18 @@ impl AuditLog {
         store: Arc<dyn AuditStore>,
         max_batch: usize,
         write_timeout: Duration,
+    ) -> Self {
+        Self::with_spool(store, max_batch, write_timeout, None)
+    }
+
+    /// Like [`AuditLog::with_options`], with a spool for events that must not be lost when
+    /// the store is down (see [`AuditLog::record_or_spool`]); inside a tokio runtime it also
+    /// starts the drainer that commits spooled events once the store takes writes again.
+    pub fn with_spool(
+        store: Arc<dyn AuditStore>,
+        max_batch: usize,
+        write_timeout: Duration,
+        spool: Option<Arc<Spool>>,
     ) -> Self {
         let healthy = Arc::new(AtomicBool::new(true));
         let counters = Arc::new(Counters::default());
@@ -125,14 +156,190 @@ impl AuditLog {
                 Err(_) => None,
             },
         };
-        Self {
+        let log = Self {
             inner: Arc::new(Inner {
                 store,
                 tx,
                 healthy,
                 counters,
                 write_timeout,
+                spool,
+                drain_lock: tokio::sync::Mutex::new(()),
             }),
+        };
+        if log.inner.spool.is_some()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(drainer(Arc::downgrade(&log.inner)));
+        }
+        log
+    }
+
+    /// The bound on how long [`AuditLog::record`] waits for a durable commit.
+    pub fn write_timeout(&self) -> Duration {
+        self.inner.write_timeout
+    }
+
+    /// The spool, when one is configured.
+    pub fn spool(&self) -> Option<&Spool> {
+        self.inner.spool.as_deref()
+    }
+
+    /// Commits one event, waiting for the committer's definitive answer (no caller-side
+    /// timeout: a committer answers every batch it takes, and a batch is bounded by the store's
+    /// own limits). Unlike [`AuditLog::record`], an error therefore means the event was NOT
+    /// written, so writing it again elsewhere cannot duplicate it.
+    async fn record_answered(&self, ev: NewEvent) -> Result<AuditEvent, AuditError> {
+        let inner = &self.inner;
+        let res = match &inner.tx {
+            Some(q) => {
+                let (reply, rx) = oneshot::channel();
+                let deadline = tokio::time::Instant::now() + inner.write_timeout;
+                match enqueue(q, deadline, ev, reply).await {
+                    Err(e) => Err(e),
+                    Ok(()) => rx.await.unwrap_or_else(|_| {
+                        Err(AuditError::Unavailable("audit committer stopped".into()))
+                    }),
+                }
+            }
+            None => inner.store.append_batch(vec![ev]).await.and_then(|mut v| {
+                v.pop()
+                    .ok_or_else(|| AuditError::Unavailable("store returned no event".into()))
+            }),
+        };
+        match &res {
+            Ok(stored) => {
+                inner.healthy.store(true, Ordering::Relaxed);
+                emit(stored);
+            }
+            Err(e) => {
+                inner.healthy.store(false, Ordering::Relaxed);
+                tracing::warn!(target: "sessiongate::audit", error = %e, "audit record failed");
+            }
+        }
+        res
+    }
+
+    /// Keeps an event that must not be lost (the outcome of an action that has run): one
+    /// commit attempt with a definitive answer; if the store cannot take it, the event is
+    /// appended to the spool (fsynced) and committed later by the drainer. Without a spool, or
+    /// when the spool cannot be written either, it retries the store every second (the event
+    /// is held in memory by this one call only).
+    pub async fn record_or_spool(&self, ev: NewEvent) -> Kept {
+        loop {
+            let err = match self.record_answered(ev.clone()).await {
+                Ok(stored) => return Kept::Stored(stored),
+                Err(e) => e,
+            };
+            if let Some(spool) = self.inner.spool.clone() {
+                let line = ev.clone();
+                match tokio::task::spawn_blocking(move || spool.append(&line)).await {
+                    Ok(Ok(())) => {
+                        tracing::warn!(target: "sessiongate::audit", error = %err, request_id = %ev.request_id, "audit store refused an event that must be kept; spooled it locally");
+                        return Kept::Spooled;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(target: "sessiongate::audit", error = %e, "cannot spool an audit event; retrying the store")
+                    }
+                    Err(e) => {
+                        tracing::error!(target: "sessiongate::audit", error = %e, "spool task failed; retrying the store")
+                    }
+                }
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
+    /// Writes an event straight to the spool without waiting for the store (used for request
+    /// records while the store is known to be failing, so a refused call waits only once).
+    /// Returns false when there is no spool or it cannot be written (the event is then lost,
+    /// and logged as such by the caller).
+    pub async fn spool_now(&self, ev: NewEvent) -> bool {
+        let Some(spool) = self.inner.spool.clone() else {
+            return false;
+        };
+        match tokio::task::spawn_blocking(move || spool.append(&ev)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::error!(target: "sessiongate::audit", error = %e, "cannot spool an audit event");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Commits every spooled event, oldest first, and removes them from the spool. Stops at
+    /// the first event the store refuses (the rest stay spooled, in order). An event whose
+    /// exact copy is already stored (a crash after its commit, before its removal) is not
+    /// written twice. Returns how many events left the spool.
+    pub async fn drain_spool(&self) -> Result<usize, AuditError> {
+        let Some(spool) = self.inner.spool.clone() else {
+            return Ok(0);
+        };
+        let _g = self.inner.drain_lock.lock().await;
+        if spool.pending() == 0 {
+            return Ok(0);
+        }
+        let s = spool.clone();
+        let events = tokio::task::spawn_blocking(move || s.read_all())
+            .await
+            .map_err(|e| AuditError::Unavailable(format!("spool read task: {e}")))??;
+        let mut done = 0usize;
+        let mut failure = None;
+        for ev in events {
+            match self.already_stored(&ev).await {
+                Ok(true) => {
+                    done += 1;
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            match self.record_answered(ev).await {
+                Ok(_) => done += 1,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let s = spool.clone();
+        tokio::task::spawn_blocking(move || s.remove_first(done))
+            .await
+            .map_err(|e| AuditError::Unavailable(format!("spool rewrite task: {e}")))??;
+        if done > 0 {
+            tracing::info!(target: "sessiongate::audit", merged = done, left = spool.pending(), "spooled audit events committed");
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
+    }
+
+    /// Whether the store already holds exactly this event (same request id, same fields).
+    async fn already_stored(&self, ev: &NewEvent) -> Result<bool, AuditError> {
+        let mut cursor = None;
+        loop {
+            let page = self
+                .inner
+                .store
+                .query(&AuditQuery {
+                    request_id: Some(ev.request_id.clone()),
+                    cursor: cursor.take(),
+                    limit: Some(1000),
+                    ..AuditQuery::default()
+                })
+                .await?;
+            if page.events.iter().any(|s| &s.event == ev) {
+                return Ok(true);
+            }
+            match page.next_cursor {
+                Some(c) if !page.events.is_empty() => cursor = Some(c),
+                _ => return Ok(false),
+            }
         }
     }
 
@@ -377,6 +584,39 @@ fn finish_batch(
     }
 }
 
+/// Records a heartbeat's result: the store's health is what its last real write said.
+fn probed(healthy: &AtomicBool, was_healthy: bool, res: Result<(), AuditError>) {
+    match res {
+        Ok(()) => {
+            if !was_healthy {
+                tracing::info!(target: "sessiongate::audit", "audit store writable again");
+            }
+            healthy.store(true, Ordering::Relaxed);
+        }
+        Err(e) => {
+            if was_healthy {
+                tracing::error!(target: "sessiongate::audit", error = %e, "audit heartbeat failed: the store does not take writes");
+            }
+            healthy.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Commits spooled events whenever there are some, until the log is gone.
+async fn drainer(weak: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(DRAIN_INTERVAL).await;
+        let Some(inner) = weak.upgrade() else { return };
+        let pending = inner.spool.as_ref().is_some_and(|s| s.pending() > 0);
+        if pending && inner.healthy.load(Ordering::Relaxed) {
+            let log = AuditLog { inner };
+            if let Err(e) = log.drain_spool().await {
+                tracing::warn!(target: "sessiongate::audit", error = %e, "spooled audit events not committed yet");
+            }
+        }
+    }
+}
+
 /// The group committer on its own thread, over a [`BlockingWriter`]: blocks until a record
 /// arrives, takes whatever else is queued (up to `max_batch`), runs the whole transaction in
 /// this thread and answers the callers directly (caller → this thread → caller). While
@@ -395,23 +635,20 @@ fn writer_thread(
     use std::sync::mpsc::RecvTimeoutError;
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch.min(1024));
     loop {
-        let first = if healthy.load(Ordering::Relaxed) {
-            match rx.recv() {
-                Ok(j) => j,
-                Err(_) => break,
-            }
+        let was_healthy = healthy.load(Ordering::Relaxed);
+        let idle = if was_healthy {
+            HEARTBEAT_INTERVAL
         } else {
-            match rx.recv_timeout(PROBE_INTERVAL) {
-                Ok(j) => j,
-                Err(RecvTimeoutError::Timeout) => {
-                    if w.probe().is_ok() {
-                        tracing::info!(target: "sessiongate::audit", "audit store writable again");
-                        healthy.store(true, Ordering::Relaxed);
-                    }
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
+            PROBE_INTERVAL
+        };
+        let first = match rx.recv_timeout(idle) {
+            Ok(j) => j,
+            Err(RecvTimeoutError::Timeout) => {
+                let res = w.probe();
+                probed(&healthy, was_healthy, res);
+                continue;
             }
+            Err(RecvTimeoutError::Disconnected) => break,
         };
         batch.push(first);
         fill_batch(&mut batch, max_batch, || rx.try_recv().ok());
@@ -448,18 +685,24 @@ async fn committer(
     write_timeout: Duration,
 ) {
     loop {
-        let first = if healthy.load(Ordering::Relaxed) {
-            rx.recv().await
+        let was_healthy = healthy.load(Ordering::Relaxed);
+        let idle = if was_healthy {
+            HEARTBEAT_INTERVAL
         } else {
-            match tokio::time::timeout(PROBE_INTERVAL, rx.recv()).await {
-                Ok(j) => j,
-                Err(_) => {
-                    if let Ok(Ok(())) = tokio::time::timeout(write_timeout, store.probe()).await {
-                        tracing::info!(target: "sessiongate::audit", "audit store writable again");
-                        healthy.store(true, Ordering::Relaxed);
-                    }
-                    continue;
-                }
+            PROBE_INTERVAL
+        };
+        let first = match tokio::time::timeout(idle, rx.recv()).await {
+            Ok(j) => j,
+            Err(_) => {
+                let res = match tokio::time::timeout(write_timeout, store.probe()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(AuditError::Unavailable(format!(
+                        "heartbeat did not commit within {} ms",
+                        write_timeout.as_millis()
+                    ))),
+                };
+                probed(&healthy, was_healthy, res);
+                continue;
             }
         };
         let Some(first) = first else { return };

@@ -11,7 +11,7 @@
 
 use super::chain::unix_micros;
 use super::event::{AuditEvent, NewEvent};
-use super::sql::{chain_events, insert_sql};
+use super::sql::{HEARTBEAT_SQL, chain_events, heartbeat_pad, insert_sql};
 use super::{AuditError, BlockingWriter};
 use rusqlite::types::ToSql;
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
@@ -28,7 +28,6 @@ const BEGIN_SQL: &str = "BEGIN IMMEDIATE";
 const HEAD_SQL: &str = "SELECT head_seq, head_hash FROM audit_chains WHERE chain = ?1";
 const UPDATE_HEAD_SQL: &str =
     "UPDATE audit_chains SET head_seq = ?1, head_hash = ?2 WHERE chain = ?3";
-const PROBE_SQL: &str = "UPDATE audit_chains SET head_seq = head_seq WHERE chain = ?1";
 const COMMIT_SQL: &str = "COMMIT";
 const ROLLBACK_SQL: &str = "ROLLBACK";
 
@@ -60,7 +59,7 @@ impl Open {
             HEAD_SQL,
             open.insert_sql.as_str(),
             UPDATE_HEAD_SQL,
-            PROBE_SQL,
+            HEARTBEAT_SQL,
             COMMIT_SQL,
             ROLLBACK_SQL,
         ] {
@@ -126,7 +125,12 @@ impl Open {
 
     fn probe(&self, chain: &str) -> Result<(), AuditError> {
         self.run("begin", BEGIN_SQL, &[])?;
-        self.run("probe", PROBE_SQL, &[&chain])?;
+        let now = unix_micros(time::OffsetDateTime::now_utc());
+        self.run(
+            "heartbeat",
+            HEARTBEAT_SQL,
+            params![chain, now, heartbeat_pad()],
+        )?;
         self.run("commit", COMMIT_SQL, &[]).map(|_| ())
     }
 
