@@ -35,6 +35,8 @@ struct Counters {
 struct Job {
     ev: NewEvent,
     reply: oneshot::Sender<Result<AuditEvent, AuditError>>,
+    /// When the caller stops waiting (`None`: it waits for the answer, however long).
+    deadline: Option<Instant>,
     /// The writer thread's queue slot, released when the job is answered.
     _slot: Option<OwnedSemaphorePermit>,
 }
@@ -82,6 +84,8 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// While healthy and idle, the committer writes a heartbeat this often, so readiness notices a
 /// store that stopped taking writes (full, read-only, locked) even when no event is written.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// Headroom between the end of a batch's lock wait and its first caller's deadline.
+const LOCK_WAIT_MARGIN: Duration = Duration::from_millis(50);
 /// How often the spool drainer looks for spooled events.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(500);
 /// How often retention runs (it also runs at start).
@@ -195,7 +199,7 @@ impl AuditLog {
             Some(q) => {
                 let (reply, rx) = oneshot::channel();
                 let deadline = tokio::time::Instant::now() + inner.write_timeout;
-                match enqueue(q, deadline, ev, reply).await {
+                match enqueue(q, deadline, ev, reply, false).await {
                     Err(e) => Err(e),
                     Ok(()) => rx.await.unwrap_or_else(|_| {
                         Err(AuditError::Unavailable("audit committer stopped".into()))
@@ -351,7 +355,7 @@ impl AuditLog {
         let result = match &inner.tx {
             Some(q) => {
                 let (reply, rx) = oneshot::channel();
-                match enqueue(q, deadline, ev, reply).await {
+                match enqueue(q, deadline, ev, reply, true).await {
                     Err(e) => Err(e),
                     Ok(()) => match tokio::time::timeout_at(deadline, rx).await {
                         Err(_) => Err(AuditError::Unavailable(format!(
@@ -499,7 +503,9 @@ async fn enqueue(
     deadline: tokio::time::Instant,
     ev: NewEvent,
     reply: oneshot::Sender<Result<AuditEvent, AuditError>>,
+    caller_waits_until_deadline: bool,
 ) -> Result<(), AuditError> {
+    let job_deadline = caller_waits_until_deadline.then(|| deadline.into_std());
     let full = || AuditError::Unavailable("audit write queue full (timed out)".into());
     let stopped = || AuditError::Unavailable("audit committer stopped".into());
     match q {
@@ -507,6 +513,7 @@ async fn enqueue(
             let job = Job {
                 ev,
                 reply,
+                deadline: job_deadline,
                 _slot: None,
             };
             match tokio::time::timeout_at(deadline, tx.send(job)).await {
@@ -530,6 +537,7 @@ async fn enqueue(
             tx.send(Job {
                 ev,
                 reply,
+                deadline: job_deadline,
                 _slot: Some(slot),
             })
             .map_err(|_| stopped())
@@ -655,6 +663,18 @@ fn writer_thread(
         if batch.is_empty() {
             continue;
         }
+        // Wait for the write lock no longer than the most impatient caller of the batch (less a
+        // margin): a batch must not commit events whose callers were told it failed (an intent
+        // committed after its caller gave up would be an action that never ran).
+        let now = Instant::now();
+        let wait = batch
+            .iter()
+            .filter_map(|j| j.deadline)
+            .map(|d| {
+                d.saturating_duration_since(now)
+                    .saturating_sub(LOCK_WAIT_MARGIN)
+            })
+            .min();
         let mut events = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
         for j in batch.drain(..) {
@@ -663,7 +683,10 @@ fn writer_thread(
             // `j._slot` drops here: the queue slot is free again.
         }
         let t0 = Instant::now();
-        let res = w.append_batch(events);
+        let res = match wait {
+            Some(wait) => w.append_batch_within(events, wait),
+            None => w.append_batch(events),
+        };
         if t0.elapsed() > Duration::from_secs(1) {
             tracing::warn!(target: "sessiongate::audit", elapsed_ms = t0.elapsed().as_millis() as u64, batch = replies.len(), "slow audit commit");
         }

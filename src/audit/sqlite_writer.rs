@@ -190,6 +190,8 @@ fn insert_event(
 pub struct SqliteWriter {
     open: Option<Open>,
     chain: String,
+    /// The connection's usual busy timeout.
+    busy_timeout: Duration,
     /// Set by `SqlStore::close`: the writer closes its connection and refuses writes.
     closed: Arc<AtomicBool>,
     /// `SqlStore::transactions`, shared.
@@ -208,6 +210,7 @@ impl SqliteWriter {
         Ok(SqliteWriter {
             open: Some(Open::new(path, busy_timeout)?),
             chain: chain.to_owned(),
+            busy_timeout,
             closed,
             transactions,
         })
@@ -240,6 +243,28 @@ impl SqliteWriter {
 }
 
 impl BlockingWriter for SqliteWriter {
+    fn append_batch_within(
+        &mut self,
+        events: Vec<NewEvent>,
+        wait: Duration,
+    ) -> Result<Vec<AuditEvent>, AuditError> {
+        let normal = self.busy_timeout;
+        let bounded = wait.min(normal);
+        if bounded < normal {
+            self.conn()?
+                .conn
+                .busy_timeout(bounded)
+                .map_err(|e| unavailable("busy_timeout", e))?;
+        }
+        let res = self.append_batch(events);
+        if bounded < normal
+            && let Ok(o) = self.conn()
+        {
+            let _ = o.conn.busy_timeout(normal);
+        }
+        res
+    }
+
     fn append_batch(&mut self, events: Vec<NewEvent>) -> Result<Vec<AuditEvent>, AuditError> {
         if events.is_empty() {
             return Ok(Vec::new());

@@ -79,6 +79,15 @@ pub trait AuditStore: Send + Sync {
 /// as [`AuditStore::append_batch`]).
 pub trait BlockingWriter: Send {
     fn append_batch(&mut self, events: Vec<NewEvent>) -> Result<Vec<AuditEvent>, AuditError>;
+    /// Like `append_batch`, waiting at most `wait` for the store's write lock (so a batch
+    /// cannot commit after every caller waiting for it has been told it failed).
+    fn append_batch_within(
+        &mut self,
+        events: Vec<NewEvent>,
+        _wait: std::time::Duration,
+    ) -> Result<Vec<AuditEvent>, AuditError> {
+        self.append_batch(events)
+    }
     /// A cheap write that proves the store takes commits again (used while unhealthy).
     fn probe(&mut self) -> Result<(), AuditError>;
 }
