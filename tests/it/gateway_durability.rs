@@ -355,8 +355,8 @@ async fn no_upstream_call_and_one_wait_while_store_known_down() {
     verify_ok(&cfg).await;
 }
 
-/// Finding 3: two actions share a client-chosen request id; the first completes, the second
-/// is in flight when the process dies (its intent committed, no outcome). After a restart the
+/// Finding 3: two actions share a client-chosen request id; one completes (its outcome is the
+/// newest event of that request id), the other is in flight when the process dies (its intent committed, no outcome). After a restart the
 /// second intent, and only it, gets an `interrupted` outcome naming its intent id. An outcome
 /// without an intent id (a chain written before the field existed) still closes the intents of
 /// its request id.
@@ -369,17 +369,8 @@ async fn recovery_pairs_by_intent_id_not_request_id() {
     let http = http();
     let (h, i) = &targets[0];
     let shared = "client-chosen-id-1";
-    let url = format!("{}/disconnect", Demo::session_url(&gw.url, h, *i));
-    let r = http
-        .post(&url)
-        .bearer_auth(&b.keys.operator)
-        .header("x-request-id", shared)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    // The second action with the same request id: intent committed, then the process "dies"
-    // (nothing else is written for it).
+    // The second action with the same request id: its intent is committed while the first is
+    // under way, then the process "dies" (nothing else is written for it).
     let log = gw.gateway.audit().clone();
     let intent = |rid: &str| NewEvent {
         kind: Some(EventKind::Intent),
@@ -396,6 +387,16 @@ async fn recovery_pairs_by_intent_id_not_request_id() {
         ..NewEvent::default()
     };
     let second = log.record(intent(shared)).await.unwrap();
+    // The first action completes after that intent (intent, outcome).
+    let url = format!("{}/disconnect", Demo::session_url(&gw.url, h, *i));
+    let r = http
+        .post(&url)
+        .bearer_auth(&b.keys.operator)
+        .header("x-request-id", shared)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     // A legacy pair (outcome without intent id) must not be reopened.
     let legacy = log.record(intent("legacy-1")).await.unwrap();
     let mut legacy_outcome = legacy.event.clone();
