@@ -68,7 +68,7 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub enum Kept {
     /// Committed to the chain.
-    Stored(AuditEvent),
+    Stored(Box<AuditEvent>),
     /// Durably in the local spool; the drainer commits it once the store takes writes.
     Spooled,
 }
@@ -232,7 +232,7 @@ impl AuditLog {
     pub async fn record_or_spool(&self, ev: NewEvent) -> Kept {
         loop {
             let err = match self.record_answered(ev.clone()).await {
-                Ok(stored) => return Kept::Stored(stored),
+                Ok(stored) => return Kept::Stored(Box::new(stored)),
                 Err(e) => e,
             };
             if let Some(spool) = self.inner.spool.clone() {

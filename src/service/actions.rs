@@ -256,7 +256,7 @@ impl Gateway {
             let _ = tx.send(audit.record_or_spool(ev).await);
         });
         match tokio::time::timeout(self.audit.write_timeout(), rx).await {
-            Ok(Ok(Kept::Stored(stored))) => Some(stored),
+            Ok(Ok(Kept::Stored(stored))) => Some(*stored),
             Ok(Ok(Kept::Spooled)) | Ok(Err(_)) | Err(_) => {
                 tracing::error!(
                     "an action outcome could not be committed in time; it is kept and will be recorded"
