@@ -533,3 +533,134 @@ async fn readiness_follows_disk_full() {
     gw.stop().await;
     verify_ok(&cfg).await;
 }
+
+/// A TCP proxy to PostgreSQL that can be cut: while cut, it closes every open connection and
+/// every new one at once (the server "refuses").
+struct CuttableProxy {
+    addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    async fn start(upstream: String) -> CuttableProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = cut.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if flag.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let (upstream, flag) = (upstream.clone(), flag.clone());
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+                    tokio::pin!(copy);
+                    loop {
+                        tokio::select! {
+                            _ = &mut copy => return,
+                            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                                if flag.load(Ordering::SeqCst) {
+                                    return; // both streams dropped: connection cut
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        CuttableProxy { addr, cut, task }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// PostgreSQL refusing connections (a proxy in front of it is cut): `/readyz` turns 503
+/// without traffic, actions are refused 503 `audit_unavailable` with no upstream call of any
+/// kind, and all is well again once the proxy lets connections through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refusing_connections_is_not_ready_and_calls_nothing() {
+    let Some(db) = crate::support::pg::PgDb::create("gw_cut").await else {
+        return;
+    };
+    let mut u = url::Url::parse(&db.url).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        u.host_str().unwrap_or("127.0.0.1"),
+        u.port().unwrap_or(5432)
+    );
+    let proxy = CuttableProxy::start(upstream).await;
+    u.set_port(Some(proxy.addr.port())).unwrap();
+    u.set_host(Some("127.0.0.1")).unwrap();
+    let b = Demo::start_unthrottled().await;
+    let targets = b.seed("pgcut", 3);
+    let arm = b.arm();
+    let mut cfg = b.config("127.0.0.1:0", Some(u.as_str()), Some("gw-cut"));
+    cfg.audit.write_timeout_ms = 1000;
+    let mut gw = InProc::start(&cfg).await;
+    let http = http();
+    let key = &b.keys.operator;
+    wait_ready(&http, &gw.url, 200, Duration::from_secs(5), "start").await;
+
+    proxy.set_cut(true);
+    wait_ready(&http, &gw.url, 503, Duration::from_secs(10), "postgres cut").await;
+    let before = arm.all_calls();
+    for (h, i) in &targets[..2] {
+        let url = format!("{}/disconnect", Demo::session_url(&gw.url, h, *i));
+        let t0 = Instant::now();
+        let a = post_action(&http, &url, key, None).await.unwrap();
+        assert_eq!(a.status, 503, "{:?}", a.body);
+        assert_eq!(a.body["code"], "audit_unavailable");
+        assert!(
+            t0.elapsed() < Duration::from_millis(1000),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+    assert_eq!(
+        arm.all_calls(),
+        before,
+        "upstream calls while PostgreSQL refused"
+    );
+
+    proxy.set_cut(false);
+    wait_ready(
+        &http,
+        &gw.url,
+        200,
+        Duration::from_secs(15),
+        "postgres back",
+    )
+    .await;
+    let (h, i) = &targets[2];
+    let url = format!("{}/disconnect", Demo::session_url(&gw.url, h, *i));
+    let a = post_action(&http, &url, key, None).await.unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(arm.calls(ArmOp::Disconnect), 1);
+    gw.stop().await;
+    let store = sessiongate::audit::open_read_only(&cfg.audit, &cfg.server.data_dir)
+        .await
+        .unwrap();
+    let report = sessiongate::audit::AuditStore::verify(&store)
+        .await
+        .unwrap();
+    assert!(report.ok, "{report:#?}");
+    drop(store);
+}
