@@ -750,7 +750,7 @@ async fn committer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{Location, SqlStore, open};
+    use crate::audit::{Location, Spool, SqlStore, open};
     use async_trait::async_trait;
 
     fn assert_send<T: Send>(_: &T) {}
@@ -772,6 +772,49 @@ mod tests {
         let cfg = AuditConfig::default();
         let dir = std::path::PathBuf::from("/nonexistent");
         assert_send(&open(&cfg, &dir));
+    }
+
+    /// The spool drains in order, skips an event the store already holds (a crash between its
+    /// commit and its removal), and `record_or_spool` commits directly while the store works.
+    #[tokio::test]
+    async fn spool_drains_in_order_without_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqlStore::connect(&Location::SqliteMemory, Duration::from_secs(1), true)
+            .await
+            .unwrap();
+        store.claim_chain("c").await.unwrap();
+        let spool = Arc::new(Spool::open(&dir.path().join("a.spool")).unwrap());
+        let log = AuditLog::with_spool(
+            Arc::new(store),
+            16,
+            Duration::from_secs(1),
+            Some(spool.clone()),
+        );
+        let ev = |rid: &str| NewEvent {
+            request_id: rid.into(),
+            action: "logoff".into(),
+            outcome: "done".into(),
+            params: serde_json::json!({ "intent_id": format!("i-{rid}") }),
+            ..NewEvent::default()
+        };
+        // Already committed, but still in the spool.
+        log.record(ev("a")).await.unwrap();
+        spool.append(&ev("a")).unwrap();
+        spool.append(&ev("b")).unwrap();
+        spool.append(&ev("c")).unwrap();
+        assert_eq!(log.drain_spool().await.unwrap(), 3);
+        assert_eq!(spool.pending(), 0);
+        assert!(spool.read_all().unwrap().is_empty());
+        let mut all = log.all_events().await.unwrap();
+        all.sort_by_key(|e| e.seq);
+        let rids: Vec<&str> = all.iter().map(|e| e.event.request_id.as_str()).collect();
+        assert_eq!(rids, ["a", "b", "c"], "in order, no duplicate");
+        assert!(matches!(
+            log.record_or_spool(ev("d")).await,
+            Kept::Stored(_)
+        ));
+        assert_eq!(spool.pending(), 0);
+        assert!(log.verify().await.unwrap().ok);
     }
 
     /// A writer whose batches wait on a gate; records the size of every batch it commits.
