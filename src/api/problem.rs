@@ -308,6 +308,48 @@ impl From<ServiceError> for ApiError {
                 )
                 .with_retry_after(Duration::from_secs(5))
             }
+            ServiceError::OutcomeNotRecorded {
+                outcome,
+                error_code,
+                intent_event_id,
+            } => {
+                let done_upstream = matches!(outcome.as_str(), "done" | "already_gone");
+                let what = match outcome.as_str() {
+                    "done" => "The action WAS carried out upstream".to_string(),
+                    "already_gone" => "The session was already gone upstream".to_string(),
+                    "would_do" => {
+                        "The dry run was evaluated (nothing was sent upstream)".to_string()
+                    }
+                    "refused" => {
+                        "The action was refused by sessiongate (nothing was sent upstream)"
+                            .to_string()
+                    }
+                    other => format!(
+                        "The action was attempted upstream and ended '{other}' ({})",
+                        error_code.as_deref().unwrap_or("no code")
+                    ),
+                };
+                let mut a = ApiError::new(
+                    S::SERVICE_UNAVAILABLE,
+                    code,
+                    "Outcome not recorded yet",
+                    format!(
+                        "{what}, but the audit log could not store its outcome in time. The outcome is kept and will be recorded under intent {intent_event_id}; do not retry this request{}.",
+                        if done_upstream {
+                            " (it would act twice)"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+                a.extra = Some(serde_json::json!({
+                    "outcome": outcome,
+                    "error_code": error_code,
+                    "intent_event_id": intent_event_id,
+                    "retry": false,
+                }));
+                a
+            }
             ServiceError::RateLimited { retry_after } => {
                 ApiError::new(S::TOO_MANY_REQUESTS, code, "Too many requests", detail)
                     .with_retry_after(retry_after)

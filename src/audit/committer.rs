@@ -6,6 +6,7 @@
 
 use super::chain::VerifyReport;
 use super::event::{AuditEvent, AuditPage, AuditQuery, NewEvent};
+use super::spool::Spool;
 use super::store::{AuditConfig, AuditError, AuditStore, BlockingWriter, PruneReport};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -34,6 +35,8 @@ struct Counters {
 struct Job {
     ev: NewEvent,
     reply: oneshot::Sender<Result<AuditEvent, AuditError>>,
+    /// When the caller stops waiting (`None`: it waits for the answer, however long).
+    deadline: Option<Instant>,
     /// The writer thread's queue slot, released when the job is answered.
     _slot: Option<OwnedSemaphorePermit>,
 }
@@ -55,6 +58,19 @@ struct Inner {
     healthy: Arc<AtomicBool>,
     counters: Arc<Counters>,
     write_timeout: Duration,
+    /// Where events that could not be committed after their action ran are kept.
+    spool: Option<Arc<Spool>>,
+    /// Serialises spool drains (the background drainer and the start-up merge).
+    drain_lock: tokio::sync::Mutex<()>,
+}
+
+/// What became of an event handed to [`AuditLog::record_or_spool`].
+#[derive(Debug, Clone)]
+pub enum Kept {
+    /// Committed to the chain.
+    Stored(Box<AuditEvent>),
+    /// Durably in the local spool; the drainer commits it once the store takes writes.
+    Spooled,
 }
 
 /// Handle used by the service: cheap to clone.
@@ -65,6 +81,13 @@ pub struct AuditLog {
 
 /// While unhealthy and idle, the committer probes the store this often.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// While healthy and idle, the committer writes a heartbeat this often, so readiness notices a
+/// store that stopped taking writes (full, read-only, locked) even when no event is written.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// Headroom between the end of a batch's lock wait and its first caller's deadline.
+const LOCK_WAIT_MARGIN: Duration = Duration::from_millis(50);
+/// How often the spool drainer looks for spooled events.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(500);
 /// How often retention runs (it also runs at start).
 const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -86,6 +109,18 @@ impl AuditLog {
         store: Arc<dyn AuditStore>,
         max_batch: usize,
         write_timeout: Duration,
+    ) -> Self {
+        Self::with_spool(store, max_batch, write_timeout, None)
+    }
+
+    /// Like [`AuditLog::with_options`], with a spool for events that must not be lost when
+    /// the store is down (see [`AuditLog::record_or_spool`]); inside a tokio runtime it also
+    /// starts the drainer that commits spooled events once the store takes writes again.
+    pub fn with_spool(
+        store: Arc<dyn AuditStore>,
+        max_batch: usize,
+        write_timeout: Duration,
+        spool: Option<Arc<Spool>>,
     ) -> Self {
         let healthy = Arc::new(AtomicBool::new(true));
         let counters = Arc::new(Counters::default());
@@ -125,14 +160,190 @@ impl AuditLog {
                 Err(_) => None,
             },
         };
-        Self {
+        let log = Self {
             inner: Arc::new(Inner {
                 store,
                 tx,
                 healthy,
                 counters,
                 write_timeout,
+                spool,
+                drain_lock: tokio::sync::Mutex::new(()),
             }),
+        };
+        if log.inner.spool.is_some()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(drainer(Arc::downgrade(&log.inner)));
+        }
+        log
+    }
+
+    /// The bound on how long [`AuditLog::record`] waits for a durable commit.
+    pub fn write_timeout(&self) -> Duration {
+        self.inner.write_timeout
+    }
+
+    /// The spool, when one is configured.
+    pub fn spool(&self) -> Option<&Spool> {
+        self.inner.spool.as_deref()
+    }
+
+    /// Commits one event, waiting for the committer's definitive answer (no caller-side
+    /// timeout: a committer answers every batch it takes, and a batch is bounded by the store's
+    /// own limits). Unlike [`AuditLog::record`], an error therefore means the event was NOT
+    /// written, so writing it again elsewhere cannot duplicate it.
+    async fn record_answered(&self, ev: NewEvent) -> Result<AuditEvent, AuditError> {
+        let inner = &self.inner;
+        let res = match &inner.tx {
+            Some(q) => {
+                let (reply, rx) = oneshot::channel();
+                let deadline = tokio::time::Instant::now() + inner.write_timeout;
+                match enqueue(q, deadline, ev, reply, false).await {
+                    Err(e) => Err(e),
+                    Ok(()) => rx.await.unwrap_or_else(|_| {
+                        Err(AuditError::Unavailable("audit committer stopped".into()))
+                    }),
+                }
+            }
+            None => inner.store.append_batch(vec![ev]).await.and_then(|mut v| {
+                v.pop()
+                    .ok_or_else(|| AuditError::Unavailable("store returned no event".into()))
+            }),
+        };
+        match &res {
+            Ok(stored) => {
+                inner.healthy.store(true, Ordering::Relaxed);
+                emit(stored);
+            }
+            Err(e) => {
+                inner.healthy.store(false, Ordering::Relaxed);
+                tracing::warn!(target: "sessiongate::audit", error = %e, "audit record failed");
+            }
+        }
+        res
+    }
+
+    /// Keeps an event that must not be lost (the outcome of an action that has run): one
+    /// commit attempt with a definitive answer; if the store cannot take it, the event is
+    /// appended to the spool (fsynced) and committed later by the drainer. Without a spool, or
+    /// when the spool cannot be written either, it retries the store every second (the event
+    /// is held in memory by this one call only).
+    pub async fn record_or_spool(&self, ev: NewEvent) -> Kept {
+        loop {
+            let err = match self.record_answered(ev.clone()).await {
+                Ok(stored) => return Kept::Stored(Box::new(stored)),
+                Err(e) => e,
+            };
+            if let Some(spool) = self.inner.spool.clone() {
+                let line = ev.clone();
+                match tokio::task::spawn_blocking(move || spool.append(&line)).await {
+                    Ok(Ok(())) => {
+                        tracing::warn!(target: "sessiongate::audit", error = %err, request_id = %ev.request_id, "audit store refused an event that must be kept; spooled it locally");
+                        return Kept::Spooled;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(target: "sessiongate::audit", error = %e, "cannot spool an audit event; retrying the store")
+                    }
+                    Err(e) => {
+                        tracing::error!(target: "sessiongate::audit", error = %e, "spool task failed; retrying the store")
+                    }
+                }
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
+    /// Writes an event straight to the spool without waiting for the store (used for request
+    /// records while the store is known to be failing, so a refused call waits only once).
+    /// Returns false when there is no spool or it cannot be written (the event is then lost,
+    /// and logged as such by the caller).
+    pub async fn spool_now(&self, ev: NewEvent) -> bool {
+        let Some(spool) = self.inner.spool.clone() else {
+            return false;
+        };
+        match tokio::task::spawn_blocking(move || spool.append(&ev)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::error!(target: "sessiongate::audit", error = %e, "cannot spool an audit event");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Commits every spooled event, oldest first, and removes them from the spool. Stops at
+    /// the first event the store refuses (the rest stay spooled, in order). An event whose
+    /// exact copy is already stored (a crash after its commit, before its removal) is not
+    /// written twice. Returns how many events left the spool.
+    pub async fn drain_spool(&self) -> Result<usize, AuditError> {
+        let Some(spool) = self.inner.spool.clone() else {
+            return Ok(0);
+        };
+        let _g = self.inner.drain_lock.lock().await;
+        if spool.pending() == 0 {
+            return Ok(0);
+        }
+        let s = spool.clone();
+        let events = tokio::task::spawn_blocking(move || s.read_all())
+            .await
+            .map_err(|e| AuditError::Unavailable(format!("spool read task: {e}")))??;
+        let mut done = 0usize;
+        let mut failure = None;
+        for ev in events {
+            match self.already_stored(&ev).await {
+                Ok(true) => {
+                    done += 1;
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            match self.record_answered(ev).await {
+                Ok(_) => done += 1,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let s = spool.clone();
+        tokio::task::spawn_blocking(move || s.remove_first(done))
+            .await
+            .map_err(|e| AuditError::Unavailable(format!("spool rewrite task: {e}")))??;
+        if done > 0 {
+            tracing::info!(target: "sessiongate::audit", merged = done, left = spool.pending(), "spooled audit events committed");
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
+    }
+
+    /// Whether the store already holds exactly this event (same request id, same fields).
+    async fn already_stored(&self, ev: &NewEvent) -> Result<bool, AuditError> {
+        let mut cursor = None;
+        loop {
+            let page = self
+                .inner
+                .store
+                .query(&AuditQuery {
+                    request_id: Some(ev.request_id.clone()),
+                    cursor: cursor.take(),
+                    limit: Some(1000),
+                    ..AuditQuery::default()
+                })
+                .await?;
+            if page.events.iter().any(|s| &s.event == ev) {
+                return Ok(true);
+            }
+            match page.next_cursor {
+                Some(c) if !page.events.is_empty() => cursor = Some(c),
+                _ => return Ok(false),
+            }
         }
     }
 
@@ -144,7 +355,7 @@ impl AuditLog {
         let result = match &inner.tx {
             Some(q) => {
                 let (reply, rx) = oneshot::channel();
-                match enqueue(q, deadline, ev, reply).await {
+                match enqueue(q, deadline, ev, reply, true).await {
                     Err(e) => Err(e),
                     Ok(()) => match tokio::time::timeout_at(deadline, rx).await {
                         Err(_) => Err(AuditError::Unavailable(format!(
@@ -292,7 +503,9 @@ async fn enqueue(
     deadline: tokio::time::Instant,
     ev: NewEvent,
     reply: oneshot::Sender<Result<AuditEvent, AuditError>>,
+    caller_waits_until_deadline: bool,
 ) -> Result<(), AuditError> {
+    let job_deadline = caller_waits_until_deadline.then(|| deadline.into_std());
     let full = || AuditError::Unavailable("audit write queue full (timed out)".into());
     let stopped = || AuditError::Unavailable("audit committer stopped".into());
     match q {
@@ -300,6 +513,7 @@ async fn enqueue(
             let job = Job {
                 ev,
                 reply,
+                deadline: job_deadline,
                 _slot: None,
             };
             match tokio::time::timeout_at(deadline, tx.send(job)).await {
@@ -323,6 +537,7 @@ async fn enqueue(
             tx.send(Job {
                 ev,
                 reply,
+                deadline: job_deadline,
                 _slot: Some(slot),
             })
             .map_err(|_| stopped())
@@ -377,6 +592,39 @@ fn finish_batch(
     }
 }
 
+/// Records a heartbeat's result: the store's health is what its last real write said.
+fn probed(healthy: &AtomicBool, was_healthy: bool, res: Result<(), AuditError>) {
+    match res {
+        Ok(()) => {
+            if !was_healthy {
+                tracing::info!(target: "sessiongate::audit", "audit store writable again");
+            }
+            healthy.store(true, Ordering::Relaxed);
+        }
+        Err(e) => {
+            if was_healthy {
+                tracing::error!(target: "sessiongate::audit", error = %e, "audit heartbeat failed: the store does not take writes");
+            }
+            healthy.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Commits spooled events whenever there are some, until the log is gone.
+async fn drainer(weak: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(DRAIN_INTERVAL).await;
+        let Some(inner) = weak.upgrade() else { return };
+        let pending = inner.spool.as_ref().is_some_and(|s| s.pending() > 0);
+        if pending && inner.healthy.load(Ordering::Relaxed) {
+            let log = AuditLog { inner };
+            if let Err(e) = log.drain_spool().await {
+                tracing::warn!(target: "sessiongate::audit", error = %e, "spooled audit events not committed yet");
+            }
+        }
+    }
+}
+
 /// The group committer on its own thread, over a [`BlockingWriter`]: blocks until a record
 /// arrives, takes whatever else is queued (up to `max_batch`), runs the whole transaction in
 /// this thread and answers the callers directly (caller → this thread → caller). While
@@ -395,29 +643,38 @@ fn writer_thread(
     use std::sync::mpsc::RecvTimeoutError;
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch.min(1024));
     loop {
-        let first = if healthy.load(Ordering::Relaxed) {
-            match rx.recv() {
-                Ok(j) => j,
-                Err(_) => break,
-            }
+        let was_healthy = healthy.load(Ordering::Relaxed);
+        let idle = if was_healthy {
+            HEARTBEAT_INTERVAL
         } else {
-            match rx.recv_timeout(PROBE_INTERVAL) {
-                Ok(j) => j,
-                Err(RecvTimeoutError::Timeout) => {
-                    if w.probe().is_ok() {
-                        tracing::info!(target: "sessiongate::audit", "audit store writable again");
-                        healthy.store(true, Ordering::Relaxed);
-                    }
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
+            PROBE_INTERVAL
+        };
+        let first = match rx.recv_timeout(idle) {
+            Ok(j) => j,
+            Err(RecvTimeoutError::Timeout) => {
+                let res = w.probe();
+                probed(&healthy, was_healthy, res);
+                continue;
             }
+            Err(RecvTimeoutError::Disconnected) => break,
         };
         batch.push(first);
         fill_batch(&mut batch, max_batch, || rx.try_recv().ok());
         if batch.is_empty() {
             continue;
         }
+        // Wait for the write lock no longer than the most impatient caller of the batch (less a
+        // margin): a batch must not commit events whose callers were told it failed (an intent
+        // committed after its caller gave up would be an action that never ran).
+        let now = Instant::now();
+        let wait = batch
+            .iter()
+            .filter_map(|j| j.deadline)
+            .map(|d| {
+                d.saturating_duration_since(now)
+                    .saturating_sub(LOCK_WAIT_MARGIN)
+            })
+            .min();
         let mut events = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
         for j in batch.drain(..) {
@@ -426,7 +683,10 @@ fn writer_thread(
             // `j._slot` drops here: the queue slot is free again.
         }
         let t0 = Instant::now();
-        let res = w.append_batch(events);
+        let res = match wait {
+            Some(wait) => w.append_batch_within(events, wait),
+            None => w.append_batch(events),
+        };
         if t0.elapsed() > Duration::from_secs(1) {
             tracing::warn!(target: "sessiongate::audit", elapsed_ms = t0.elapsed().as_millis() as u64, batch = replies.len(), "slow audit commit");
         }
@@ -448,18 +708,24 @@ async fn committer(
     write_timeout: Duration,
 ) {
     loop {
-        let first = if healthy.load(Ordering::Relaxed) {
-            rx.recv().await
+        let was_healthy = healthy.load(Ordering::Relaxed);
+        let idle = if was_healthy {
+            HEARTBEAT_INTERVAL
         } else {
-            match tokio::time::timeout(PROBE_INTERVAL, rx.recv()).await {
-                Ok(j) => j,
-                Err(_) => {
-                    if let Ok(Ok(())) = tokio::time::timeout(write_timeout, store.probe()).await {
-                        tracing::info!(target: "sessiongate::audit", "audit store writable again");
-                        healthy.store(true, Ordering::Relaxed);
-                    }
-                    continue;
-                }
+            PROBE_INTERVAL
+        };
+        let first = match tokio::time::timeout(idle, rx.recv()).await {
+            Ok(j) => j,
+            Err(_) => {
+                let res = match tokio::time::timeout(write_timeout, store.probe()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(AuditError::Unavailable(format!(
+                        "heartbeat did not commit within {} ms",
+                        write_timeout.as_millis()
+                    ))),
+                };
+                probed(&healthy, was_healthy, res);
+                continue;
             }
         };
         let Some(first) = first else { return };
@@ -484,7 +750,7 @@ async fn committer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{Location, SqlStore, open};
+    use crate::audit::{Location, Spool, SqlStore, open};
     use async_trait::async_trait;
 
     fn assert_send<T: Send>(_: &T) {}
@@ -506,6 +772,49 @@ mod tests {
         let cfg = AuditConfig::default();
         let dir = std::path::PathBuf::from("/nonexistent");
         assert_send(&open(&cfg, &dir));
+    }
+
+    /// The spool drains in order, skips an event the store already holds (a crash between its
+    /// commit and its removal), and `record_or_spool` commits directly while the store works.
+    #[tokio::test]
+    async fn spool_drains_in_order_without_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqlStore::connect(&Location::SqliteMemory, Duration::from_secs(1), true)
+            .await
+            .unwrap();
+        store.claim_chain("c").await.unwrap();
+        let spool = Arc::new(Spool::open(&dir.path().join("a.spool")).unwrap());
+        let log = AuditLog::with_spool(
+            Arc::new(store),
+            16,
+            Duration::from_secs(1),
+            Some(spool.clone()),
+        );
+        let ev = |rid: &str| NewEvent {
+            request_id: rid.into(),
+            action: "logoff".into(),
+            outcome: "done".into(),
+            params: serde_json::json!({ "intent_id": format!("i-{rid}") }),
+            ..NewEvent::default()
+        };
+        // Already committed, but still in the spool.
+        log.record(ev("a")).await.unwrap();
+        spool.append(&ev("a")).unwrap();
+        spool.append(&ev("b")).unwrap();
+        spool.append(&ev("c")).unwrap();
+        assert_eq!(log.drain_spool().await.unwrap(), 3);
+        assert_eq!(spool.pending(), 0);
+        assert!(spool.read_all().unwrap().is_empty());
+        let mut all = log.all_events().await.unwrap();
+        all.sort_by_key(|e| e.seq);
+        let rids: Vec<&str> = all.iter().map(|e| e.event.request_id.as_str()).collect();
+        assert_eq!(rids, ["a", "b", "c"], "in order, no duplicate");
+        assert!(matches!(
+            log.record_or_spool(ev("d")).await,
+            Kept::Stored(_)
+        ));
+        assert_eq!(spool.pending(), 0);
+        assert!(log.verify().await.unwrap().ok);
     }
 
     /// A writer whose batches wait on a gate; records the size of every batch it commits.

@@ -20,15 +20,17 @@ pub mod chain;
 pub mod committer;
 pub mod event;
 pub mod export;
+pub mod spool;
 pub mod sql;
 pub mod sqlite_writer;
 pub mod store;
 mod validate;
 
 pub use chain::{Anchor, BreakKind, ChainBreak, ChainStatus, GENESIS_HASH, VerifyReport};
-pub use committer::{AuditLog, AuditStats};
+pub use committer::{AuditLog, AuditStats, Kept};
 pub use event::{Actor, AuditEvent, AuditPage, AuditQuery, EventKind, NewEvent, Target};
 pub use export::export_jsonl;
+pub use spool::Spool;
 pub use sql::{Location, SqlStore};
 pub use sqlite_writer::SqliteWriter;
 pub use store::{AuditConfig, AuditError, AuditStore, BlockingWriter, PruneReport, redact_url};
@@ -54,7 +56,14 @@ pub async fn open(cfg: &AuditConfig, data_dir: &Path) -> Result<AuditLog, AuditE
     tracing::info!(
         target: "sessiongate::audit", { audit.chain = %chain,
         audit.backend = if store.is_postgres() { "postgres" } else { "sqlite" } }, "audit log open");
-    let log = AuditLog::with_options(Arc::new(store), cfg.max_batch, timeout);
+    let spool = Arc::new(Spool::open(&cfg.spool_file(data_dir))?);
+    let log = AuditLog::with_spool(Arc::new(store), cfg.max_batch, timeout, Some(spool));
+    // Events spooled while the store was down (by this or an earlier run) go into the chain
+    // before anything else reads it: start-up recovery must see the outcomes they hold.
+    let merged = log.drain_spool().await?;
+    if merged > 0 {
+        tracing::warn!(target: "sessiongate::audit", merged, "merged spooled audit events into the chain at start");
+    }
     if let Some(days) = cfg.retention_days.filter(|d| *d > 0) {
         log.spawn_retention(Duration::from_secs(u64::from(days) * 86_400));
     }

@@ -119,10 +119,11 @@ const PG_LOCK_KEY: i64 = 0x5347_4155_4449_5431;
 /// Applied in order at start, each version once, recorded in `audit_schema_version`.
 type Migration = (i64, &'static str, &'static str, &'static str);
 
-const MIGRATIONS: &[Migration] = &[(
-    1,
-    "audit events and chain heads",
-    r#"
+const MIGRATIONS: &[Migration] = &[
+    (
+        1,
+        "audit events and chain heads",
+        r#"
 CREATE TABLE audit_chains (
     chain TEXT PRIMARY KEY,
     created_us BIGINT NOT NULL,
@@ -168,7 +169,7 @@ CREATE INDEX audit_events_request ON audit_events (request_id);
 CREATE INDEX audit_events_ticket ON audit_events (ticket);
 CREATE INDEX audit_events_kind ON audit_events (kind);
 "#,
-    r#"
+        r#"
 CREATE TABLE audit_chains (
     chain TEXT COLLATE "C" PRIMARY KEY,
     created_us BIGINT NOT NULL,
@@ -214,10 +215,57 @@ CREATE INDEX audit_events_request ON audit_events (request_id);
 CREATE INDEX audit_events_ticket ON audit_events (ticket);
 CREATE INDEX audit_events_kind ON audit_events (kind);
 "#,
-)];
+    ),
+    (
+        2,
+        "writer heartbeat (readiness probe that really writes)",
+        r#"
+CREATE TABLE audit_heartbeat (
+    chain TEXT PRIMARY KEY,
+    at_us BIGINT NOT NULL,
+    pad BLOB
+);
+"#,
+        r#"
+CREATE TABLE audit_heartbeat (
+    chain TEXT COLLATE "C" PRIMARY KEY,
+    at_us BIGINT NOT NULL,
+    pad BYTEA
+);
+"#,
+    ),
+];
+
+/// The heartbeat write of [`AuditStore::probe`] (and of the SQLite writer's probe): a real,
+/// committed row change in a side table, not a no-op, so it fails when event writes would
+/// (disk full, read-only, locked beyond the timeout, server refusing). The row carries
+/// [`HEARTBEAT_PAD`] fresh bytes, so every heartbeat writes new pages much like an event batch.
+pub(crate) const HEARTBEAT_SQL: &str = "INSERT INTO audit_heartbeat (chain, at_us, pad) \
+     VALUES ($1, $2, $3) ON CONFLICT (chain) DO UPDATE SET at_us = excluded.at_us, pad = excluded.pad";
+
+/// Bytes a heartbeat writes (a few pages: about what a small event batch needs).
+pub(crate) const HEARTBEAT_PAD: usize = 16 * 1024;
+
+/// Fresh, incompressible bytes for a heartbeat row (a different value every time, so no
+/// page is left unchanged).
+pub(crate) fn heartbeat_pad() -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let seed = uuid::Uuid::new_v4();
+    let mut out = Vec::with_capacity(HEARTBEAT_PAD);
+    let mut i = 0u64;
+    while out.len() < HEARTBEAT_PAD {
+        let mut h = Sha256::new();
+        h.update(seed.as_bytes());
+        h.update(i.to_le_bytes());
+        out.extend_from_slice(&h.finalize());
+        i += 1;
+    }
+    out.truncate(HEARTBEAT_PAD);
+    out
+}
 
 /// The newest schema version this binary knows.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// A bind value for dynamically built queries.
 enum Arg {
@@ -1309,8 +1357,10 @@ impl AuditStore for SqlStore {
         };
         with_pool!(&self.db, p => {
             let mut tx = p.begin_with(AssertSqlSafe(self.write_begin_sql())).await.map_err(db_err)?;
-            sqlx::query("UPDATE audit_chains SET head_seq = head_seq WHERE chain = $1")
+            sqlx::query(HEARTBEAT_SQL)
                 .bind(chain)
+                .bind(unix_micros(OffsetDateTime::now_utc()))
+                .bind(heartbeat_pad())
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;

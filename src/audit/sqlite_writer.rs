@@ -11,7 +11,7 @@
 
 use super::chain::unix_micros;
 use super::event::{AuditEvent, NewEvent};
-use super::sql::{chain_events, insert_sql};
+use super::sql::{HEARTBEAT_SQL, chain_events, heartbeat_pad, insert_sql};
 use super::{AuditError, BlockingWriter};
 use rusqlite::types::ToSql;
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
@@ -28,7 +28,6 @@ const BEGIN_SQL: &str = "BEGIN IMMEDIATE";
 const HEAD_SQL: &str = "SELECT head_seq, head_hash FROM audit_chains WHERE chain = ?1";
 const UPDATE_HEAD_SQL: &str =
     "UPDATE audit_chains SET head_seq = ?1, head_hash = ?2 WHERE chain = ?3";
-const PROBE_SQL: &str = "UPDATE audit_chains SET head_seq = head_seq WHERE chain = ?1";
 const COMMIT_SQL: &str = "COMMIT";
 const ROLLBACK_SQL: &str = "ROLLBACK";
 
@@ -60,7 +59,7 @@ impl Open {
             HEAD_SQL,
             open.insert_sql.as_str(),
             UPDATE_HEAD_SQL,
-            PROBE_SQL,
+            HEARTBEAT_SQL,
             COMMIT_SQL,
             ROLLBACK_SQL,
         ] {
@@ -126,7 +125,12 @@ impl Open {
 
     fn probe(&self, chain: &str) -> Result<(), AuditError> {
         self.run("begin", BEGIN_SQL, &[])?;
-        self.run("probe", PROBE_SQL, &[&chain])?;
+        let now = unix_micros(time::OffsetDateTime::now_utc());
+        self.run(
+            "heartbeat",
+            HEARTBEAT_SQL,
+            params![chain, now, heartbeat_pad()],
+        )?;
         self.run("commit", COMMIT_SQL, &[]).map(|_| ())
     }
 
@@ -186,6 +190,8 @@ fn insert_event(
 pub struct SqliteWriter {
     open: Option<Open>,
     chain: String,
+    /// The connection's usual busy timeout.
+    busy_timeout: Duration,
     /// Set by `SqlStore::close`: the writer closes its connection and refuses writes.
     closed: Arc<AtomicBool>,
     /// `SqlStore::transactions`, shared.
@@ -204,6 +210,7 @@ impl SqliteWriter {
         Ok(SqliteWriter {
             open: Some(Open::new(path, busy_timeout)?),
             chain: chain.to_owned(),
+            busy_timeout,
             closed,
             transactions,
         })
@@ -236,6 +243,28 @@ impl SqliteWriter {
 }
 
 impl BlockingWriter for SqliteWriter {
+    fn append_batch_within(
+        &mut self,
+        events: Vec<NewEvent>,
+        wait: Duration,
+    ) -> Result<Vec<AuditEvent>, AuditError> {
+        let normal = self.busy_timeout;
+        let bounded = wait.min(normal);
+        if bounded < normal {
+            self.conn()?
+                .conn
+                .busy_timeout(bounded)
+                .map_err(|e| unavailable("busy_timeout", e))?;
+        }
+        let res = self.append_batch(events);
+        if bounded < normal
+            && let Ok(o) = self.conn()
+        {
+            let _ = o.conn.busy_timeout(normal);
+        }
+        res
+    }
+
     fn append_batch(&mut self, events: Vec<NewEvent>) -> Result<Vec<AuditEvent>, AuditError> {
         if events.is_empty() {
             return Ok(Vec::new());

@@ -79,6 +79,15 @@ pub trait AuditStore: Send + Sync {
 /// as [`AuditStore::append_batch`]).
 pub trait BlockingWriter: Send {
     fn append_batch(&mut self, events: Vec<NewEvent>) -> Result<Vec<AuditEvent>, AuditError>;
+    /// Like `append_batch`, waiting at most `wait` for the store's write lock (so a batch
+    /// cannot commit after every caller waiting for it has been told it failed).
+    fn append_batch_within(
+        &mut self,
+        events: Vec<NewEvent>,
+        _wait: std::time::Duration,
+    ) -> Result<Vec<AuditEvent>, AuditError> {
+        self.append_batch(events)
+    }
     /// A cheap write that proves the store takes commits again (used while unhealthy).
     fn probe(&mut self) -> Result<(), AuditError>;
 }
@@ -92,6 +101,7 @@ pub trait BlockingWriter: Send {
 /// retention_days = 400             # unset = keep forever
 /// max_batch = 256                  # events per group commit
 /// write_timeout_ms = 3000          # record() gives up (Unavailable) after this
+/// spool_path = ""                  # "" = DATA_DIR/audit.spool; outcomes the store refused
 /// ```
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -108,6 +118,9 @@ pub struct AuditConfig {
     pub max_batch: usize,
     /// Bound on how long `record` waits for a durable commit.
     pub write_timeout_ms: u64,
+    /// The local spool of events the store refused after their action ran (relative paths
+    /// are under the data directory; empty means `DATA_DIR/audit.spool`).
+    pub spool_path: String,
 }
 
 impl Default for AuditConfig {
@@ -118,6 +131,7 @@ impl Default for AuditConfig {
             retention_days: None,
             max_batch: 256,
             write_timeout_ms: 3000,
+            spool_path: String::new(),
         }
     }
 }
@@ -130,7 +144,20 @@ impl std::fmt::Debug for AuditConfig {
             .field("retention_days", &self.retention_days)
             .field("max_batch", &self.max_batch)
             .field("write_timeout_ms", &self.write_timeout_ms)
+            .field("spool_path", &self.spool_path)
             .finish()
+    }
+}
+
+impl AuditConfig {
+    /// Where the spool lives: `spool_path`, relative to `data_dir`, or `DATA_DIR/audit.spool`.
+    pub fn spool_file(&self, data_dir: &std::path::Path) -> std::path::PathBuf {
+        let p = self.spool_path.trim();
+        if p.is_empty() {
+            return data_dir.join("audit.spool");
+        }
+        let p = std::path::PathBuf::from(p);
+        if p.is_absolute() { p } else { data_dir.join(p) }
     }
 }
 

@@ -89,6 +89,37 @@ impl AuditConfig {
                 }
             }
         }
+        self.validate_spool(data_dir)
+    }
+
+    /// Checks `audit.spool_path`: a file that can be created (not a directory, no file where a
+    /// directory must be), not the SQLite file itself.
+    fn validate_spool(&self, data_dir: &Path) -> Result<(), ConfigError> {
+        let key = Key::root("audit").field("spool_path");
+        if self.spool_path.chars().any(char::is_control) {
+            return Err(key.err("must not contain control characters"));
+        }
+        let path = self.spool_file(data_dir);
+        if path.is_dir() {
+            return Err(key.err(format!("the spool {} is a directory", path.display())));
+        }
+        if let Location::Sqlite(db) = Location::parse(self.url.trim(), data_dir)
+            && db == path
+        {
+            return Err(key.err("must not be the SQLite audit file itself"));
+        }
+        if let Some(blocker) = path
+            .ancestors()
+            .skip(1)
+            .find(|a| !a.as_os_str().is_empty() && a.exists())
+            .filter(|a| !a.is_dir())
+        {
+            return Err(key.err(format!(
+                "{} is not a directory, so {} cannot be created",
+                blocker.display(),
+                path.display()
+            )));
+        }
         Ok(())
     }
 }
@@ -126,5 +157,26 @@ mod tests {
         assert!(!e.to_string().contains("hunter2"), "{e}");
         let e = AuditConfig::default().validate_location(&file).unwrap_err();
         assert_eq!(e.key, "server.data_dir");
+        for bad in ["", "plain-file/x.spool", "audit.db"] {
+            let c = AuditConfig {
+                url: "sqlite://audit.db".into(),
+                spool_path: if bad.is_empty() {
+                    dir.path().display().to_string()
+                } else {
+                    bad.into()
+                },
+                ..Default::default()
+            };
+            assert_eq!(
+                c.validate_location(dir.path()).unwrap_err().key,
+                "audit.spool_path",
+                "{bad:?}"
+            );
+        }
+        let c = AuditConfig {
+            spool_path: "spool/audit.spool".into(),
+            ..Default::default()
+        };
+        assert!(c.validate_location(dir.path()).is_ok());
     }
 }

@@ -2,14 +2,14 @@
 
 use super::{CallContext, Gateway, Pool, ServiceError};
 use crate::{
-    audit::{EventKind, NewEvent, Target},
+    audit::{EventKind, Kept, NewEvent, Target},
     auth::{Permission, Protection},
     domain::{ActionKind, ActionOutcome, HostName, PoolName, Session, SessionId},
     providers::{ActionEffect, ProviderError},
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
@@ -59,6 +59,20 @@ pub struct ActionResult {
     pub request_id: String,
     /// Id of the audit event that recorded the outcome.
     pub audit_event_id: String,
+}
+
+/// Key, in an outcome event's `params`, of the id of the intent event it closes (hashed into
+/// the chain with the rest of the event; start-up recovery pairs intents and outcomes on it).
+pub const INTENT_ID: &str = "intent_id";
+
+/// `params` with the intent's event id added.
+fn with_intent_id(mut params: serde_json::Value, intent_id: &str) -> serde_json::Value {
+    if let serde_json::Value::Object(m) = &mut params {
+        m.insert(INTENT_ID.into(), intent_id.into());
+        params
+    } else {
+        serde_json::json!({ INTENT_ID: intent_id, "params": params })
+    }
 }
 
 impl ActionRequest {
@@ -133,6 +147,14 @@ impl Gateway {
         }
         let pool = self.host_checked(pool, &req.host).map_err(unaudited)?;
 
+        // Fail fast: while the audit store is known to refuse writes, no intent could be
+        // recorded, so nothing goes upstream, not even the resolve read.
+        if !self.audit.healthy() {
+            return Err(unaudited(ServiceError::AuditUnavailable(
+                "the audit store is failing (last write or heartbeat failed)".into(),
+            )));
+        }
+
         // Resolve: ids are reused by Windows, and protection depends on the user.
         let session: Option<Session> = match pool.provider.get_session(&req.host, req.id).await {
             Ok(s) => Some(s),
@@ -162,7 +184,8 @@ impl Gateway {
         intent.kind = Some(EventKind::Intent);
         intent.params = params.clone();
         intent.outcome = "pending".into();
-        self.audit
+        let intent = self
+            .audit
             .record(intent)
             .await
             .map_err(|e| unaudited(ServiceError::AuditUnavailable(e.to_string())))?;
@@ -171,7 +194,7 @@ impl Gateway {
 
         let mut outcome = ctx.event(req.kind.as_str(), target);
         outcome.kind = Some(EventKind::Outcome);
-        outcome.params = params;
+        outcome.params = with_intent_id(params, &intent.id);
         outcome.duration_ms = Some(ctx.started.elapsed().as_millis() as u64);
         match &result {
             Ok(o) => {
@@ -194,7 +217,16 @@ impl Gateway {
                 outcome.upstream_status = e.upstream_status();
             }
         }
-        let stored = self.record_outcome(outcome).await.map_err(audited)?;
+        let stored = match self.keep_outcome(outcome.clone()).await {
+            Some(stored) => stored,
+            None => {
+                return Err(audited(ServiceError::OutcomeNotRecorded {
+                    outcome: outcome.outcome,
+                    error_code: outcome.error_code,
+                    intent_event_id: intent.id,
+                }));
+            }
+        };
         let outcome = result.map_err(audited)?;
         Ok(ActionResult {
             action: req.kind,
@@ -212,25 +244,26 @@ impl Gateway {
         })
     }
 
-    /// Records an outcome, retrying briefly: the action has happened, and its record must not
-    /// be lost to a passing store hiccup.
-    async fn record_outcome(&self, ev: NewEvent) -> Result<crate::audit::AuditEvent, ServiceError> {
-        let mut delay = Duration::from_millis(50);
-        let mut last = None;
-        for _ in 0..5 {
-            match self.audit.record(ev.clone()).await {
-                Ok(s) => return Ok(s),
-                Err(e) => {
-                    tracing::error!(error = %e, "recording an action outcome failed; retrying");
-                    last = Some(e);
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
+    /// Keeps an outcome: the action has run, so its record must never be lost. The record is
+    /// handed to a task of its own (tracked, so a graceful stop waits for it) that commits it
+    /// or, when the store refuses, spools it locally for the drainer (`AuditLog::record_or_spool`).
+    /// The caller waits at most the write timeout for the commit; `None` means the answer must
+    /// leave before the outcome is in the chain (it is still kept).
+    async fn keep_outcome(&self, ev: NewEvent) -> Option<crate::audit::AuditEvent> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let audit = self.audit.clone();
+        self.tasks.spawn(async move {
+            let _ = tx.send(audit.record_or_spool(ev).await);
+        });
+        match tokio::time::timeout(self.audit.write_timeout(), rx).await {
+            Ok(Ok(Kept::Stored(stored))) => Some(*stored),
+            Ok(Ok(Kept::Spooled)) | Ok(Err(_)) | Err(_) => {
+                tracing::error!(
+                    "an action outcome could not be committed in time; it is kept and will be recorded"
+                );
+                None
             }
         }
-        Err(ServiceError::AuditUnavailable(
-            last.map(|e| e.to_string()).unwrap_or_default(),
-        ))
     }
 
     async fn decide_and_run(

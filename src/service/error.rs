@@ -52,6 +52,17 @@ pub enum ServiceError {
     InvalidQuery(String),
     #[error("audit log unavailable: {0}")]
     AuditUnavailable(String),
+    /// The action ran (or was decided) but its outcome is not in the audit log yet: it is
+    /// kept (retried, spooled locally) and will be recorded; the caller must not retry.
+    #[error("the action's outcome ({outcome}) is not recorded yet (intent {intent_event_id})")]
+    OutcomeNotRecorded {
+        /// `done`, `already_gone`, `would_do`, `refused` or `failed`.
+        outcome: String,
+        /// The action's own error code when it did not succeed.
+        error_code: Option<String>,
+        /// Id of the audit event that recorded the intent.
+        intent_event_id: String,
+    },
     #[error("rate limit exceeded")]
     RateLimited { retry_after: Duration },
     /// The backend does not know the host pool this pool is configured with.
@@ -96,6 +107,7 @@ impl ServiceError {
             ServiceError::InvalidBody(_) => "invalid_body",
             ServiceError::InvalidQuery(_) => "invalid_query",
             ServiceError::AuditUnavailable(_) => "audit_unavailable",
+            ServiceError::OutcomeNotRecorded { .. } => "outcome_not_recorded",
             ServiceError::RateLimited { .. } => "rate_limited",
             ServiceError::UpstreamPoolNotFound => "upstream_pool_not_found",
             ServiceError::HostUnreachable(_) => "host_unreachable",
@@ -202,6 +214,11 @@ pub(crate) mod tests {
             ServiceError::InvalidBody(s()),
             ServiceError::InvalidQuery(s()),
             ServiceError::AuditUnavailable(s()),
+            ServiceError::OutcomeNotRecorded {
+                outcome: s(),
+                error_code: None,
+                intent_event_id: s(),
+            },
             ServiceError::RateLimited {
                 retry_after: Duration::from_secs(1),
             },
@@ -232,6 +249,7 @@ pub(crate) mod tests {
                 | ServiceError::InvalidBody(_)
                 | ServiceError::InvalidQuery(_)
                 | ServiceError::AuditUnavailable(_)
+                | ServiceError::OutcomeNotRecorded { .. }
                 | ServiceError::RateLimited { .. }
                 | ServiceError::UpstreamPoolNotFound
                 | ServiceError::HostUnreachable(_)

@@ -144,9 +144,20 @@ impl Gateway {
     }
 
     /// Waits (up to `grace`) for in-flight actions to finish and be audited.
+    /// Then commits what the spool holds, if the store takes it in the time left (what is
+    /// not committed stays spooled for the next start).
     pub async fn drain(&self, grace: std::time::Duration) -> bool {
+        let t0 = Instant::now();
         self.tasks.close();
-        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
+        let done = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
+        let left = grace.saturating_sub(t0.elapsed());
+        if self.audit.healthy()
+            && self.audit.spool().is_some_and(|s| s.pending() > 0)
+            && let Err(e) = tokio::time::timeout(left, self.audit.drain_spool()).await
+        {
+            tracing::warn!(error = %e, "spooled audit events stay spooled until the next start");
+        }
+        done
     }
 
     /// The audit log, for start-up and tests; the HTTP layer uses the methods below (checked

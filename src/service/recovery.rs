@@ -1,8 +1,13 @@
 //! Start-up recovery: actions whose intent was recorded but whose outcome never was (the
 //! process died between the two) get an `interrupted` outcome, so an auditor can tell which
 //! actions need checking against the backend.
+//!
+//! Pairing: an outcome names its intent's event id (`params.intent_id`), so two actions that
+//! share a client-chosen request id are told apart. Outcomes written before that field existed
+//! (older chains) close the intents of their request id, as they did then.
 
 use super::Gateway;
+use super::actions::INTENT_ID;
 use crate::audit::{Actor, AuditError, AuditQuery, EventKind, NewEvent};
 use std::collections::HashSet;
 
@@ -16,8 +21,10 @@ impl Gateway {
     /// records a start marker. Returns how many actions were marked `interrupted`.
     pub async fn close_interrupted_actions(&self) -> Result<usize, AuditError> {
         let chain = self.audit.chain();
-        let mut outcomes: HashSet<String> = HashSet::new();
-        let mut orphans: Vec<NewEvent> = Vec::new();
+        // Intent ids closed by an outcome; request ids closed by an outcome without intent id.
+        let mut closed: HashSet<String> = HashSet::new();
+        let mut closed_legacy: HashSet<String> = HashSet::new();
+        let mut orphans: Vec<(String, NewEvent)> = Vec::new();
         let mut cursor = None;
         let mut scanned = 0usize;
         'scan: loop {
@@ -40,10 +47,15 @@ impl Gateway {
                 }
                 match e.kind {
                     Some(EventKind::Outcome) => {
-                        outcomes.insert(e.request_id.clone());
+                        match e.params.get(INTENT_ID).and_then(|v| v.as_str()) {
+                            Some(intent) => closed.insert(intent.to_owned()),
+                            None => closed_legacy.insert(e.request_id.clone()),
+                        };
                     }
-                    Some(EventKind::Intent) if !outcomes.contains(&e.request_id) => {
-                        orphans.push(e.clone());
+                    Some(EventKind::Intent)
+                        if !closed.contains(&ev.id) && !closed_legacy.contains(&e.request_id) =>
+                    {
+                        orphans.push((ev.id.clone(), e.clone()));
                     }
                     _ => {}
                 }
@@ -54,7 +66,7 @@ impl Gateway {
             }
         }
         let n = orphans.len();
-        for mut ev in orphans {
+        for (intent_id, mut ev) in orphans {
             tracing::warn!(
                 request_id = %ev.request_id,
                 action = %ev.action,
@@ -64,6 +76,11 @@ impl Gateway {
             ev.outcome = "interrupted".into();
             ev.error_code = Some("gateway_restarted".into());
             ev.duration_ms = None;
+            if let serde_json::Value::Object(m) = &mut ev.params {
+                m.insert(INTENT_ID.into(), intent_id.into());
+            } else {
+                ev.params = serde_json::json!({ INTENT_ID: intent_id });
+            }
             self.audit.record(ev).await?;
         }
         self.audit

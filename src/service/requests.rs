@@ -112,6 +112,15 @@ impl Gateway {
             upstream_status: None,
             duration_ms: Some(r.duration.as_millis() as u64),
         };
+        // A refused or failed call while the store is known to be failing: its answer is an
+        // error already, so its record is spooled (committed once the store is back) instead of
+        // making the caller wait a second write timeout.
+        if !self.audit.healthy() && ev.http_status.is_some_and(|s| s >= 400) {
+            if !self.audit.spool_now(ev.clone()).await {
+                tracing::error!(target: "sessiongate::audit", request_id = %ev.request_id, action = %ev.action, "audit store failing and no spool: request record dropped");
+            }
+            return Ok(());
+        }
         self.audit
             .record(ev)
             .await

@@ -50,7 +50,7 @@ async fn concurrent_open_is_safe() {
         env.raw
             .scalar("SELECT COUNT(*) FROM audit_schema_version")
             .await,
-        1
+        sessiongate::audit::sql::SCHEMA_VERSION
     );
     assert!(a.verify().await.unwrap().ok);
     env.close().await;

@@ -24,6 +24,7 @@ mod classic_measure;
 mod classic_provider;
 mod cli;
 mod gateway_crash;
+mod gateway_durability;
 mod gateway_postgres;
 mod gateway_store_down;
 mod winrm_bench;

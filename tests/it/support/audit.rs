@@ -282,7 +282,7 @@ pub async fn intact_log_verifies(env: Env) {
         env.raw
             .scalar("SELECT MAX(version) FROM audit_schema_version")
             .await,
-        1
+        sessiongate::audit::sql::SCHEMA_VERSION
     );
     env.close().await;
 }
