@@ -7,6 +7,7 @@ mod support;
 mod api_auth;
 mod api_avd;
 mod api_classic;
+mod api_edges;
 mod api_lifecycle;
 mod api_onprem;
 mod api_retries;
