@@ -1,9 +1,11 @@
 //! Strict edges (issue 11, findings 10 and 11): unknown query parameters are refused on every
-//! route.
+//! route; a slow header or an idle keep-alive connection is cut after `header_read_timeout_ms`.
 
 use crate::support::app::{ARM_POOL, AVD_POOL, TestApp, problem};
 use serde_json::{Value, json};
 use sessiongate::emulator::arm::ArmOp;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn every_routed_operation_refuses_an_unknown_query_parameter() {
@@ -82,4 +84,66 @@ async fn declared_query_parameters_still_work_and_unknown_ones_are_audited_inval
     let ev = &a["events"][0];
     assert_eq!(ev["outcome"], "invalid", "{a}");
     assert_eq!(ev["error_code"], "invalid_query", "{a}");
+}
+
+/// A gateway whose header-read timeout is 600 ms, and the raw address it listens on.
+async fn with_header_timeout() -> (TestApp, String) {
+    let app = TestApp::start_with(|c| c.server.header_read_timeout_ms = 600).await;
+    let addr = app.url.trim_start_matches("http://").to_string();
+    (app, addr)
+}
+
+/// Reads until the peer closes; how long that took from `t0`.
+async fn until_closed(s: &mut tokio::net::TcpStream, t0: Instant) -> Duration {
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return t0.elapsed(),
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("the connection is still open after 15 s"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_sending_half_a_header_is_cut_after_the_header_read_timeout() {
+    let (_app, addr) = with_header_timeout().await;
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let took = until_closed(&mut s, t0).await;
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_timeout() {
+    let (_app, addr) = with_header_timeout().await;
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Read the whole answer (its body is small JSON with a Content-Length).
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !(got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"}")) {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the answer: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let t0 = Instant::now();
+    let took = until_closed(&mut s, t0).await;
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
 }
