@@ -8,7 +8,7 @@ use crate::{
     service::{Gateway, Limits},
 };
 use axum::Router;
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 
 /// A built application: the router plus the handles `serve` and tests need.
@@ -16,6 +16,8 @@ pub struct App {
     pub router: Router,
     pub gateway: Arc<Gateway>,
     pub shutdown_grace: Duration,
+    /// Bound on receiving a request's header (also on an idle keep-alive connection).
+    pub header_read_timeout: Duration,
 }
 
 /// Why the application could not start.
@@ -91,11 +93,17 @@ async fn build_validated_with_audit(
         ),
         gateway,
         shutdown_grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
+        header_read_timeout: Duration::from_millis(cfg.server.header_read_timeout_ms),
     })
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish and
 /// waits (bounded) for in-flight actions to be audited.
+///
+/// Connections are served by hyper-util's HTTP/1 + HTTP/2 builder (not `axum::serve`, which
+/// has no header-read timeout): a client must send a request's whole header within
+/// `server.header_read_timeout_ms`, and hyper starts that timer whenever it waits for a
+/// request, so a keep-alive connection left idle is closed after the same time.
 pub async fn serve(
     app: App,
     listener: TcpListener,
@@ -103,26 +111,55 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let grace = app.shutdown_grace;
     let gateway = app.gateway.clone();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(
-        listener,
-        app.router
-            .into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = tx.send(());
-    });
-    let server = tokio::spawn(async move { server.await });
-    let _ = rx.await;
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(app.header_read_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let router = app.router;
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let router = router.clone();
+        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            tower::ServiceExt::oneshot(router.clone(), req)
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tcp), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
     tracing::info!(
         grace_secs = grace.as_secs(),
         "shutting down: draining in-flight requests"
     );
-    match tokio::time::timeout(grace, server).await {
-        Ok(Ok(r)) => r?,
-        Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
-        Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish within the grace period");
     }
     if !gateway.drain(grace).await {
         tracing::warn!("in-flight actions did not finish within the grace period");

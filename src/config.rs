@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     /// On SIGTERM/Ctrl-C, how long in-flight requests may take to finish.
     pub shutdown_grace_secs: u64,
+    /// A client must send a request's whole header within this many milliseconds after the
+    /// server starts waiting for it; the same bound closes an idle keep-alive connection.
+    pub header_read_timeout_ms: u64,
     /// Emit logs as JSON lines.
     pub json_logs: bool,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
@@ -63,6 +66,7 @@ impl Default for ServerConfig {
             request_timeout_secs: 60,
             body_limit_bytes: 64 * 1024,
             shutdown_grace_secs: 30,
+            header_read_timeout_ms: 10_000,
             json_logs: false,
             log_filter: "info".into(),
             message_title_max: 256,
@@ -290,6 +294,11 @@ impl ServerConfig {
         }
         if self.request_timeout_secs == 0 {
             return Err(key.field("request_timeout_secs").err("must be at least 1"));
+        }
+        if !(100..=600_000).contains(&self.header_read_timeout_ms) {
+            return Err(key
+                .field("header_read_timeout_ms")
+                .err("must be 100-600000 (0.1 s to 10 minutes)"));
         }
         if self.message_title_max == 0 {
             return Err(key.field("message_title_max").err("must be at least 1"));

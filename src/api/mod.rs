@@ -2,6 +2,7 @@
 
 pub mod extract;
 pub mod handlers;
+pub mod known_query;
 pub mod middleware;
 pub mod openapi;
 pub mod problem;

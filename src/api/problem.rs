@@ -403,6 +403,12 @@ impl From<ServiceError> for ApiError {
                 "Upstream unreachable",
                 "The backend could not be reached.",
             ),
+            ServiceError::UpstreamOutcomeUnknown(_) => ApiError::new(
+                S::BAD_GATEWAY,
+                code,
+                "Upstream outcome unknown",
+                "The request reached the backend but no answer came back: the backend may have acted. Check before retrying.",
+            ),
         }
     }
 }

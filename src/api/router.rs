@@ -2,8 +2,15 @@
 //! operation (`routes!` reads the path from the handler's `#[utoipa::path]`), and the OpenAPI
 //! document is taken from this same router, so the spec cannot miss or misspell a route.
 
-use super::{AppState, handlers as h, middleware, openapi::ApiDoc, problem::ApiError};
+use super::{
+    AppState, handlers as h,
+    known_query::{self, QueryRules},
+    middleware,
+    openapi::ApiDoc,
+    problem::ApiError,
+};
 use axum::{Router, extract::DefaultBodyLimit, middleware::from_fn_with_state};
+use std::sync::Arc;
 use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer};
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -46,9 +53,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(st: AppState, body_limit: usize, cors: Option<CorsLayer>) -> Router {
     let auth = from_fn_with_state(st.clone(), middleware::authenticate);
     let (api, _) = routes(|r| r.route_layer(auth)).split_for_parts();
+    let queries = Arc::new(QueryRules::from_openapi(&openapi()));
     let app = api
         .fallback(h::not_found)
         .method_not_allowed_fallback(h::method_not_allowed)
+        .layer(from_fn_with_state(queries, known_query::refuse_unknown))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(move |req, next| {
             middleware::declared_length(body_limit, req, next)

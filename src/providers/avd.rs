@@ -735,6 +735,20 @@ impl AvdProvider {
         repeat: Repeat,
         target: Target,
     ) -> Result<Reply, ProviderError> {
+        self.call_tracked(method, url, body, repeat, target)
+            .await
+            .result
+    }
+
+    /// [`Self::call`], also telling whether an earlier attempt may have been carried out.
+    async fn call_tracked(
+        &self,
+        method: reqwest::Method,
+        url: url::Url,
+        body: Option<&Value>,
+        repeat: Repeat,
+        target: Target,
+    ) -> upstream::Called<Reply, ProviderError> {
         let build = |http: &reqwest::Client| {
             let req = http
                 .request(method.clone(), url.clone())
@@ -749,7 +763,7 @@ impl AvdProvider {
             }
         };
         self.upstream
-            .call(repeat, build, |r| classify(r, target))
+            .call_tracked(repeat, build, |r| classify(r, target))
             .await
     }
 
@@ -937,24 +951,30 @@ impl SessionProvider for AvdProvider {
         if force {
             u = self.with_query(u, &[("force", "true")]);
         }
-        match self
-            .call(
+        let called = self
+            .call_tracked(
                 reqwest::Method::DELETE,
                 u,
                 None,
                 Repeat::Safe,
                 Target::Session,
             )
-            .await
-        {
+            .await;
+        let gone = || match &called.earlier_attempt_may_have_acted {
+            // Our first DELETE may have removed it: we did it, as far as anyone can tell.
+            Some(why) => {
+                tracing::info!(earlier_attempt = %why, "session gone after a retried logoff");
+                ActionEffect::DoneAfterRetry
+            }
+            None => ActionEffect::AlreadyGone,
+        };
+        match &called.result {
             // 200: removed. 204 (spec) or 404 "User session ID not found" (real service):
             // it did not exist (any more).
-            Ok(reply) if reply.status == reqwest::StatusCode::NO_CONTENT => {
-                Ok(ActionEffect::AlreadyGone)
-            }
+            Ok(reply) if reply.status == reqwest::StatusCode::NO_CONTENT => Ok(gone()),
             Ok(_) => Ok(ActionEffect::Done),
-            Err(ProviderError::SessionNotFound) => Ok(ActionEffect::AlreadyGone),
-            Err(e) => Err(e),
+            Err(ProviderError::SessionNotFound) => Ok(gone()),
+            Err(e) => Err(e.clone()),
         }
     }
 
@@ -965,15 +985,24 @@ impl SessionProvider for AvdProvider {
         id: SessionId,
     ) -> Result<ActionEffect, ProviderError> {
         let u = self.session_url(host, id, Some("disconnect"))?;
-        self.call(
-            reqwest::Method::POST,
-            u,
-            None,
-            Repeat::Safe,
-            Target::Session,
-        )
-        .await?;
-        Ok(ActionEffect::Done)
+        let called = self
+            .call_tracked(
+                reqwest::Method::POST,
+                u,
+                None,
+                Repeat::Safe,
+                Target::Session,
+            )
+            .await;
+        match (called.result, called.earlier_attempt_may_have_acted) {
+            (Ok(_), _) => Ok(ActionEffect::Done),
+            // The session vanished between our first, unanswered attempt and its repeat.
+            (Err(ProviderError::SessionNotFound), Some(why)) => {
+                tracing::info!(earlier_attempt = %why, "session gone after a retried disconnect");
+                Ok(ActionEffect::DoneAfterRetry)
+            }
+            (Err(e), _) => Err(e),
+        }
     }
 
     #[tracing::instrument(skip_all, fields(pool = %self.pool_name, host = %host, session = %id))]

@@ -48,6 +48,10 @@ pub enum ProviderError {
     /// Connection-level failure (DNS, TCP, TLS, dropped connection).
     #[error("transport error: {0}")]
     Transport(String),
+    /// A call that is not repeated (a message, a classic action) was sent and its connection
+    /// broke before an answer: the backend may have carried it out.
+    #[error("no answer after the request was sent; the backend may have acted: {0}")]
+    OutcomeUnknown(String),
 }
 
 impl ProviderError {
@@ -67,6 +71,7 @@ impl ProviderError {
             ProviderError::Unsupported => "action_not_supported",
             ProviderError::Upstream { .. } => "upstream_error",
             ProviderError::Transport(_) => "upstream_unreachable",
+            ProviderError::OutcomeUnknown(_) => "upstream_outcome_unknown",
         }
     }
 }
@@ -78,6 +83,7 @@ impl From<crate::upstream::UpstreamError> for ProviderError {
             U::Throttled { retry_after } => ProviderError::Throttled { retry_after },
             U::Timeout(m) => ProviderError::Timeout(m),
             U::Transport(m) => ProviderError::Transport(m),
+            U::OutcomeUnknown(m) => ProviderError::OutcomeUnknown(m),
             U::Auth(m) => ProviderError::UpstreamAuth(m),
             e @ U::TooLarge { status, .. } => ProviderError::Upstream {
                 status: Some(status),
@@ -99,6 +105,11 @@ pub enum ActionEffect {
     Done,
     /// The session did not exist any more (logoff of an ended session).
     AlreadyGone,
+    /// The call was sent again after an attempt that may have reached the backend (its
+    /// connection broke after sending, it timed out, or it was answered 5xx), and the repeat
+    /// found the session gone: the session existed when the action began, so it was most
+    /// likely our own first attempt that ended it. Recorded `done`, with `after_retry`.
+    DoneAfterRetry,
 }
 
 /// A pool-wide listing: sessions plus hosts that could not be asked (on-prem fan-out).

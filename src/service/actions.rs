@@ -75,6 +75,30 @@ fn with_intent_id(mut params: serde_json::Value, intent_id: &str) -> serde_json:
     }
 }
 
+/// What an action came to, before it is recorded.
+#[derive(Debug, Clone, Copy)]
+struct Ran {
+    outcome: ActionOutcome,
+    /// The backend said the session was gone only when the gateway repeated a call whose
+    /// earlier attempt may have reached it (audited as `params.after_retry`).
+    after_retry: bool,
+}
+
+impl Ran {
+    fn done() -> Self {
+        ActionOutcome::Done.into()
+    }
+}
+
+impl From<ActionOutcome> for Ran {
+    fn from(outcome: ActionOutcome) -> Self {
+        Self {
+            outcome,
+            after_retry: false,
+        }
+    }
+}
+
 impl ActionRequest {
     fn params(&self) -> serde_json::Value {
         let mut p = serde_json::json!({
@@ -197,13 +221,16 @@ impl Gateway {
         outcome.params = with_intent_id(params, &intent.id);
         outcome.duration_ms = Some(ctx.started.elapsed().as_millis() as u64);
         match &result {
-            Ok(o) => {
-                outcome.outcome = match o {
+            Ok(ran) => {
+                outcome.outcome = match ran.outcome {
                     ActionOutcome::Done => "done",
                     ActionOutcome::AlreadyGone => "already_gone",
                     ActionOutcome::WouldDo => "would_do",
                 }
                 .into();
+                if ran.after_retry {
+                    outcome.params["after_retry"] = true.into();
+                }
             }
             Err(e) => {
                 outcome.outcome = match e {
@@ -227,7 +254,7 @@ impl Gateway {
                 }));
             }
         };
-        let outcome = result.map_err(audited)?;
+        let outcome = result.map_err(audited)?.outcome;
         Ok(ActionResult {
             action: req.kind,
             target: ActionTarget {
@@ -272,10 +299,10 @@ impl Gateway {
         req: &ActionRequest,
         pool: &Pool,
         session: Option<&Session>,
-    ) -> Result<ActionOutcome, ServiceError> {
+    ) -> Result<Ran, ServiceError> {
         let Some(session) = session else {
             // Logoff of a session that has already ended.
-            return Ok(ActionOutcome::AlreadyGone);
+            return Ok(ActionOutcome::AlreadyGone.into());
         };
         if let Some(expected) = &req.expected_user
             && !session.user_matches(expected)
@@ -320,7 +347,7 @@ impl Gateway {
             }
         }
         if req.dry_run {
-            return Ok(ActionOutcome::WouldDo);
+            return Ok(ActionOutcome::WouldDo.into());
         }
         let p = &pool.provider;
         let effect = match req.kind {
@@ -338,10 +365,14 @@ impl Gateway {
             }
         };
         match effect {
-            Ok(ActionEffect::Done) => Ok(ActionOutcome::Done),
-            Ok(ActionEffect::AlreadyGone) => Ok(ActionOutcome::AlreadyGone),
+            Ok(ActionEffect::Done) => Ok(Ran::done()),
+            Ok(ActionEffect::DoneAfterRetry) => Ok(Ran {
+                outcome: ActionOutcome::Done,
+                after_retry: true,
+            }),
+            Ok(ActionEffect::AlreadyGone) => Ok(ActionOutcome::AlreadyGone.into()),
             Err(ProviderError::SessionNotFound) if req.kind == ActionKind::Logoff => {
-                Ok(ActionOutcome::AlreadyGone)
+                Ok(ActionOutcome::AlreadyGone.into())
             }
             Err(e) => {
                 Err(self.provider_err(pool, req.kind.as_str(), Some(&req.host), Some(req.id), e))

@@ -88,9 +88,12 @@ pub enum ServiceError {
         code: String,
         message: String,
     },
-    /// The backend could not be reached (DNS, TCP, TLS, dropped connection).
+    /// The backend could not be reached (DNS, TCP, TLS, a connection dropped before sending).
     #[error("upstream unreachable: {0}")]
     UpstreamUnreachable(String),
+    /// A call that is never repeated was sent and got no answer: the backend may have acted.
+    #[error("upstream outcome unknown: {0}")]
+    UpstreamOutcomeUnknown(String),
 }
 
 impl ServiceError {
@@ -117,6 +120,7 @@ impl ServiceError {
             ServiceError::UpstreamTimeout(_) => "upstream_timeout",
             ServiceError::Upstream { .. } => "upstream_error",
             ServiceError::UpstreamUnreachable(_) => "upstream_unreachable",
+            ServiceError::UpstreamOutcomeUnknown(_) => "upstream_outcome_unknown",
         }
     }
 
@@ -172,6 +176,7 @@ impl ServiceError {
                 message,
             },
             ProviderError::Transport(m) => ServiceError::UpstreamUnreachable(m),
+            ProviderError::OutcomeUnknown(m) => ServiceError::UpstreamOutcomeUnknown(m),
         }
     }
 }
@@ -236,6 +241,7 @@ pub(crate) mod tests {
                 message: s(),
             },
             ServiceError::UpstreamUnreachable(s()),
+            ServiceError::UpstreamOutcomeUnknown(s()),
         ];
         for e in &all {
             match e {
@@ -258,7 +264,8 @@ pub(crate) mod tests {
                 | ServiceError::UpstreamThrottled { .. }
                 | ServiceError::UpstreamTimeout(_)
                 | ServiceError::Upstream { .. }
-                | ServiceError::UpstreamUnreachable(_) => {}
+                | ServiceError::UpstreamUnreachable(_)
+                | ServiceError::UpstreamOutcomeUnknown(_) => {}
             }
         }
         all
@@ -286,6 +293,7 @@ pub(crate) mod tests {
                 message: s(),
             },
             ProviderError::Transport(s()),
+            ProviderError::OutcomeUnknown(s()),
         ];
         for e in &all {
             match e {
@@ -300,7 +308,8 @@ pub(crate) mod tests {
                 | ProviderError::Protected(_)
                 | ProviderError::Unsupported
                 | ProviderError::Upstream { .. }
-                | ProviderError::Transport(_) => {}
+                | ProviderError::Transport(_)
+                | ProviderError::OutcomeUnknown(_) => {}
             }
         }
         all

@@ -14,6 +14,13 @@
 //!   answer's `Retry-After` (e.g. a 503's) or a jittered exponential backoff, within the budget —
 //!   only for [`Repeat::Safe`] calls. A [`Repeat::Once`] call is sent again only when the
 //!   connection could not be made (the request never left).
+//! - **Honest uncertainty.** [`Upstream::call_tracked`] also says whether an attempt before
+//!   the last one may have reached the service (its connection broke after the request was
+//!   sent, it timed out, or it was answered 5xx): an adapter then knows that a "not found" on
+//!   the retry of a removal may be the effect of its own first attempt. A [`Repeat::Once`]
+//!   call whose connection broke after the request was sent fails with
+//!   [`UpstreamError::OutcomeUnknown`], never with "could not be reached" (a timeout stays
+//!   [`UpstreamError::Timeout`], which callers already read as "may have happened").
 //! - **Per-call timeout.** Each attempt — sending and reading the whole body — is bounded by
 //!   [`CallPolicy::timeout`]; running out is [`UpstreamError::Timeout`].
 //! - **Body cap.** Every response body is read in chunks up to
@@ -134,12 +141,26 @@ pub enum UpstreamError {
     /// No token could be obtained (the identity provider refused our credential).
     #[error("no token: {0}")]
     Auth(String),
+    /// A call that is not repeated (a message) was sent, and the connection broke before an
+    /// answer: the service may have carried it out.
+    #[error("no answer after the request was sent; it may have been carried out: {0}")]
+    OutcomeUnknown(String),
     /// The response body is longer than the cap.
     #[error("the response (status {status}) is larger than {limit} bytes")]
     TooLarge { status: u16, limit: u64 },
     /// A paged list's next link is unusable (`code`: `InvalidNextLink` or `PagingLoop`).
     #[error("{message}")]
     Paging { code: &'static str, message: String },
+}
+
+/// The result of one logical call, and whether an attempt before the last one may have
+/// reached the service (and been carried out there) although it got no usable answer.
+#[derive(Debug)]
+pub struct Called<T, E> {
+    pub result: Result<T, E>,
+    /// What befell the last such attempt (e.g. `transport error: ...`, `HTTP 503`); `None`
+    /// when every earlier attempt certainly never reached the service, or there was none.
+    pub earlier_attempt_may_have_acted: Option<String>,
 }
 
 /// Jittered exponential backoff for retry `attempt` (0-based): 200 ms doubling, capped at 5 s,
@@ -213,7 +234,40 @@ impl Upstream {
         &self,
         repeat: Repeat,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        classify: impl FnMut(Reply) -> Verdict<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<UpstreamError>,
+    {
+        self.call_tracked(repeat, build, classify).await.result
+    }
+
+    /// [`Upstream::call`], also telling whether an earlier attempt may have been carried out.
+    pub async fn call_tracked<T, E>(
+        &self,
+        repeat: Repeat,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        classify: impl FnMut(Reply) -> Verdict<T, E>,
+    ) -> Called<T, E>
+    where
+        E: From<UpstreamError>,
+    {
+        let mut uncertain = None;
+        let result = self
+            .call_inner(repeat, build, classify, &mut uncertain)
+            .await;
+        Called {
+            result,
+            earlier_attempt_may_have_acted: uncertain,
+        }
+    }
+
+    async fn call_inner<T, E>(
+        &self,
+        repeat: Repeat,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
         mut classify: impl FnMut(Reply) -> Verdict<T, E>,
+        uncertain: &mut Option<String>,
     ) -> Result<T, E>
     where
         E: From<UpstreamError>,
@@ -227,7 +281,7 @@ impl Upstream {
             if let Some(t) = &self.token {
                 req = req.bearer_auth(t.token().await?);
             }
-            let (err, again, hint, status) = match self.attempt(req).await {
+            let (err, again, hint, status, what) = match self.attempt(req).await {
                 Ok(reply) => {
                     let status = reply.status;
                     if status == StatusCode::UNAUTHORIZED
@@ -265,10 +319,29 @@ impl Upstream {
                     match classify(reply) {
                         Verdict::Done(v) => return Ok(v),
                         Verdict::Fail(e) => return Err(e),
-                        Verdict::Transient(e) => (e, Again::IfSafe, hint, Some(status.as_u16())),
+                        Verdict::Transient(e) => (
+                            e,
+                            Again::IfSafe,
+                            hint,
+                            Some(status.as_u16()),
+                            format!("HTTP {}", status.as_u16()),
+                        ),
                     }
                 }
-                Err((e, again)) => (E::from(e), again, None, None),
+                Err((e, again)) => {
+                    let what = e.to_string();
+                    let e = match e {
+                        // Sent, unanswered, and not to be repeated: say so, not "unreachable".
+                        // (A timeout keeps its own code, whose text already says so.)
+                        UpstreamError::Transport(m)
+                            if again == Again::IfSafe && repeat == Repeat::Once =>
+                        {
+                            UpstreamError::OutcomeUnknown(m)
+                        }
+                        e => e,
+                    };
+                    (E::from(e), again, None, None, what)
+                }
             };
             let may = match again {
                 Again::Always => true,
@@ -281,6 +354,9 @@ impl Upstream {
             let wait = hint.unwrap_or_else(|| backoff(retries));
             if Instant::now() + wait > deadline {
                 return Err(err);
+            }
+            if again == Again::IfSafe {
+                *uncertain = Some(what);
             }
             retries += 1;
             tracing::info!(

@@ -39,6 +39,9 @@ async fn route(
         "429-once" => "fine".into_response(),
         "500" => AxStatus::INTERNAL_SERVER_ERROR.into_response(),
         "drop" => std::panic::resume_unwind(Box::new("dropping the connection")),
+        // Acts (counted), loses the answer, then says the thing is gone.
+        "drop-once" if n == 0 => std::panic::resume_unwind(Box::new("dropping the connection")),
+        "drop-once" => AxStatus::NOT_FOUND.into_response(),
         "slow" => {
             tokio::time::sleep(Duration::from_secs(3)).await;
             "late".into_response()
@@ -213,8 +216,9 @@ async fn dropped_connections_are_retried_only_for_safe_calls() {
     let err = go(&u, Repeat::Once, &format!("{base}/drop"))
         .await
         .unwrap_err();
+    // Sent and never answered: not "unreachable", the service may have acted.
     assert!(
-        matches!(err, TestErr::Up(UpstreamError::Transport(_))),
+        matches!(err, TestErr::Up(UpstreamError::OutcomeUnknown(_))),
         "{err:?}"
     );
     assert_eq!(
@@ -230,6 +234,63 @@ async fn dropped_connections_are_retried_only_for_safe_calls() {
         "{err:?}"
     );
     assert_eq!(srv.hits.load(Ordering::SeqCst), 1 + 3);
+}
+
+/// `go`, tracked.
+async fn go_tracked(u: &Upstream, repeat: Repeat, url: &str) -> Called<Bytes, TestErr> {
+    u.call_tracked(
+        repeat,
+        |http| http.get(url),
+        |r| {
+            if r.status.is_success() {
+                Verdict::Done(r.body)
+            } else if r.status.is_server_error() {
+                Verdict::Transient(TestErr::Status(r.status.as_u16()))
+            } else {
+                Verdict::Fail(TestErr::Status(r.status.as_u16()))
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_retry_after_an_unanswered_attempt_is_reported_to_the_caller() {
+    let (base, srv) = serve().await;
+    let u = engine(policy(), None);
+    let c = go_tracked(&u, Repeat::Safe, &format!("{base}/drop-once")).await;
+    assert!(matches!(c.result, Err(TestErr::Status(404))), "{c:?}");
+    assert_eq!(srv.hits.load(Ordering::SeqCst), 2);
+    let why = c.earlier_attempt_may_have_acted.expect("reported");
+    assert!(why.contains("transport error"), "{why}");
+
+    // A 5xx answer may come after the service acted, too.
+    let c = go_tracked(&u, Repeat::Safe, &format!("{base}/500")).await;
+    assert_eq!(
+        c.earlier_attempt_may_have_acted.as_deref(),
+        Some("HTTP 500")
+    );
+
+    // A first attempt that was answered (nothing retried) reports nothing.
+    let c = go_tracked(&u, Repeat::Safe, &format!("{base}/nothing-here")).await;
+    assert!(matches!(c.result, Err(TestErr::Status(404))), "{c:?}");
+    assert_eq!(c.earlier_attempt_may_have_acted, None);
+}
+
+#[tokio::test]
+async fn refused_connections_never_count_as_attempts_that_may_have_acted() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let mut p = policy();
+    p.max_retries = 1;
+    let u = engine(p, None);
+    let c = go_tracked(&u, Repeat::Safe, &format!("http://{addr}/ok")).await;
+    assert!(
+        matches!(c.result, Err(TestErr::Up(UpstreamError::Transport(_)))),
+        "{c:?}"
+    );
+    assert_eq!(c.earlier_attempt_may_have_acted, None);
 }
 
 #[tokio::test]

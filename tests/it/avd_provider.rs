@@ -141,13 +141,13 @@ async fn send_message_is_delivered_once_even_when_the_answer_is_lost() {
     );
 
     // The request arrives and is carried out, then the connection drops without an answer:
-    // the adapter must report the failure and NOT send the message again.
+    // the adapter must say the outcome is unknown and NOT send the message again.
     env.state.drop_after_handling(ArmOp::SendMessage, 1);
     let err = p
         .send_message(&h, SessionId(2), "Second", "once only")
         .await
         .unwrap_err();
-    assert!(matches!(err, ProviderError::Transport(_)), "{err:?}");
+    assert!(matches!(err, ProviderError::OutcomeUnknown(_)), "{err:?}");
     assert_eq!(env.state.calls(ArmOp::SendMessage), 2);
     assert_eq!(env.state.messages().len(), 2);
 
@@ -466,15 +466,41 @@ async fn dropped_connections_surface_as_transport_errors() {
             drop_rate: 1.0,
             ..Default::default()
         });
+    // A message whose connection broke after it was sent: from the caller's side nothing
+    // tells whether the backend acted (here it did not), so the outcome is unknown.
     let err = p
         .send_message(&h, SessionId(2), "t", "b")
         .await
         .unwrap_err();
-    assert!(matches!(err, ProviderError::Transport(_)), "{err:?}");
+    assert!(matches!(err, ProviderError::OutcomeUnknown(_)), "{err:?}");
     let err = p.list_hosts().await.unwrap_err();
     assert!(matches!(err, ProviderError::Transport(_)), "{err:?}");
     env.state.set_faults(Default::default());
     assert!(env.state.messages().is_empty());
+    assert_eq!(p.list_hosts().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn drop_after_rate_acts_then_cuts_the_connection_unanswered() {
+    let env = start(opts(1, 1, 10)).await;
+    let p = env.provider("hp1");
+    let h = host(&env.state.hosts("hp1")[0]);
+    p.list_hosts().await.unwrap(); // token cached before the faults start
+    env.state
+        .set_faults(sessiongate::emulator::common::FaultSettings {
+            drop_after_rate: 1.0,
+            ..Default::default()
+        });
+    // A message is never sent twice, so exactly one request reached the emulator: it was
+    // delivered, yet the caller got no answer.
+    let err = p
+        .send_message(&h, SessionId(2), "t", "b")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::OutcomeUnknown(_)), "{err:?}");
+    assert_eq!(env.state.messages().len(), 1, "the emulator acted");
+    assert_eq!(env.state.calls(ArmOp::SendMessage), 1);
+    env.state.set_faults(Default::default());
     assert_eq!(p.list_hosts().await.unwrap().len(), 1);
 }
 

@@ -597,15 +597,37 @@ async fn dropped_connections_fail_as_transport_errors() {
             drop_rate: 1.0,
             ..Default::default()
         });
+    // Sent, and the connection broke: the caller cannot know the broker did nothing.
     assert!(matches!(
         p.send_message(&host(SH1), SessionId(2), "t", "b").await,
-        Err(ProviderError::Transport(_))
+        Err(ProviderError::OutcomeUnknown(_))
     ));
     assert!(env.state().messages().is_empty());
     assert!(matches!(
         p.list_hosts().await,
         Err(ProviderError::Transport(_))
     ));
+    env.state().faults().set(Default::default());
+    assert_eq!(p.list_hosts().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn drop_after_rate_acts_then_cuts_the_connection_unanswered() {
+    let env = Env::default().await;
+    let p = env.provider();
+    p.list_hosts().await.unwrap();
+    env.state()
+        .faults()
+        .set(sessiongate::emulator::common::FaultSettings {
+            drop_after_rate: 1.0,
+            ..Default::default()
+        });
+    let err = p
+        .send_message(&host(SH1), SessionId(2), "t", "b")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::OutcomeUnknown(_)), "{err:?}");
+    assert_eq!(env.state().messages().len(), 1, "the broker acted");
     env.state().faults().set(Default::default());
     assert_eq!(p.list_hosts().await.unwrap().len(), 2);
 }

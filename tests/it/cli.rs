@@ -409,6 +409,8 @@ fn broken_configs_are_refused_by_check_and_serve_naming_the_same_key() {
         (vec![("server.listen", r#""localhost""#.into())], "server.listen"),
         (vec![("server.body_limit_bytes", "100".into())], "server.body_limit_bytes"),
         (vec![("server.request_timeout_secs", "0".into())], "server.request_timeout_secs"),
+        (vec![("server.header_read_timeout_ms", "0".into())], "server.header_read_timeout_ms"),
+        (vec![("server.header_read_timeout_ms", "99999999".into())], "server.header_read_timeout_ms"),
         (vec![("server.message_body_max", "0".into())], "server.message_body_max"),
         (vec![("server.log_filter", r#""sessiongate=loud""#.into())], "server.log_filter"),
         (vec![("server.data_dir", not_pem_lit.clone())], "server.data_dir"),
