@@ -1,5 +1,6 @@
 //! Machinery shared by every emulator: TLS with a generated CA, ARM-style token-bucket
-//! throttling, fault injection (latency, 5xx, dropped connections, oversized answers) and an Entra ID style
+//! throttling, fault injection (latency, 5xx, dropped connections before or after the handler
+//! acted, oversized answers) and an Entra ID style
 //! token endpoint (client credentials) with bearer-token checks.
 
 use axum::{
@@ -104,6 +105,9 @@ pub struct Faults {
     error_permille: AtomicU32,
     /// Per mille of requests whose connection is dropped without a response.
     drop_permille: AtomicU32,
+    /// Per mille of requests that are handled (the backend acts) and whose connection is then
+    /// dropped without a response.
+    drop_after_permille: AtomicU32,
     /// When non-zero, every request is answered 200 with a chunked body this long.
     oversized_body_bytes: AtomicU64,
 }
@@ -117,6 +121,10 @@ pub struct FaultSettings {
     pub error_rate: f64,
     #[serde(default)]
     pub drop_rate: f64,
+    /// Share of requests the handler carries out (the backend acts) before the connection is
+    /// dropped without a response, so the caller cannot tell whether anything happened.
+    #[serde(default)]
+    pub drop_after_rate: f64,
 }
 
 impl Faults {
@@ -131,6 +139,8 @@ impl Faults {
         self.error_permille
             .store(pm(s.error_rate), Ordering::Relaxed);
         self.drop_permille.store(pm(s.drop_rate), Ordering::Relaxed);
+        self.drop_after_permille
+            .store(pm(s.drop_after_rate), Ordering::Relaxed);
     }
     /// Answers every request with a 200 whose chunked body (no `Content-Length`) is `bytes`
     /// of JSON whitespace; 0 turns this off. For clients' response size caps.
@@ -151,6 +161,10 @@ impl Faults {
     /// Whether this request's connection should be dropped.
     pub fn should_drop(&self) -> bool {
         Self::roll(&self.drop_permille)
+    }
+    /// Whether this request should be handled and its connection then dropped unanswered.
+    pub fn should_drop_after(&self) -> bool {
+        Self::roll(&self.drop_after_permille)
     }
     /// The oversized answer to give instead of the real one, if that fault is on.
     fn oversized_answer(&self) -> Option<Response> {
@@ -199,7 +213,8 @@ pub struct ConnectionId(pub u64);
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Serves `router` over HTTPS on `listener`, applying latency, 5xx and dropped-connection
-/// faults before the router sees the request. `error_body` renders the injected 5xx in the
+/// faults before the router sees the request, and the drop-after-handling fault once it has
+/// answered (the answer is thrown away). `error_body` renders the injected 5xx in the
 /// emulated service's own error shape.
 pub fn serve_tls(
     listener: TcpListener,
@@ -243,11 +258,19 @@ pub fn serve_tls(
                             if let Some(r) = faults.oversized_answer() {
                                 return Ok(r);
                             }
+                            let drop_after = faults.should_drop_after();
                             let mut req = req.map(axum::body::Body::new);
                             req.extensions_mut().insert(conn_id);
                             let resp = tower::ServiceExt::oneshot(router, req)
                                 .await
                                 .unwrap_or_else(|e: Infallible| match e {});
+                            if drop_after {
+                                // The handler has acted; its answer is discarded and hyper
+                                // closes the connection without writing any response.
+                                return Err(std::io::Error::other(
+                                    "injected connection drop after handling",
+                                ));
+                            }
                             Ok(resp)
                         }
                     },
@@ -526,6 +549,20 @@ mod tests {
         assert!(b.take().is_ok());
         let t = b.take().unwrap_err();
         assert!(t.retry_after_secs >= 1);
+    }
+
+    #[test]
+    fn drop_after_rate_is_its_own_switch() {
+        let f = Faults::new(FaultSettings {
+            drop_after_rate: 1.0,
+            ..Default::default()
+        });
+        assert!(f.should_drop_after());
+        assert!(!f.should_drop(), "dropping before handling stays off");
+        f.set(FaultSettings::default());
+        assert!(!f.should_drop_after());
+        let parsed: FaultSettings = serde_json::from_str(r#"{"drop_after_rate":0.5}"#).unwrap();
+        assert_eq!(parsed.drop_after_rate, 0.5);
     }
 
     #[test]

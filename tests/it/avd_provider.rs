@@ -479,6 +479,30 @@ async fn dropped_connections_surface_as_transport_errors() {
 }
 
 #[tokio::test]
+async fn drop_after_rate_acts_then_cuts_the_connection_unanswered() {
+    let env = start(opts(1, 1, 10)).await;
+    let p = env.provider("hp1");
+    let h = host(&env.state.hosts("hp1")[0]);
+    p.list_hosts().await.unwrap(); // token cached before the faults start
+    env.state
+        .set_faults(sessiongate::emulator::common::FaultSettings {
+            drop_after_rate: 1.0,
+            ..Default::default()
+        });
+    // A message is never sent twice, so exactly one request reached the emulator: it was
+    // delivered, yet the caller got no answer.
+    let err = p
+        .send_message(&h, SessionId(2), "t", "b")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::Transport(_)), "{err:?}");
+    assert_eq!(env.state.messages().len(), 1, "the emulator acted");
+    assert_eq!(env.state.calls(ArmOp::SendMessage), 1);
+    env.state.set_faults(Default::default());
+    assert_eq!(p.list_hosts().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn missing_role_is_upstream_forbidden() {
     let env = start(opts(1, 1, 10)).await;
     let p = env.provider("hp1");

@@ -611,6 +611,27 @@ async fn dropped_connections_fail_as_transport_errors() {
 }
 
 #[tokio::test]
+async fn drop_after_rate_acts_then_cuts_the_connection_unanswered() {
+    let env = Env::default().await;
+    let p = env.provider();
+    p.list_hosts().await.unwrap();
+    env.state()
+        .faults()
+        .set(sessiongate::emulator::common::FaultSettings {
+            drop_after_rate: 1.0,
+            ..Default::default()
+        });
+    let err = p
+        .send_message(&host(SH1), SessionId(2), "t", "b")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::Transport(_)), "{err:?}");
+    assert_eq!(env.state().messages().len(), 1, "the broker acted");
+    env.state().faults().set(Default::default());
+    assert_eq!(p.list_hosts().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
 async fn answers_over_the_size_cap_fail_typed() {
     let env = Env::default().await;
     let mut cfg = env.config();

@@ -574,6 +574,7 @@ async fn injected_server_errors_and_dropped_connections_are_typed() {
         latency_ms: 0,
         error_rate: 1.0,
         drop_rate: 0.0,
+        ..FaultSettings::default()
     });
     assert!(matches!(
         p.list_host_sessions(&h(H1)).await,
@@ -586,6 +587,7 @@ async fn injected_server_errors_and_dropped_connections_are_typed() {
         latency_ms: 0,
         error_rate: 0.0,
         drop_rate: 1.0,
+        ..FaultSettings::default()
     });
     assert!(matches!(
         p.list_host_sessions(&h(H1)).await,
