@@ -86,8 +86,8 @@ pub struct EmulatorArgs {
 
 /// Fault injection of `emulate avd|wvd-classic|winrm`, for testing a client's handling of a
 /// misbehaving backend. Rates are fractions of requests, `0` (never) to `1` (every request),
-/// rolled independently per request in this order: drop, 5xx, 429, then (after the handler
-/// acted) drop, 5xx.
+/// rolled per request in this order: slow, drop, 5xx, 429, then (after the backend acted) drop,
+/// 5xx.
 #[derive(Debug, Args, Clone, Default)]
 pub struct FaultArgs {
     /// Delay every response by this many milliseconds.
@@ -99,6 +99,21 @@ pub struct FaultArgs {
     /// Fraction of requests whose connection is dropped, without an answer, before the backend acts.
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate, value_name = "RATE")]
     pub drop_rate: f64,
+    /// Fraction of requests answered 429 with `Retry-After: 1` before the backend acts.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, value_name = "RATE")]
+    pub throttle_rate: f64,
+    /// Fraction of requests the backend carries out, then drops the connection without an answer.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, value_name = "RATE")]
+    pub drop_after_rate: f64,
+    /// Fraction of requests the backend carries out, then answers 5xx.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, value_name = "RATE")]
+    pub error_after_rate: f64,
+    /// Fraction of requests delayed by `--slow-ms` more before the backend acts.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, value_name = "RATE")]
+    pub slow_rate: f64,
+    /// The extra delay of the slow requests.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub slow_ms: u64,
 }
 
 impl FaultArgs {
@@ -108,6 +123,11 @@ impl FaultArgs {
             latency_ms: self.latency_ms,
             error_rate: self.error_rate,
             drop_rate: self.drop_rate,
+            drop_after_rate: self.drop_after_rate,
+            error_after_rate: self.error_after_rate,
+            throttle_rate: self.throttle_rate,
+            slow_rate: self.slow_rate,
+            slow_ms: self.slow_ms,
         }
     }
 }

@@ -502,6 +502,103 @@ async fn drop_after_rate_acts_then_cuts_the_connection_unanswered() {
     assert_eq!(p.list_hosts().await.unwrap().len(), 1);
 }
 
+/// `error_after_rate`: the backend acts, then the caller is told 5xx. A message is never
+/// re-sent once it may have arrived, so exactly one was delivered.
+#[tokio::test]
+async fn error_after_rate_acts_then_answers_5xx() {
+    let env = start(opts(1, 1, 10)).await;
+    let p = env.provider("hp1");
+    let h = host(&env.state.hosts("hp1")[0]);
+    p.list_hosts().await.unwrap(); // token cached before the faults start
+    env.state
+        .set_faults(sessiongate::emulator::common::FaultSettings {
+            error_after_rate: 1.0,
+            ..Default::default()
+        });
+    let err = p
+        .send_message(&h, SessionId(2), "t", "b")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProviderError::Upstream {
+                status: Some(500),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(env.state.messages().len(), 1, "the emulator acted");
+    assert_eq!(env.state.calls(ArmOp::SendMessage), 1);
+    // A logoff is retried after a 5xx: the retry finds the session gone.
+    let r = p.logoff(&h, SessionId(2), false).await;
+    assert!(
+        env.state.sessions("hp1").is_empty(),
+        "the first attempt logged off: {r:?}"
+    );
+    env.state.set_faults(Default::default());
+}
+
+/// `throttle_rate`: 429 with `Retry-After: 1` before the handler runs; the adapter waits and
+/// retries within its budget, and gives up typed (`Throttled`) beyond it, having done nothing.
+#[tokio::test]
+async fn throttle_rate_answers_429_with_retry_after_before_acting() {
+    let env = start(opts(1, 1, 10)).await;
+    let mut cfg = env.config("hp1");
+    cfg.retry_budget_secs = 3;
+    cfg.max_retries = 1;
+    let p = build("hp1", &cfg).unwrap();
+    let h = host(&env.state.hosts("hp1")[0]);
+    p.list_hosts().await.unwrap(); // token cached before the faults start
+    env.state
+        .set_faults(sessiongate::emulator::common::FaultSettings {
+            throttle_rate: 1.0,
+            ..Default::default()
+        });
+    let t0 = Instant::now();
+    let err = p
+        .send_message(&h, SessionId(2), "t", "b")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::Throttled { .. }), "{err:?}");
+    assert!(
+        t0.elapsed() >= Duration::from_secs(1),
+        "waited Retry-After once"
+    );
+    assert!(env.state.messages().is_empty(), "never reached the handler");
+    assert_eq!(env.state.calls(ArmOp::SendMessage), 0);
+    env.state.set_faults(Default::default());
+    p.send_message(&h, SessionId(2), "t", "b").await.unwrap();
+    assert_eq!(env.state.messages().len(), 1);
+}
+
+/// `slow_rate`/`slow_ms`: the slow request outlives the adapter's timeout, yet the backend
+/// still acts, late.
+#[tokio::test]
+async fn slow_rate_times_out_the_caller_and_acts_late() {
+    let env = start(opts(1, 1, 10)).await;
+    let mut cfg = env.config("hp1");
+    cfg.timeout_secs = 1;
+    let p = build("hp1", &cfg).unwrap();
+    let h = host(&env.state.hosts("hp1")[0]);
+    p.list_hosts().await.unwrap(); // token cached before the faults start
+    env.state
+        .set_faults(sessiongate::emulator::common::FaultSettings {
+            slow_rate: 1.0,
+            slow_ms: 1300,
+            ..Default::default()
+        });
+    let err = p
+        .send_message(&h, SessionId(2), "t", "b")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::Timeout(_)), "{err:?}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(env.state.messages().len(), 1, "delivered after the timeout");
+    env.state.set_faults(Default::default());
+}
+
 #[tokio::test]
 async fn missing_role_is_upstream_forbidden() {
     let env = start(opts(1, 1, 10)).await;
