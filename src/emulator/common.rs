@@ -116,6 +116,8 @@ pub struct Faults {
     /// Per mille of requests delayed by `slow_ms` (on top of `latency_ms`) before handling.
     slow_permille: AtomicU32,
     slow_ms: AtomicU64,
+    /// How many requests each kind hit so far, in [`FAULT_KINDS`] order.
+    injected: [AtomicU64; 6],
     /// When non-zero, every request is answered 200 with a chunked body this long.
     oversized_body_bytes: AtomicU64,
 }
@@ -149,6 +151,16 @@ pub struct FaultSettings {
     pub slow_ms: u64,
 }
 
+/// The fault kinds [`Faults::injected`] counts.
+pub const FAULT_KINDS: [&str; 6] = [
+    "error",
+    "drop",
+    "drop_after",
+    "error_after",
+    "throttle",
+    "slow",
+];
+
 /// `Retry-After` (seconds) of the injected 429s.
 pub const INJECTED_RETRY_AFTER_SECS: u64 = 1;
 
@@ -181,33 +193,45 @@ impl Faults {
     pub fn latency(&self) -> Duration {
         Duration::from_millis(self.latency_ms.load(Ordering::Relaxed))
     }
-    fn roll(permille: &AtomicU32) -> bool {
+    fn roll(&self, permille: &AtomicU32, kind: usize) -> bool {
         let p = permille.load(Ordering::Relaxed);
-        p > 0 && rand::rng().random_range(0..1000) < p
+        let hit = p > 0 && rand::rng().random_range(0..1000) < p;
+        if hit {
+            self.injected[kind].fetch_add(1, Ordering::Relaxed);
+        }
+        hit
+    }
+    /// How many requests each fault kind hit since start (for test figures).
+    pub fn injected(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        FAULT_KINDS
+            .iter()
+            .zip(&self.injected)
+            .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
+            .collect()
     }
     /// Whether this request should fail with a 5xx.
     pub fn should_error(&self) -> bool {
-        Self::roll(&self.error_permille)
+        self.roll(&self.error_permille, 0)
     }
     /// Whether this request's connection should be dropped.
     pub fn should_drop(&self) -> bool {
-        Self::roll(&self.drop_permille)
+        self.roll(&self.drop_permille, 1)
     }
     /// Whether this request should be handled and its connection then dropped unanswered.
     pub fn should_drop_after(&self) -> bool {
-        Self::roll(&self.drop_after_permille)
+        self.roll(&self.drop_after_permille, 2)
     }
     /// Whether this request should be handled and then answered with the injected 5xx.
     pub fn should_error_after(&self) -> bool {
-        Self::roll(&self.error_after_permille)
+        self.roll(&self.error_after_permille, 3)
     }
     /// Whether this request should be answered 429 before handling.
     pub fn should_throttle(&self) -> bool {
-        Self::roll(&self.throttle_permille)
+        self.roll(&self.throttle_permille, 4)
     }
     /// The extra delay of this request, if it is one of the slow ones.
     pub fn slow_delay(&self) -> Option<Duration> {
-        Self::roll(&self.slow_permille)
+        self.roll(&self.slow_permille, 5)
             .then(|| Duration::from_millis(self.slow_ms.load(Ordering::Relaxed)))
     }
     /// The oversized answer to give instead of the real one, if that fault is on.
