@@ -325,18 +325,15 @@ async fn twenty_percent_upstream_faults_give_defined_answers_and_lose_nothing() 
         .map(|(k, v)| (k, v - arm_calls_before.get(k).copied().unwrap_or(0)))
         .collect();
     for op in [ArmOp::Logoff, ArmOp::Disconnect, ArmOp::SendMessage] {
-        assert!(arm_calls.get(op.as_str()).is_some(), "{op:?} counted");
+        assert!(arm_calls[op.as_str()] > 0, "{op:?} reached the emulator");
     }
-    let hits: u64 = injected.0.values().chain(injected.1.values()).sum();
-    assert!(
-        injected
-            .0
-            .values()
-            .chain(injected.1.values())
-            .all(|n| *n > 0)
-            || hits > 40,
-        "faults were injected: {injected:?}"
-    );
+    // Every kind was injected (about 14 expected per kind over both emulators).
+    for k in sessiongate::emulator::common::FAULT_KINDS {
+        assert!(
+            injected.0[k] + injected.1[k] > 0,
+            "no `{k}` fault was injected: {injected:?}"
+        );
+    }
     let elapsed = t0.elapsed();
     assert!(elapsed < Duration::from_secs(60), "took {elapsed:?}");
     eprintln!(
