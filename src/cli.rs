@@ -80,6 +80,71 @@ pub struct EmulatorArgs {
     /// Write the emulator's CA certificate (PEM) here (default: printed in the JSON line as a path under the temp dir).
     #[arg(long)]
     pub ca_out: Option<PathBuf>,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+}
+
+/// Fault injection of `emulate avd|wvd-classic|winrm`, for testing a client's handling of a
+/// misbehaving backend. Rates are fractions of requests, `0` (never) to `1` (every request),
+/// rolled per request in this order: slow, drop, 5xx, 429, then (after the backend acted) drop,
+/// 5xx.
+#[derive(Debug, Args, Clone, Default)]
+pub struct FaultArgs {
+    /// Delay every response by this many milliseconds.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub latency_ms: u64,
+    /// Fraction of requests answered 5xx before the backend acts.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, value_name = "RATE")]
+    pub error_rate: f64,
+    /// Fraction of requests whose connection is dropped, without an answer, before the backend acts.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, value_name = "RATE")]
+    pub drop_rate: f64,
+    /// Fraction of requests answered 429 with `Retry-After: 1` before the backend acts.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, value_name = "RATE")]
+    pub throttle_rate: f64,
+    /// Fraction of requests the backend carries out, then drops the connection without an answer.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, value_name = "RATE")]
+    pub drop_after_rate: f64,
+    /// Fraction of requests the backend carries out, then answers 5xx.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, value_name = "RATE")]
+    pub error_after_rate: f64,
+    /// Fraction of requests delayed by `--slow-ms` more before the backend acts.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, value_name = "RATE")]
+    pub slow_rate: f64,
+    /// The extra delay of the slow requests.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub slow_ms: u64,
+}
+
+impl FaultArgs {
+    /// The emulators' fault settings these flags ask for.
+    pub fn settings(&self) -> crate::emulator::common::FaultSettings {
+        crate::emulator::common::FaultSettings {
+            latency_ms: self.latency_ms,
+            error_rate: self.error_rate,
+            drop_rate: self.drop_rate,
+            drop_after_rate: self.drop_after_rate,
+            error_after_rate: self.error_after_rate,
+            throttle_rate: self.throttle_rate,
+            slow_rate: self.slow_rate,
+            slow_ms: self.slow_ms,
+        }
+    }
+}
+
+/// A fault rate: a number from 0 to 1.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let r: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number (a rate is 0 to 1, e.g. 0.2)"))?;
+    if (0.0..=1.0).contains(&r) {
+        Ok(r)
+    } else {
+        Err(format!(
+            "`{s}` is out of range: a rate is a fraction from 0 to 1 (e.g. 0.2 for 20 %)"
+        ))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,4 +231,19 @@ pub enum AuditCommand {
         #[arg(long, default_value = "jsonl")]
         format: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_fractions_from_zero_to_one() {
+        assert_eq!(parse_rate("0"), Ok(0.0));
+        assert_eq!(parse_rate("0.2"), Ok(0.2));
+        assert_eq!(parse_rate("1"), Ok(1.0));
+        for bad in ["1.5", "-0.1", "NaN", "inf", "20%", ""] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
 }

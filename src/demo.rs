@@ -445,6 +445,7 @@ async fn emulate_avd(args: EmulatorArgs) -> Result<(), String> {
     let opts = arm::ArmEmulatorOptions {
         hosts_per_pool: args.hosts,
         sessions_per_host: args.sessions_per_host,
+        faults: args.faults.settings(),
         ..arm::ArmEmulatorOptions::default()
     };
     let mut emu = arm::start(listener, &tls, opts)
@@ -469,6 +470,7 @@ async fn emulate_classic(args: EmulatorArgs) -> Result<(), String> {
         hosts_per_pool: u32::try_from(args.hosts).map_err(|_| "--hosts is too large")?,
         sessions_per_host: u32::try_from(args.sessions_per_host)
             .map_err(|_| "--sessions-per-host is too large")?,
+        faults: args.faults.settings(),
         ..wvd_classic::ClassicEmulatorOptions::default()
     };
     let emu = wvd_classic::start(listener, &tls, opts)
@@ -503,6 +505,7 @@ async fn emulate_winrm(
             .map_err(|_| "--sessions-per-host is too large")?,
         kerberos_keytab,
         kerberos_principal,
+        faults: args.faults.settings(),
         cbt_hardening: match cbt_hardening {
             crate::cli::CbtHardeningArg::None => winrm::CbtHardening::None,
             crate::cli::CbtHardeningArg::Relaxed => winrm::CbtHardening::Relaxed,

@@ -1,6 +1,6 @@
 //! Machinery shared by every emulator: TLS with a generated CA, ARM-style token-bucket
-//! throttling, fault injection (latency, 5xx, dropped connections before or after the handler
-//! acted, oversized answers) and an Entra ID style
+//! throttling, fault injection (latency, slow answers, 429, 5xx and dropped connections before or
+//! after the handler acted, oversized answers) and an Entra ID style
 //! token endpoint (client credentials) with bearer-token checks.
 
 use axum::{
@@ -108,6 +108,16 @@ pub struct Faults {
     /// Per mille of requests that are handled (the backend acts) and whose connection is then
     /// dropped without a response.
     drop_after_permille: AtomicU32,
+    /// Per mille of requests that are handled (the backend acts) and then answered with the
+    /// injected 5xx instead of the handler's answer.
+    error_after_permille: AtomicU32,
+    /// Per mille of requests answered 429 with `Retry-After` before reaching the handler.
+    throttle_permille: AtomicU32,
+    /// Per mille of requests delayed by `slow_ms` (on top of `latency_ms`) before handling.
+    slow_permille: AtomicU32,
+    slow_ms: AtomicU64,
+    /// How many requests each kind hit so far, in [`FAULT_KINDS`] order.
+    injected: [AtomicU64; 6],
     /// When non-zero, every request is answered 200 with a chunked body this long.
     oversized_body_bytes: AtomicU64,
 }
@@ -125,7 +135,34 @@ pub struct FaultSettings {
     /// dropped without a response, so the caller cannot tell whether anything happened.
     #[serde(default)]
     pub drop_after_rate: f64,
+    /// Share of requests the handler carries out (the backend acts) whose answer is then
+    /// replaced by the injected 5xx.
+    #[serde(default)]
+    pub error_after_rate: f64,
+    /// Share of requests answered 429 with `Retry-After: 1` (the service's throttling shape
+    /// is its status and header) before the handler runs.
+    #[serde(default)]
+    pub throttle_rate: f64,
+    /// Share of requests delayed by `slow_ms` on top of `latency_ms` before the handler runs
+    /// (e.g. beyond a client's timeout: the backend still acts, late).
+    #[serde(default)]
+    pub slow_rate: f64,
+    #[serde(default)]
+    pub slow_ms: u64,
 }
+
+/// The fault kinds [`Faults::injected`] counts.
+pub const FAULT_KINDS: [&str; 6] = [
+    "error",
+    "drop",
+    "drop_after",
+    "error_after",
+    "throttle",
+    "slow",
+];
+
+/// `Retry-After` (seconds) of the injected 429s.
+pub const INJECTED_RETRY_AFTER_SECS: u64 = 1;
 
 impl Faults {
     pub fn new(s: FaultSettings) -> Arc<Self> {
@@ -141,6 +178,12 @@ impl Faults {
         self.drop_permille.store(pm(s.drop_rate), Ordering::Relaxed);
         self.drop_after_permille
             .store(pm(s.drop_after_rate), Ordering::Relaxed);
+        self.error_after_permille
+            .store(pm(s.error_after_rate), Ordering::Relaxed);
+        self.throttle_permille
+            .store(pm(s.throttle_rate), Ordering::Relaxed);
+        self.slow_permille.store(pm(s.slow_rate), Ordering::Relaxed);
+        self.slow_ms.store(s.slow_ms, Ordering::Relaxed);
     }
     /// Answers every request with a 200 whose chunked body (no `Content-Length`) is `bytes`
     /// of JSON whitespace; 0 turns this off. For clients' response size caps.
@@ -150,21 +193,46 @@ impl Faults {
     pub fn latency(&self) -> Duration {
         Duration::from_millis(self.latency_ms.load(Ordering::Relaxed))
     }
-    fn roll(permille: &AtomicU32) -> bool {
+    fn roll(&self, permille: &AtomicU32, kind: usize) -> bool {
         let p = permille.load(Ordering::Relaxed);
-        p > 0 && rand::rng().random_range(0..1000) < p
+        let hit = p > 0 && rand::rng().random_range(0..1000) < p;
+        if hit {
+            self.injected[kind].fetch_add(1, Ordering::Relaxed);
+        }
+        hit
+    }
+    /// How many requests each fault kind hit since start (for test figures).
+    pub fn injected(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        FAULT_KINDS
+            .iter()
+            .zip(&self.injected)
+            .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
+            .collect()
     }
     /// Whether this request should fail with a 5xx.
     pub fn should_error(&self) -> bool {
-        Self::roll(&self.error_permille)
+        self.roll(&self.error_permille, 0)
     }
     /// Whether this request's connection should be dropped.
     pub fn should_drop(&self) -> bool {
-        Self::roll(&self.drop_permille)
+        self.roll(&self.drop_permille, 1)
     }
     /// Whether this request should be handled and its connection then dropped unanswered.
     pub fn should_drop_after(&self) -> bool {
-        Self::roll(&self.drop_after_permille)
+        self.roll(&self.drop_after_permille, 2)
+    }
+    /// Whether this request should be handled and then answered with the injected 5xx.
+    pub fn should_error_after(&self) -> bool {
+        self.roll(&self.error_after_permille, 3)
+    }
+    /// Whether this request should be answered 429 before handling.
+    pub fn should_throttle(&self) -> bool {
+        self.roll(&self.throttle_permille, 4)
+    }
+    /// The extra delay of this request, if it is one of the slow ones.
+    pub fn slow_delay(&self) -> Option<Duration> {
+        self.roll(&self.slow_permille, 5)
+            .then(|| Duration::from_millis(self.slow_ms.load(Ordering::Relaxed)))
     }
     /// The oversized answer to give instead of the real one, if that fault is on.
     fn oversized_answer(&self) -> Option<Response> {
@@ -255,21 +323,39 @@ pub fn serve_tls(
                             if faults.should_error() {
                                 return Ok(error_body());
                             }
+                            if faults.should_throttle() {
+                                return Ok(injected_throttle(error_body()));
+                            }
                             if let Some(r) = faults.oversized_answer() {
                                 return Ok(r);
                             }
                             let drop_after = faults.should_drop_after();
+                            let error_after = !drop_after && faults.should_error_after();
                             let mut req = req.map(axum::body::Body::new);
                             req.extensions_mut().insert(conn_id);
-                            let resp = tower::ServiceExt::oneshot(router, req)
-                                .await
-                                .unwrap_or_else(|e: Infallible| match e {});
+                            // The handler runs in its own task, like a real service that
+                            // finishes what it started when the client goes away (a slow
+                            // request still acts after the client's timeout).
+                            let slow = faults.slow_delay();
+                            let handled = tokio::spawn(async move {
+                                if let Some(slow) = slow {
+                                    tokio::time::sleep(slow).await;
+                                }
+                                tower::ServiceExt::oneshot(router, req)
+                                    .await
+                                    .unwrap_or_else(|e: Infallible| match e {})
+                            });
+                            let resp = handled.await.map_err(std::io::Error::other)?;
                             if drop_after {
                                 // The handler has acted; its answer is discarded and hyper
                                 // closes the connection without writing any response.
                                 return Err(std::io::Error::other(
                                     "injected connection drop after handling",
                                 ));
+                            }
+                            if error_after {
+                                // The handler has acted; the caller is told it failed.
+                                return Ok(error_body());
                             }
                             Ok(resp)
                         }
@@ -289,6 +375,16 @@ pub fn serve_tls(
         base_url: format!("https://127.0.0.1:{}", addr.port()),
         task,
     })
+}
+
+/// The injected 429: the service's error body with status 429 and `Retry-After`.
+fn injected_throttle(mut r: Response) -> Response {
+    *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(INJECTED_RETRY_AFTER_SECS),
+    );
+    r
 }
 
 /// Token-bucket throttling as ARM does it: a bucket of `capacity` requests refilled at

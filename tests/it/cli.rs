@@ -225,6 +225,103 @@ fn emulate_avd_prints_one_json_line_a_client_can_use() {
     );
 }
 
+/// Starts `emulate avd` with `flags`; returns the process and a client trusting its CA.
+fn emulate_avd_with(flags: &[&str]) -> (Killer, serde_json::Value, reqwest::Client) {
+    let child = Command::new(BIN)
+        .args(["emulate", "avd", "--listen", "127.0.0.1:0"])
+        .args(flags)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut k = Killer(child);
+    let lines = read_until(&mut k.0, |l| l.starts_with('{'));
+    let v: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    let pem = std::fs::read(v["ca_pem_path"].as_str().unwrap()).unwrap();
+    let mut b = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    for c in reqwest::Certificate::from_pem_bundle(&pem).unwrap() {
+        b = b.add_root_certificate(c);
+    }
+    (k, v, b.build().unwrap())
+}
+
+/// The fault switches are `emulate` flags: `--error-rate 1` answers every request with the
+/// service's own 5xx (here ARM's `InternalServerError`) where it would have answered 401/400.
+#[tokio::test]
+async fn emulate_avd_error_rate_flag_answers_5xx() {
+    let (_k, v, http) = emulate_avd_with(&["--error-rate", "1"]);
+    let base = v["base_url"].as_str().unwrap();
+    let token_url = v["token_url"].as_str().unwrap();
+    for _ in 0..5 {
+        let r = http
+            .get(format!(
+                "{base}/subscriptions/x/providers?api-version=2024-04-03"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_server_error(), "{}", r.status());
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "InternalServerError", "{body}");
+        let r = http
+            .post(token_url)
+            .form(&[("grant_type", "x")])
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_server_error(), "{}", r.status());
+    }
+    // Without the flag the same requests are refused by the emulated service itself.
+    let (_k, v, http) = emulate_avd_with(&[]);
+    let base = v["base_url"].as_str().unwrap();
+    let r = http
+        .get(format!(
+            "{base}/subscriptions/x/providers?api-version=2024-04-03"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+}
+
+/// `--drop-rate 1`: every connection is dropped without an answer.
+#[tokio::test]
+async fn emulate_avd_drop_rate_flag_drops_connections() {
+    let (_k, v, http) = emulate_avd_with(&["--drop-rate", "1", "--latency-ms", "50"]);
+    let base = v["base_url"].as_str().unwrap();
+    let t0 = Instant::now();
+    let e = http.get(format!("{base}/x")).send().await.unwrap_err();
+    assert!(!e.is_timeout() && !e.is_status(), "{e:?}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(50),
+        "latency applied first"
+    );
+}
+
+/// A rate outside 0..=1 (or not a number) is refused like any bad flag: exit 2, naming the flag
+/// and the range, before anything listens.
+#[test]
+fn emulate_refuses_fault_rates_out_of_range() {
+    for (which, flag, value) in [
+        ("avd", "--error-rate", "1.5"),
+        ("wvd-classic", "--drop-rate", "-0.2"),
+        ("winrm", "--error-rate", "NaN"),
+        ("avd", "--drop-rate", "20%"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["emulate", which, "--listen", "127.0.0.1:0"])
+            .arg(format!("{flag}={value}"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{which} {flag} {value}: {err}");
+        assert!(err.contains(flag), "{err}");
+        assert!(err.contains("0 to 1"), "{err}");
+        assert!(out.stdout.is_empty(), "nothing started: {:?}", out.stdout);
+    }
+}
+
 #[test]
 fn emulate_wvd_classic_prints_one_json_line() {
     let child = Command::new(BIN)

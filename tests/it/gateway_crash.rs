@@ -1,6 +1,7 @@
 //! Crash test of the audit log through the real binary: `sessiongate serve` in front of the
 //! in-process ARM emulator, bursts of concurrent logoffs, SIGKILL in the middle of each burst
-//! (at a different point each round), restart with the same config, then:
+//! (at a different point each round: at once, early, middle, late), restart with the same
+//! config — [`ROUNDS`] kills in all — then:
 //! (a) every action acknowledged to a client (200 done/already_gone) has its `outcome` event;
 //! (b) every session the emulator logged off has an `intent` event for that target, and there
 //!     were no more logoff calls than intents;
@@ -26,8 +27,21 @@ use std::{
 type Target = (String, u32);
 
 /// Targets per round, and the number of acknowledged actions after which the round's
-/// gateway is SIGKILLed (early, middle, late in the burst).
-const ROUNDS: [(usize, usize); 3] = [(80, 10), (80, 35), (80, 60)];
+/// gateway is SIGKILLed: at the first answer, early, middle and late in the burst (a
+/// different point each round; the latest leaves more than [`CLIENTS`] targets in the queue so
+/// the kill always lands mid-burst). Ten SIGKILLs, bounded to well under a minute on 2 cores.
+const ROUNDS: [(usize, usize); 10] = [
+    (40, 1),
+    (40, 3),
+    (40, 6),
+    (40, 9),
+    (40, 12),
+    (40, 15),
+    (40, 18),
+    (40, 21),
+    (40, 24),
+    (40, 26),
+];
 const CLIENTS: usize = 8;
 
 /// What the clients of one burst saw.
@@ -168,6 +182,7 @@ async fn sigkill_mid_burst_loses_no_acknowledged_or_performed_action() {
 
     let mut acks: HashMap<String, (Target, String)> = HashMap::new();
     let mut figures = Vec::new();
+    let (mut kills, mut verified, mut sent, mut cut_off) = (0usize, 0usize, 0usize, 0usize);
     let mut offset = 0;
     for (n, (count, kill_after)) in ROUNDS.iter().copied().enumerate() {
         let targets = &all_targets[offset..offset + count];
@@ -184,7 +199,11 @@ async fn sigkill_mid_burst_loses_no_acknowledged_or_performed_action() {
             round.acks.len()
         );
         assert!(round.cut_off >= 1, "round {n}: no request was cut off");
+        kills += 1;
         verify_ok(&cfg_path, &format!("after SIGKILL in round {n}")).await;
+        verified += 1;
+        sent += round.sent;
+        cut_off += round.cut_off;
         figures.push(format!(
             "round {n}: sent={} acked={} (kill fired at {}) cut_off={}",
             round.sent,
@@ -288,6 +307,8 @@ async fn sigkill_mid_burst_loses_no_acknowledged_or_performed_action() {
     assert_eq!(a.body["outcome"], "done");
     drop(gw);
     verify_ok(&cfg_path, "after the final restart").await;
+    verified += 1;
+    assert!(kills >= 5, "only {kills} SIGKILLs");
     let cfg = b.config(&format!("127.0.0.1:{port}"), None, None);
     let stored = gateway::store_events(&cfg).await;
     let map = gateway::by_request(&stored);
@@ -301,15 +322,20 @@ async fn sigkill_mid_burst_loses_no_acknowledged_or_performed_action() {
         "seq gap after restarts"
     );
 
+    let elapsed = t_start.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(60),
+        "crash loop took {elapsed:?}, over its 60 s budget"
+    );
     eprintln!(
-        "crash figures: {} | total acknowledged={} emulator_logged_off={} logoff_calls={logoff_calls} \
-         intents={intents} outcomes={} intents_without_outcome={intents_without_outcome} \
-         events={} elapsed={:?}",
+        "crash figures: {} | kills={kills} sent={sent} acknowledged={} cut_off={cut_off} \
+         emulator_logged_off={} logoff_calls={logoff_calls} intents={intents} outcomes={} \
+         intents_without_outcome={intents_without_outcome} verify_ok={verified} events={} \
+         elapsed={elapsed:?}",
         figures.join("; "),
         acks.len(),
         logged_off.len(),
         outcomes.len(),
         events.len(),
-        t_start.elapsed()
     );
 }

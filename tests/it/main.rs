@@ -29,6 +29,7 @@ mod gateway_crash;
 mod gateway_durability;
 mod gateway_postgres;
 mod gateway_store_down;
+mod resilience_faults;
 mod winrm_bench;
 mod winrm_cbt;
 mod winrm_injection;
