@@ -12,7 +12,7 @@ use utoipa::{
         extensions::Extensions,
         link::LinkBuilder,
         path::{Operation, ParameterIn},
-        schema::{ObjectBuilder, Schema, Type},
+        schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type},
         security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
     },
 };
@@ -74,17 +74,29 @@ const NAME_PATTERN: &str = r"^[A-Za-z0-9@._ -]*[A-Za-z0-9@_ -][A-Za-z0-9@._ -]*$
 /// of an existing kind needs no change here.
 fn problem(status: &str) -> Option<&'static str> {
     Some(match status {
-        "400" => "Bad request: a path parameter, query parameter or body was rejected (problem `code` says which; see docs/api.md)",
-        "401" => "No credential, or one that was refused (`WWW-Authenticate` says how to authenticate)",
-        "403" => "The caller lacks the permission, or the session is protected (`missing_permission`)",
+        "400" => {
+            "Bad request: a path parameter, query parameter or body was rejected (problem `code` says which; see docs/api.md)"
+        }
+        "401" => {
+            "No credential, or one that was refused (`WWW-Authenticate` says how to authenticate)"
+        }
+        "403" => {
+            "The caller lacks the permission, or the session is protected (`missing_permission`)"
+        }
         "404" => "The pool, host or session does not exist, or the caller may not see it",
-        "409" => "Nothing was done: the session belongs to another user, or the pool does not offer this action",
+        "409" => {
+            "Nothing was done: the session belongs to another user, or the pool does not offer this action"
+        }
         "413" => "The body exceeds the configured limit",
         "415" => "A body was sent that is not JSON",
-        "422" => "Well-formed JSON that does not fit this operation (unknown field, wrong type, a value out of bounds)",
+        "422" => {
+            "Well-formed JSON that does not fit this operation (unknown field, wrong type, a value out of bounds)"
+        }
         "429" => "The caller exceeded its action rate (`Retry-After`)",
         "502" => "The backend refused, failed or could not be reached",
-        "503" => "Temporarily unavailable: the audit log cannot record the call, the backend throttles, or the request timed out (`Retry-After` where known)",
+        "503" => {
+            "Temporarily unavailable: the audit log cannot record the call, the backend throttles, or the request timed out (`Retry-After` where known)"
+        }
         "504" => "The backend did not answer in time; the action may or may not have happened",
         _ => return None,
     })
@@ -105,7 +117,11 @@ fn problem_response(description: &str) -> RefOr<Response> {
 /// refuse its query (400) or time out (503); a credential means 401/403; a path naming a pool
 /// means 404 and the backend's answers (502/503/504); a body means the body errors; an action
 /// (POST) may be refused as a conflict or rate-limited.
-fn common_statuses(op: &Operation, has_path_params: bool, talks_upstream: bool) -> Vec<&'static str> {
+fn common_statuses(
+    op: &Operation,
+    has_path_params: bool,
+    talks_upstream: bool,
+) -> Vec<&'static str> {
     let mut s = vec!["400", "503"];
     if op.security.as_ref().is_some_and(|v| !v.is_empty()) {
         s.extend(["401", "403"]);
@@ -140,9 +156,7 @@ fn path_param_schema(name: &str) -> Option<Schema> {
         "host" => name_schema(255, "Session host name (FQDN)"),
         "id" => ObjectBuilder::new()
             .schema_type(Type::Integer)
-            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
-                utoipa::openapi::KnownFormat::Int64,
-            )))
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
             .minimum(Some(0))
             .maximum(Some(u32::MAX))
             .description(Some(
@@ -156,18 +170,37 @@ fn path_param_schema(name: &str) -> Option<Schema> {
 /// Links from a list to what can be done with its first item, so stateful testers (and
 /// readers) can chain list → get → act.
 fn links_of(operation_id: &str) -> Vec<(&'static str, &'static [(&'static str, &'static str)])> {
-    const ACTIONS: [&str; 6] = ["get_session", "logoff", "disconnect", "message", "lock", "unlock"];
+    const ACTIONS: [&str; 6] = [
+        "get_session",
+        "logoff",
+        "disconnect",
+        "message",
+        "lock",
+        "unlock",
+    ];
     let to_all = |params: &'static [(&'static str, &'static str)]| {
-        ACTIONS.iter().map(move |a| (*a, params)).collect::<Vec<_>>()
+        ACTIONS
+            .iter()
+            .map(move |a| (*a, params))
+            .collect::<Vec<_>>()
     };
     match operation_id {
         "list_pools" => vec![
-            ("list_hosts", &[("pool", "$response.body#/pools/0/name")][..]),
-            ("list_sessions", &[("pool", "$response.body#/pools/0/name")][..]),
+            (
+                "list_hosts",
+                &[("pool", "$response.body#/pools/0/name")][..],
+            ),
+            (
+                "list_sessions",
+                &[("pool", "$response.body#/pools/0/name")][..],
+            ),
         ],
         "list_hosts" => vec![(
             "list_host_sessions",
-            &[("pool", "$request.path.pool"), ("host", "$response.body#/hosts/0/name")][..],
+            &[
+                ("pool", "$request.path.pool"),
+                ("host", "$response.body#/hosts/0/name"),
+            ][..],
         )],
         "list_sessions" => to_all(&[
             ("pool", "$request.path.pool"),
@@ -241,6 +274,11 @@ fn contract(op: &mut Operation) {
                     .into(),
                 );
             }
+            ParameterIn::Query if matches!(p.name.as_str(), "since" | "until") => {
+                if let Some(RefOr::T(Schema::Object(o))) = p.schema.as_mut() {
+                    o.format = Some(SchemaFormat::KnownFormat(KnownFormat::DateTime));
+                }
+            }
             _ => {}
         }
     }
@@ -274,10 +312,8 @@ fn contract(op: &mut Operation) {
         for (target, params) in links_of(&id) {
             // utoipa 5.5 writes `Link::operation_id` as `operation_id`, which OpenAPI does
             // not know: the key goes in as a (flattened) extension member, spelt `operationId`.
-            let mut link = LinkBuilder::new().extensions(Some(Extensions::from_iter([(
-                "operationId",
-                target,
-            )])));
+            let mut link = LinkBuilder::new()
+                .extensions(Some(Extensions::from_iter([("operationId", target)])));
             for (name, expr) in params {
                 link = link.parameter(*name, *expr);
             }

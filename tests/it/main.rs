@@ -9,6 +9,7 @@ mod api_avd;
 mod api_classic;
 mod api_lifecycle;
 mod api_onprem;
+mod api_spec;
 mod audit_crash;
 mod audit_postgres;
 mod audit_sqlite;
