@@ -27,6 +27,7 @@ mod cli;
 mod gateway_crash;
 mod gateway_postgres;
 mod gateway_store_down;
+mod schemathesis;
 mod winrm_bench;
 mod winrm_cbt;
 mod winrm_injection;
