@@ -82,6 +82,8 @@ async fn schemathesis_finds_no_failure_with_all_checks() {
         .arg("--report-dir")
         .arg(&report_dir)
         .env("SCHEMATHESIS_TELEMETRY", "false")
+        // Its state directory (`.schemathesis/`) goes into the test's temp dir, not the checkout.
+        .current_dir(app.dir.path())
         .kill_on_drop(true)
         .output()
         .await

@@ -105,3 +105,32 @@ pub fn azure_sdk(test: &str) -> Option<PathBuf> {
 pub fn schemathesis(test: &str) -> Option<PathBuf> {
     python_with(test, "schemathesis", "'schemathesis==4.32.5'")
 }
+
+/// A module the test Python lacks fails the test, naming the pip command — not a silent pass.
+/// (Under `SESSIONGATE_SKIP_MISSING=1` outside CI it is a loud skip, and this test says so.)
+#[test]
+fn a_missing_python_module_fails_naming_its_install_command() {
+    let run = std::panic::catch_unwind(|| {
+        python_with(
+            "probe",
+            "sessiongate_no_such_module",
+            "'sessiongate-no-such==1'",
+        )
+    });
+    match run {
+        Err(e) => {
+            let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+            assert!(
+                msg.contains("-m pip install 'sessiongate-no-such==1'"),
+                "{msg}"
+            );
+        }
+        Ok(found) => {
+            assert!(found.is_none(), "a module that does not exist was found");
+            assert!(
+                skip_allowed(),
+                "returned without failing, but skips are not allowed"
+            );
+        }
+    }
+}
