@@ -9,6 +9,7 @@
 //! test naming the install command (see `support::prereq`). Figures: `docs/resilience.md`.
 
 use crate::support::{app::TestApp, prereq};
+use sessiongate::auth::Role;
 use std::time::Instant;
 
 /// The operations of the generated document (method + path), to check that schemathesis
@@ -47,7 +48,14 @@ async fn schemathesis_finds_no_failure_with_all_checks() {
     };
     // demo's configuration; the action rate limit off so generated actions reach the backends
     // instead of stopping at 429 (which the spec declares, so it would not fail a check).
-    let mut app = TestApp::start_with(|c| c.auth.rate_limit.actions_per_minute = 0).await;
+    // The demo admin key also gets the auditor role, so `GET /audit` is tested past its 403.
+    let mut app = TestApp::start_with(|c| {
+        c.auth.rate_limit.actions_per_minute = 0;
+        for k in c.auth.api_keys.iter_mut().filter(|k| k.id == "demo-admin") {
+            k.roles.push(Role::Auditor);
+        }
+    })
+    .await;
     let yaml = sessiongate::api::openapi::yaml().expect("the OpenAPI document");
     let doc = serde_json::to_value(sessiongate::api::router::openapi()).expect("the document");
     let operations = operation_count(&doc);
@@ -63,7 +71,7 @@ async fn schemathesis_finds_no_failure_with_all_checks() {
         .args(["-m", "schemathesis.cli", "run"])
         .arg(&spec)
         .args(["--url", &app.url])
-        // The admin key holds every permission: nothing is refused for the role alone.
+        // Admin (+ auditor, above) holds every permission: nothing is refused for the role.
         .args([
             "--header",
             &format!("Authorization: Bearer {}", app.keys.admin),
@@ -113,7 +121,7 @@ async fn schemathesis_finds_no_failure_with_all_checks() {
         out.status.code()
     );
     // Not a vacuous pass: every operation was tested, with many cases, and the credential
-    // worked (schemathesis warns when operations only ever answered 401/403).
+    // worked (schemathesis warns when an operation only ever answered 401/403).
     let tested = figure(&stdout, |l| l.strip_prefix("Tested: ")?.trim().parse().ok());
     assert_eq!(tested, Some(operations), "operations tested:\n{stdout}");
     let generated = figure(&stdout, |l| {
