@@ -274,6 +274,12 @@ fn contract(op: &mut Operation) {
                     .into(),
                 );
             }
+            // Opaque: only a `next_cursor` handed out earlier is valid, never an empty one.
+            ParameterIn::Query if p.name == "cursor" => {
+                if let Some(RefOr::T(Schema::Object(o))) = p.schema.as_mut() {
+                    o.min_length = Some(1);
+                }
+            }
             ParameterIn::Query if matches!(p.name.as_str(), "since" | "until") => {
                 if let Some(RefOr::T(Schema::Object(o))) = p.schema.as_mut() {
                     o.format = Some(SchemaFormat::KnownFormat(KnownFormat::DateTime));

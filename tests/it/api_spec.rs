@@ -191,6 +191,7 @@ async fn audit_limit_bounds_are_the_servers() {
         limit["maximum"].as_u64().unwrap(),
     );
     assert_eq!((min, max), (1, 1000));
+    assert_eq!(param_schema(op, "cursor")["minLength"], 1);
     for p in ["since", "until"] {
         assert_eq!(param_schema(op, p)["format"], "date-time", "{p}");
     }
@@ -210,6 +211,7 @@ async fn audit_limit_bounds_are_the_servers() {
         )
         .await;
     }
+    problem(app.get(k, "/audit?cursor=").await, 400, "invalid_query").await;
 }
 
 /// An optional body is absent or an object; the document does not offer `null`, and the
