@@ -95,7 +95,7 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
 
 /// The OpenAPI document of this API.
 #[utoipa::path(get, path = "/openapi.yaml", tag = "meta",
-    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/yaml", body = String)),
+    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/yaml", body = Object)),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn openapi_yaml() -> Response {
     match super::openapi::yaml() {
@@ -140,7 +140,8 @@ pub async fn list_hosts(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SessionsQuery {
-    /// User principal name (or DOMAIN\user), case-insensitive.
+    /// User principal name (or DOMAIN\user), case-insensitive, 1-256 characters.
+    #[param(min_length = 1, max_length = 256)]
     pub user: Option<String>,
     /// `active` or `disconnected`.
     pub state: Option<StateFilter>,
@@ -222,10 +223,25 @@ pub struct LogoffBody {
     #[serde(default)]
     pub force: bool,
     /// UPN or DOMAIN\user the caller expects; a different user answers 409 and nothing is done.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     pub expected_user: Option<String>,
     /// Why (kept in the audit log), up to 1000 characters.
+    #[schema(
+        min_length = 1,
+        max_length = 1000,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     pub reason: Option<String>,
     /// Ticket reference (kept in the audit log), up to 128 characters.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     pub ticket: Option<String>,
     /// Resolve and check the target, say what would happen, change nothing.
     #[serde(default)]
@@ -236,8 +252,26 @@ pub struct LogoffBody {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DisconnectBody {
+    /// UPN or DOMAIN\user the caller expects; a different user answers 409 and nothing is done.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     pub expected_user: Option<String>,
+    /// Why (kept in the audit log).
+    #[schema(
+        min_length = 1,
+        max_length = 1000,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     pub reason: Option<String>,
+    /// Ticket reference (kept in the audit log).
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     pub ticket: Option<String>,
     #[serde(default)]
     pub dry_run: bool,
@@ -249,12 +283,42 @@ pub struct DisconnectBody {
 pub struct MessageBody {
     /// Message title (1 to `server.message_title_max` characters, default 256).
     #[serde(default)]
+    #[schema(
+        required = true,
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     pub title: String,
     /// Message text (1 to `server.message_body_max` characters, default 4096).
     #[serde(default)]
+    #[schema(
+        required = true,
+        min_length = 1,
+        max_length = 4096,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     pub body: String,
+    /// UPN or DOMAIN\user the caller expects; a different user answers 409 and nothing is done.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     pub expected_user: Option<String>,
+    /// Why (kept in the audit log).
+    #[schema(
+        min_length = 1,
+        max_length = 1000,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     pub reason: Option<String>,
+    /// Ticket reference (kept in the audit log).
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     pub ticket: Option<String>,
     #[serde(default)]
     pub dry_run: bool,

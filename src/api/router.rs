@@ -6,13 +6,13 @@ use super::{
     AppState, handlers as h,
     known_query::{self, QueryRules},
     middleware,
-    openapi::ApiDoc,
+    openapi::{ApiDoc, Contract},
     problem::ApiError,
 };
 use axum::{Router, extract::DefaultBodyLimit, middleware::from_fn_with_state};
 use std::sync::Arc;
 use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer};
-use utoipa::OpenApi;
+use utoipa::{Modify, OpenApi};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// One session; its read and its actions are nested here (their handlers name the rest).
@@ -44,9 +44,11 @@ fn routes(
         .merge(protect(protected))
 }
 
-/// The OpenAPI document of every route.
+/// The OpenAPI document of every route, with what all operations share ([`Contract`]).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes(|r| r).into_openapi()
+    let mut doc = routes(|r| r).into_openapi();
+    Contract.modify(&mut doc);
+    doc
 }
 
 /// The application router with all layers.

@@ -1,6 +1,6 @@
 //! Audit log against a real PostgreSQL server at postgres://postgres@127.0.0.1:5432/test
 //! (trust auth). Each test creates a fresh database and drops it afterwards. When the server
-//! is unreachable the tests print a loud skip message, except under `CI=true` where they fail.
+//! is unreachable the tests fail naming what to install (see `support::prereq`).
 //! Run: `cargo nextest run --test it audit_postgres::`
 
 use crate::support::audit::{Env, ev, record_n};

@@ -1,29 +1,17 @@
 //! Conformance: Microsoft's official Python SDK for Azure Virtual Desktop operates against the
-//! ARM emulator unchanged (apart from base URL, authority and CA). Skips loudly when python3
-//! lacks `azure-mgmt-desktopvirtualization` and `azure-identity` (CI installs them).
+//! ARM emulator unchanged (apart from base URL, authority and CA). Fails, naming the install
+//! command, when the test Python lacks `azure-mgmt-desktopvirtualization` and `azure-identity`
+//! (`scripts/test` installs them; see `support::prereq`).
 
+use crate::support::prereq;
 use sessiongate::emulator::arm::ArmEmulatorOptions;
-use std::process::Command;
-
-fn sdk_available() -> bool {
-    Command::new("python3")
-        .args([
-            "-c",
-            "import azure.identity, azure.mgmt.desktopvirtualization",
-        ])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
 
 #[tokio::test]
 async fn official_python_sdk_runs_against_the_arm_emulator() {
-    if !sdk_available() {
-        eprintln!(
-            "\n*** SKIPPED official Azure SDK conformance test: pip install azure-identity azure-mgmt-desktopvirtualization ***\n"
-        );
+    let Some(python) = prereq::azure_sdk("official_python_sdk_runs_against_the_arm_emulator")
+    else {
         return;
-    }
+    };
     let env = crate::support::avd::start(ArmEmulatorOptions {
         hosts_per_pool: 3,
         sessions_per_host: 3,
@@ -37,7 +25,7 @@ async fn official_python_sdk_runs_against_the_arm_emulator() {
     let info_path = env.dir.path().join("info.json");
     std::fs::write(&info_path, info.to_string()).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/sdk/avd_sdk_probe.py");
-    let out = tokio::process::Command::new("python3")
+    let out = tokio::process::Command::new(&python)
         .arg(script)
         .arg(&info_path)
         .output()

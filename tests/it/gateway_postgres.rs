@@ -3,7 +3,7 @@
 //! same sessions; then both chains verify (library and `sessiongate audit verify`) and every
 //! action has its intent and outcome on the chain of the instance that ran it.
 //! Server: postgres://postgres@127.0.0.1:5432/test (or `SESSIONGATE_TEST_PG_URL`); a fresh
-//! database per test, dropped afterwards. Unreachable: loud skip, or a failure under `CI=true`.
+//! database per test, dropped afterwards. Unreachable: a failure naming what to install (see `support::prereq`).
 //! Run: `cargo nextest run --test it gateway_postgres::`
 
 use crate::support::app::{Demo, InProc};

@@ -1,6 +1,6 @@
 //! Interoperability: the standard Python WinRM client (pywinrm, Basic and NTLM over HTTPS,
-//! NTLM with its TLS channel binding) runs commands on the emulated host. Skips (loudly) when
-//! python3 or pywinrm is missing.
+//! NTLM with its TLS channel binding) runs commands on the emulated host. Fails, naming the
+//! install command, when the test Python lacks pywinrm (see `support::prereq`).
 
 use crate::support::winrm::setup;
 use sessiongate::emulator::winrm::{CbtHardening, Flavour};
@@ -25,21 +25,13 @@ out['bad'] = [r.status_code, r.std_out.decode('utf-8'), r.std_err.decode('utf-8'
 print(json.dumps(out))
 "#;
 
-fn pywinrm_available() -> bool {
-    std::process::Command::new("python3")
-        .args(["-c", "import winrm"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
+use crate::support::prereq;
+use std::path::Path;
 
 async fn run_pywinrm(transport: &str, user_prefix: &str, cbt: CbtHardening) {
-    if !pywinrm_available() {
-        eprintln!(
-            "\n*** SKIPPED pywinrm test ({transport}): python3 with pywinrm is not installed (pip install pywinrm) ***\n"
-        );
+    let Some(python) = prereq::pywinrm(&format!("pywinrm test ({transport})")) else {
         return;
-    }
+    };
     // Commands take 1.5 s while pywinrm's OperationTimeout is 1 s: it must poll through w:TimedOut.
     let env = setup(Flavour::Rds, 1, |o| {
         o.command_duration_ms = 1500;
@@ -51,7 +43,7 @@ async fn run_pywinrm(transport: &str, user_prefix: &str, cbt: CbtHardening) {
     std::fs::write(&script_path, scripts::rds_list().text).unwrap();
     let py_path = env.dir.path().join("client.py");
     std::fs::write(&py_path, PY).unwrap();
-    let out = tokio::process::Command::new("python3")
+    let out = tokio::process::Command::new(&python)
         .arg(&py_path)
         .arg(&host.endpoint)
         .arg(format!("{user_prefix}{}", env.emu.info().username))
@@ -126,7 +118,8 @@ except Exception as e:
 /// AUTHENTICATE built by our client with `binding_of` (application data, or none), after
 /// `tamper` changed it.
 fn pyspnego_judges(
-    dir: &std::path::Path,
+    python: &Path,
+    dir: &Path,
     cert_app: &[u8],
     binding_of: Option<&[u8]>,
     tamper: fn(&mut Vec<u8>),
@@ -137,7 +130,7 @@ fn pyspnego_judges(
     std::fs::write(&users, "CONTOSO:svc:Passw0rd!\n").unwrap();
     let script = dir.join("acceptor.py");
     std::fs::write(&script, PY_ACCEPTOR).unwrap();
-    let mut child = std::process::Command::new("python3")
+    let mut child = std::process::Command::new(python)
         .arg(&script)
         .arg(hex::encode(cert_app))
         .env("NTLM_USER_FILE", &users)
@@ -165,12 +158,9 @@ fn pyspnego_judges(
 /// channel bindings: the right binding is accepted, a missing or wrong one is refused.
 #[test]
 fn pyspnego_acceptor_checks_our_channel_binding() {
-    if !pywinrm_available() {
-        eprintln!(
-            "\n*** SKIPPED pyspnego acceptor test: python3 with pywinrm/pyspnego is not installed ***\n"
-        );
+    let Some(python) = prereq::pywinrm("pyspnego acceptor test") else {
         return;
-    }
+    };
     use sessiongate::providers::winrm::cbt;
     let dir = tempfile::tempdir().unwrap();
     let tls = sessiongate::emulator::common::EmulatorTls::generate().unwrap();
@@ -179,15 +169,15 @@ fn pyspnego_acceptor_checks_our_channel_binding() {
     let wrong = cbt::application_data(other.server_cert_der()).unwrap();
     let keep: fn(&mut Vec<u8>) = |_| {};
     assert_eq!(
-        pyspnego_judges(dir.path(), &app, Some(&app), keep),
+        pyspnego_judges(&python, dir.path(), &app, Some(&app), keep),
         "accepted"
     );
     assert_eq!(
-        pyspnego_judges(dir.path(), &app, Some(&wrong), keep),
+        pyspnego_judges(&python, dir.path(), &app, Some(&wrong), keep),
         "refused BadBindingsError"
     );
     assert_eq!(
-        pyspnego_judges(dir.path(), &app, None, keep),
+        pyspnego_judges(&python, dir.path(), &app, None, keep),
         "refused BadBindingsError"
     );
 }
@@ -198,28 +188,25 @@ fn pyspnego_acceptor_checks_our_channel_binding() {
 /// flags), is refused.
 #[test]
 fn pyspnego_acceptor_checks_our_mic() {
-    if !pywinrm_available() {
-        eprintln!(
-            "\n*** SKIPPED pyspnego MIC test: python3 with pywinrm/pyspnego is not installed ***\n"
-        );
+    let Some(python) = prereq::pywinrm("pyspnego MIC test") else {
         return;
-    }
+    };
     use sessiongate::providers::winrm::cbt;
     let dir = tempfile::tempdir().unwrap();
     let tls = sessiongate::emulator::common::EmulatorTls::generate().unwrap();
     let app = cbt::application_data(tls.server_cert_der()).unwrap();
     assert_eq!(
-        pyspnego_judges(dir.path(), &app, Some(&app), |_| {}),
+        pyspnego_judges(&python, dir.path(), &app, Some(&app), |_| {}),
         "accepted"
     );
     // The MIC sits at offset 72 (after the 64-byte header and the VERSION).
     assert_eq!(
-        pyspnego_judges(dir.path(), &app, Some(&app), |m| m[72] ^= 1),
+        pyspnego_judges(&python, dir.path(), &app, Some(&app), |m| m[72] ^= 1),
         "refused InvalidTokenError"
     );
     // NEGOTIATE_56 (bit 31) dropped from the AUTHENTICATE's flags.
     assert_eq!(
-        pyspnego_judges(dir.path(), &app, Some(&app), |m| m[63] &= 0x7f),
+        pyspnego_judges(&python, dir.path(), &app, Some(&app), |m| m[63] &= 0x7f),
         "refused InvalidTokenError"
     );
 }

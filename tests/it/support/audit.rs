@@ -127,8 +127,8 @@ impl Env {
         })
     }
 
-    /// A fresh database on the test server, or `None` (loud skip) when it is unreachable
-    /// outside CI. Under `CI=true` an unreachable server fails the test.
+    /// A fresh database on the test server; unreachable fails the test (`None`, a loud skip,
+    /// only with `SESSIONGATE_SKIP_MISSING=1`, see `super::prereq`).
     pub async fn postgres() -> Option<Env> {
         let db = PgDb::create("audit_t").await?;
         let url = db.url.clone();

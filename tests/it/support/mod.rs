@@ -11,6 +11,8 @@ pub mod classic;
 pub mod gateway;
 pub mod kdc;
 pub mod pg;
+pub mod prereq;
+pub mod python;
 pub mod winrm;
 
 use sessiongate::auth::OidcConfig;
