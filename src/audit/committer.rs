@@ -290,17 +290,32 @@ impl AuditLog {
             .map_err(|e| AuditError::Unavailable(format!("spool read task: {e}")))??;
         let mut done = 0usize;
         let mut failure = None;
+        // Identical events are legitimate (a client retrying with its own request id while the
+        // store is down spools the same request record twice): the k-th identical spooled copy
+        // is skipped only when the store held at least k copies before this drain began.
+        // (event, copies stored before the drain, copies of it seen so far in the spool)
+        let mut seen: Vec<(NewEvent, usize, usize)> = Vec::new();
         for ev in events {
-            match self.already_stored(&ev).await {
-                Ok(true) => {
-                    done += 1;
-                    continue;
+            let k = match seen.iter_mut().find(|(e, _, _)| e == &ev) {
+                Some(entry) => {
+                    entry.2 += 1;
+                    (entry.1, entry.2)
                 }
-                Ok(false) => {}
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
+                None => match self.stored_copies(&ev).await {
+                    Ok(stored) => {
+                        seen.push((ev.clone(), stored, 1));
+                        (stored, 1)
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                },
+            };
+            let (stored_before, nth) = k;
+            if nth <= stored_before {
+                done += 1;
+                continue;
             }
             match self.record_answered(ev).await {
                 Ok(_) => done += 1,
@@ -323,8 +338,9 @@ impl AuditLog {
         }
     }
 
-    /// Whether the store already holds exactly this event (same request id, same fields).
-    async fn already_stored(&self, ev: &NewEvent) -> Result<bool, AuditError> {
+    /// How many copies of exactly this event (same request id, same fields) the store holds.
+    async fn stored_copies(&self, ev: &NewEvent) -> Result<usize, AuditError> {
+        let mut copies = 0usize;
         let mut cursor = None;
         loop {
             let page = self
@@ -337,12 +353,10 @@ impl AuditLog {
                     ..AuditQuery::default()
                 })
                 .await?;
-            if page.events.iter().any(|s| &s.event == ev) {
-                return Ok(true);
-            }
+            copies += page.events.iter().filter(|s| &s.event == ev).count();
             match page.next_cursor {
                 Some(c) if !page.events.is_empty() => cursor = Some(c),
-                _ => return Ok(false),
+                _ => return Ok(copies),
             }
         }
     }
@@ -660,6 +674,23 @@ fn writer_thread(
         };
         batch.push(first);
         fill_batch(&mut batch, max_batch, || rx.try_recv().ok());
+        // A job whose caller has (all but) stopped waiting is answered now and not written:
+        // `busy_timeout(0)` would still commit it if the lock happened to be free, and an intent
+        // committed after its caller was told it failed is an action that never ran.
+        let now = Instant::now();
+        batch.retain_mut(|j| {
+            let expired = j
+                .deadline
+                .is_some_and(|d| d.saturating_duration_since(now) <= LOCK_WAIT_MARGIN);
+            if expired {
+                let (tx, _) = oneshot::channel();
+                let reply = std::mem::replace(&mut j.reply, tx);
+                let _ = reply.send(Err(AuditError::Unavailable(
+                    "the event's write deadline passed while it waited in the queue".into(),
+                )));
+            }
+            !expired
+        });
         if batch.is_empty() {
             continue;
         }
@@ -814,6 +845,41 @@ mod tests {
             Kept::Stored(_)
         ));
         assert_eq!(spool.pending(), 0);
+        assert!(log.verify().await.unwrap().ok);
+    }
+
+    /// Identical events are not duplicates of each other: a client retrying with its own
+    /// request id while the store is down spools the same request record several times, and
+    /// every copy must reach the chain (only copies the store already held are skipped).
+    #[tokio::test]
+    async fn identical_spooled_events_are_all_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqlStore::connect(&Location::SqliteMemory, Duration::from_secs(1), true)
+            .await
+            .unwrap();
+        store.claim_chain("c").await.unwrap();
+        let spool = Arc::new(Spool::open(&dir.path().join("a.spool")).unwrap());
+        let log = AuditLog::with_spool(
+            Arc::new(store),
+            16,
+            Duration::from_secs(1),
+            Some(spool.clone()),
+        );
+        let ev = NewEvent {
+            request_id: "client-chosen".into(),
+            action: "request".into(),
+            outcome: "refused".into(),
+            ..NewEvent::default()
+        };
+        // One copy already committed (and still spooled), then two more refused retries.
+        log.record(ev.clone()).await.unwrap();
+        spool.append(&ev).unwrap();
+        spool.append(&ev).unwrap();
+        spool.append(&ev).unwrap();
+        assert_eq!(log.drain_spool().await.unwrap(), 3);
+        assert_eq!(spool.pending(), 0);
+        let all = log.all_events().await.unwrap();
+        assert_eq!(all.len(), 3, "the stored copy plus the two retries");
         assert!(log.verify().await.unwrap().ok);
     }
 

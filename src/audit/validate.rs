@@ -75,18 +75,7 @@ impl AuditConfig {
                         key.err(format!("the SQLite file {} is a directory", path.display()))
                     );
                 }
-                if let Some(blocker) = path
-                    .ancestors()
-                    .skip(1)
-                    .find(|a| !a.as_os_str().is_empty() && a.exists())
-                    .filter(|a| !a.is_dir())
-                {
-                    return Err(key.err(format!(
-                        "{} is not a directory, so {} cannot be created",
-                        blocker.display(),
-                        path.display()
-                    )));
-                }
+                creatable(&key, &path)?;
             }
         }
         self.validate_spool(data_dir)
@@ -108,19 +97,25 @@ impl AuditConfig {
         {
             return Err(key.err("must not be the SQLite audit file itself"));
         }
-        if let Some(blocker) = path
-            .ancestors()
-            .skip(1)
-            .find(|a| !a.as_os_str().is_empty() && a.exists())
-            .filter(|a| !a.is_dir())
-        {
-            return Err(key.err(format!(
-                "{} is not a directory, so {} cannot be created",
-                blocker.display(),
-                path.display()
-            )));
-        }
+        creatable(&key, &path)?;
         Ok(())
+    }
+}
+
+/// A file at `path` can be created: no existing file stands where one of its directories must be.
+fn creatable(key: &Key, path: &Path) -> Result<(), ConfigError> {
+    match path
+        .ancestors()
+        .skip(1)
+        .find(|a| !a.as_os_str().is_empty() && a.exists())
+        .filter(|a| !a.is_dir())
+    {
+        Some(blocker) => Err(key.err(format!(
+            "{} is not a directory, so {} cannot be created",
+            blocker.display(),
+            path.display()
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -151,11 +151,17 @@ impl Gateway {
         self.tasks.close();
         let done = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
         let left = grace.saturating_sub(t0.elapsed());
-        if self.audit.healthy()
-            && self.audit.spool().is_some_and(|s| s.pending() > 0)
-            && let Err(e) = tokio::time::timeout(left, self.audit.drain_spool()).await
-        {
-            tracing::warn!(error = %e, "spooled audit events stay spooled until the next start");
+        if self.audit.healthy() && self.audit.spool().is_some_and(|s| s.pending() > 0) {
+            match tokio::time::timeout(left, self.audit.drain_spool()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(
+                    error = %e,
+                    "committing the spool at shutdown failed; spooled audit events stay spooled until the next start"
+                ),
+                Err(_) => tracing::warn!(
+                    "the shutdown grace ended before the spool was committed; spooled audit events stay spooled until the next start"
+                ),
+            }
         }
         done
     }
