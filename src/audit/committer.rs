@@ -807,20 +807,26 @@ mod tests {
 
     /// The spool drains in order, skips an event the store already holds (a crash between its
     /// commit and its removal), and `record_or_spool` commits directly while the store works.
-    #[tokio::test]
-    async fn spool_drains_in_order_without_duplicates() {
-        let dir = tempfile::tempdir().unwrap();
+    /// An in-memory SQLite audit log with a spool file in `dir`.
+    async fn log_with_spool(dir: &std::path::Path) -> (AuditLog, Arc<Spool>) {
         let mut store = SqlStore::connect(&Location::SqliteMemory, Duration::from_secs(1), true)
             .await
             .unwrap();
         store.claim_chain("c").await.unwrap();
-        let spool = Arc::new(Spool::open(&dir.path().join("a.spool")).unwrap());
+        let spool = Arc::new(Spool::open(&dir.join("a.spool")).unwrap());
         let log = AuditLog::with_spool(
             Arc::new(store),
             16,
             Duration::from_secs(1),
             Some(spool.clone()),
         );
+        (log, spool)
+    }
+
+    #[tokio::test]
+    async fn spool_drains_in_order_without_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, spool) = log_with_spool(dir.path()).await;
         let ev = |rid: &str| NewEvent {
             request_id: rid.into(),
             action: "logoff".into(),
@@ -854,17 +860,7 @@ mod tests {
     #[tokio::test]
     async fn identical_spooled_events_are_all_committed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = SqlStore::connect(&Location::SqliteMemory, Duration::from_secs(1), true)
-            .await
-            .unwrap();
-        store.claim_chain("c").await.unwrap();
-        let spool = Arc::new(Spool::open(&dir.path().join("a.spool")).unwrap());
-        let log = AuditLog::with_spool(
-            Arc::new(store),
-            16,
-            Duration::from_secs(1),
-            Some(spool.clone()),
-        );
+        let (log, spool) = log_with_spool(dir.path()).await;
         let ev = NewEvent {
             request_id: "client-chosen".into(),
             action: "request".into(),
