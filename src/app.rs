@@ -70,6 +70,7 @@ async fn build_validated_with_audit(
         Limits {
             message_title_max: cfg.server.message_title_max,
             message_body_max: cfg.server.message_body_max,
+            fleet: cfg.fleet.clone(),
         },
     ));
     match gateway.close_interrupted_actions().await {

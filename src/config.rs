@@ -28,7 +28,48 @@ pub struct Config {
     #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default)]
+    pub fleet: FleetConfig,
+    #[serde(default)]
     pub pools: Vec<PoolConfig>,
+}
+
+/// `[fleet]`: bounds of the calls that act on many sessions (bulk, whole host, user
+/// everywhere, jobs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// Most targets one fleet call may name or resolve to.
+    pub max_targets: usize,
+    /// Above this many targets a fleet call runs as a job (202) even without `?async=true`.
+    pub sync_limit: usize,
+    /// Items of fleet calls and jobs run at most this many at once per pool.
+    pub pool_concurrency: usize,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            max_targets: 500,
+            sync_limit: 100,
+            pool_concurrency: 8,
+        }
+    }
+}
+
+impl FleetConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let key = Key::root("fleet");
+        if !(1..=100_000).contains(&self.max_targets) {
+            return Err(key.field("max_targets").err("must be 1-100000"));
+        }
+        if self.sync_limit == 0 {
+            return Err(key.field("sync_limit").err("must be at least 1"));
+        }
+        if !(1..=256).contains(&self.pool_concurrency) {
+            return Err(key.field("pool_concurrency").err("must be 1-256"));
+        }
+        Ok(())
+    }
 }
 
 /// `[server]`
@@ -244,6 +285,7 @@ impl Config {
         self.audit.validate()?;
         self.audit.validate_location(&self.server.data_dir)?;
         self.auth.validate()?;
+        self.fleet.validate()?;
         let protected = ProtectedSessions::new(&self.auth.protected, &self.auth.service_accounts)?;
         let mut seen = std::collections::HashSet::new();
         for (i, p) in self.pools.iter().enumerate() {

@@ -324,7 +324,7 @@ pub struct MessageBody {
     pub dry_run: bool,
 }
 
-fn bounded(name: &str, v: &Option<String>, max: usize) -> Result<(), ApiError> {
+pub(super) fn bounded(name: &str, v: &Option<String>, max: usize) -> Result<(), ApiError> {
     if let Some(s) = v {
         let n = s.chars().count();
         if n == 0 || n > max {
@@ -344,7 +344,7 @@ fn bounded(name: &str, v: &Option<String>, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn common_checks(
+pub(super) fn common_checks(
     expected_user: &Option<String>,
     reason: &Option<String>,
     ticket: &Option<String>,
@@ -404,6 +404,7 @@ pub async fn logoff(
         ticket: b.ticket,
         dry_run: b.dry_run,
         message: None,
+        batch_id: None,
     };
     run_action(&st, ctx, req).await
 }
@@ -429,6 +430,7 @@ async fn simple_action(
         ticket: b.ticket,
         dry_run: b.dry_run,
         message: None,
+        batch_id: None,
     };
     run_action(&st, ctx, req).await
 }
@@ -514,6 +516,7 @@ pub async fn message(
         ticket: b.ticket,
         dry_run: b.dry_run,
         message: Some((b.title, b.body)),
+        batch_id: None,
     };
     run_action(&st, ctx, req).await
 }

@@ -161,7 +161,7 @@ fn request_record(
         client_addr: client,
         method: method.to_string(),
         route: route.unwrap_or(path).to_string(),
-        action: action_name(method, route),
+        action: action_name(method, route, path),
         pool,
         host,
         session_id,
@@ -176,7 +176,8 @@ fn request_record(
 }
 
 /// A short action name for the audit log, derived from the matched route.
-fn action_name(method: &axum::http::Method, route: Option<&str>) -> String {
+/// A fleet route's `{action}` segment is named by the path (one of the action kinds).
+fn action_name(method: &axum::http::Method, route: Option<&str>, path: &str) -> String {
     let Some(r) = route else {
         return "unknown_route".into();
     };
@@ -189,6 +190,10 @@ fn action_name(method: &axum::http::Method, route: Option<&str>) -> String {
         ("GET", "{id}") => "get_session".into(),
         ("GET", "audit") => "read_audit".into(),
         ("GET", "openapi.yaml") => "read_openapi".into(),
+        ("POST", "{action}") => match path.rsplit('/').next().unwrap_or("") {
+            a @ ("logoff" | "disconnect" | "message" | "lock" | "unlock") => a.to_string(),
+            _ => "unknown_action".into(),
+        },
         ("POST", a) => a.to_string(),
         (m, _) => format!("{} {r}", m.to_ascii_lowercase()),
     }

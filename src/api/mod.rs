@@ -1,6 +1,7 @@
 //! The HTTP API: one router, thin handlers, typed extractors, problem+json errors.
 
 pub mod extract;
+pub mod fleet;
 pub mod handlers;
 pub mod known_query;
 pub mod middleware;

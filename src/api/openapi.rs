@@ -29,6 +29,7 @@ use utoipa::{
     tags(
         (name = "sessions", description = "Pools, hosts and sessions"),
         (name = "actions", description = "Audited session actions"),
+        (name = "fleet", description = "Actions on many sessions: one result per item, each item audited"),
         (name = "audit", description = "The audit log"),
         (name = "health", description = "Probes (no authentication)"),
         (name = "meta", description = "This document"),

@@ -178,6 +178,8 @@ pub enum RequestError {
     MethodNotAllowed,
     /// The request took longer than `server.request_timeout_secs`.
     Timeout,
+    /// A fleet call names (or resolves to) more targets than `fleet.max_targets`.
+    TooManyTargets(String),
 }
 
 impl RequestError {
@@ -196,6 +198,7 @@ impl RequestError {
             RequestError::RouteNotFound => "route_not_found",
             RequestError::MethodNotAllowed => "method_not_allowed",
             RequestError::Timeout => "request_timeout",
+            RequestError::TooManyTargets(_) => "too_many_targets",
         }
     }
 }
@@ -216,6 +219,9 @@ impl From<RequestError> for ApiError {
             }
             RequestError::InvalidBody(d) => {
                 ApiError::new(S::UNPROCESSABLE_ENTITY, code, "Invalid request body", d)
+            }
+            RequestError::TooManyTargets(d) => {
+                ApiError::new(S::UNPROCESSABLE_ENTITY, code, "Too many targets", d)
             }
             RequestError::PayloadTooLarge => ApiError::new(
                 S::PAYLOAD_TOO_LARGE,
@@ -435,6 +441,7 @@ mod tests {
             RequestError::RouteNotFound,
             RequestError::MethodNotAllowed,
             RequestError::Timeout,
+            RequestError::TooManyTargets(s()),
         ];
         for e in &all {
             match e {
@@ -450,7 +457,8 @@ mod tests {
                 | RequestError::UnsupportedMediaType(_)
                 | RequestError::RouteNotFound
                 | RequestError::MethodNotAllowed
-                | RequestError::Timeout => {}
+                | RequestError::Timeout
+                | RequestError::TooManyTargets(_) => {}
             }
         }
         all

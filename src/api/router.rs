@@ -36,6 +36,8 @@ fn routes(
         .routes(routes!(h::list_hosts))
         .routes(routes!(h::list_sessions))
         .routes(routes!(h::list_host_sessions))
+        .routes(routes!(super::fleet::bulk_message))
+        .routes(routes!(super::fleet::bulk_action))
         .nest(SESSION, session)
         .routes(routes!(h::read_audit));
     OpenApiRouter::with_openapi(ApiDoc::openapi())

@@ -7,7 +7,7 @@ use crate::{
     domain::{ActionKind, ActionOutcome, HostName, PoolName, Session, SessionId},
     providers::{ActionEffect, ProviderError},
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -27,6 +27,9 @@ pub struct ActionRequest {
     pub dry_run: bool,
     /// Title and body, for `message`.
     pub message: Option<(String, String)>,
+    /// The fleet call or job this item belongs to (audited as `params.batch_id`); items of a
+    /// batch are not rate-limited one by one (the batch call was).
+    pub batch_id: Option<String>,
 }
 
 /// A failed action, and whether the service already audited it (intent and outcome).
@@ -37,7 +40,7 @@ pub struct ActionError {
 }
 
 /// What an action was aimed at.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ActionTarget {
     pub pool: String,
     pub host: String,
@@ -45,7 +48,7 @@ pub struct ActionTarget {
 }
 
 /// The one action-result shape.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ActionResult {
     pub action: ActionKind,
     pub target: ActionTarget,
@@ -108,6 +111,9 @@ impl ActionRequest {
             "ticket": self.ticket,
             "expected_user": self.expected_user,
         });
+        if let Some(b) = &self.batch_id {
+            p["batch_id"] = b.as_str().into();
+        }
         if let Some((title, body)) = &self.message {
             p["message_title_chars"] = title.chars().count().into();
             p["message_body_chars"] = body.chars().count().into();
@@ -156,7 +162,9 @@ impl Gateway {
             error,
             audited: true,
         };
-        if let Err(retry_after) = self.limiter.check(&ctx.principal.id) {
+        if req.batch_id.is_none()
+            && let Err(retry_after) = self.limiter.check(&ctx.principal.id)
+        {
             return Err(unaudited(ServiceError::RateLimited { retry_after }));
         }
         let pool = self

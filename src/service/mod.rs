@@ -7,6 +7,7 @@
 
 mod actions;
 mod error;
+mod fleet;
 mod recovery;
 mod requests;
 
@@ -14,6 +15,7 @@ mod requests;
 pub use crate::audit::{AuditPage, AuditQuery};
 pub use actions::{ActionError, ActionRequest, ActionResult, ActionTarget};
 pub use error::ServiceError;
+pub use fleet::{BatchResult, BatchSummary, FailureOutcome, ItemError, ItemFailure, ItemResult};
 pub use recovery::STARTED;
 pub use requests::{Caller, RequestOutcome, RequestRecord};
 
@@ -113,6 +115,8 @@ pub struct HostList {
 pub struct Limits {
     pub message_title_max: usize,
     pub message_body_max: usize,
+    /// `[fleet]` bounds.
+    pub fleet: crate::config::FleetConfig,
 }
 
 /// The gateway's use cases.
@@ -123,6 +127,8 @@ pub struct Gateway {
     limiter: RateLimiter,
     limits: Limits,
     tasks: tokio_util::task::TaskTracker,
+    /// Bounds items of fleet calls and jobs per pool (`fleet.pool_concurrency`).
+    pool_slots: BTreeMap<PoolName, Arc<tokio::sync::Semaphore>>,
 }
 
 impl Gateway {
@@ -133,7 +139,12 @@ impl Gateway {
         limiter: RateLimiter,
         limits: Limits,
     ) -> Self {
+        let slots = limits.fleet.pool_concurrency;
         Self {
+            pool_slots: pools
+                .iter()
+                .map(|p| (p.name.clone(), Arc::new(tokio::sync::Semaphore::new(slots))))
+                .collect(),
             pools: pools.into_iter().map(|p| (p.name.clone(), p)).collect(),
             audit,
             guard,

@@ -296,13 +296,14 @@ async fn every_documented_operation_is_routed_and_audited_by_its_route() {
     let (host, id, _) = app.avd_target();
     let doc = serde_json::to_value(sessiongate::api::router::openapi()).unwrap();
     let paths = doc["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 14, "{:?}", paths.keys());
+    assert_eq!(paths.len(), 16, "{:?}", paths.keys());
     let mut seen = Vec::new();
     for (tpl, item) in paths {
         let path = tpl
             .replace("{pool}", AVD_POOL)
             .replace("{host}", &host)
-            .replace("{id}", &id.to_string());
+            .replace("{id}", &id.to_string())
+            .replace("{action}", "logoff");
         for method in item.as_object().unwrap().keys() {
             let op = &item[method]["operationId"];
             let r = match method.as_str() {
@@ -312,6 +313,8 @@ async fn every_documented_operation_is_routed_and_audited_by_its_route() {
                     let body = json!({"title": "t", "body": "b", "dry_run": true});
                     let body = if path.ends_with("/message") {
                         body
+                    } else if tpl.ends_with("{action}") {
+                        json!({"dry_run": true, "targets": [{"host": host, "id": id.to_string()}]})
                     } else {
                         json!({"dry_run": true})
                     };
@@ -343,7 +346,7 @@ async fn every_documented_operation_is_routed_and_audited_by_its_route() {
                 if method == "get" {
                     assert_eq!(&ev["action"], op, "{ev}");
                 } else {
-                    assert_eq!(ev["action"].as_str(), tpl.rsplit('/').next(), "{ev}");
+                    assert_eq!(ev["action"].as_str(), path.rsplit('/').next(), "{ev}");
                 }
             }
             seen.push(format!("{method} {tpl}"));
@@ -354,7 +357,8 @@ async fn every_documented_operation_is_routed_and_audited_by_its_route() {
             }
         }
     }
-    assert_eq!(seen.len(), 14, "{seen:?}");
+    let documented: usize = paths.values().map(|i| i.as_object().unwrap().len()).sum();
+    assert_eq!(seen.len(), documented, "{seen:?}");
 }
 
 #[tokio::test]
