@@ -30,6 +30,10 @@ pub struct Config {
     #[serde(default)]
     pub fleet: FleetConfig,
     #[serde(default)]
+    pub jobs: JobsConfig,
+    #[serde(default)]
+    pub idempotency: IdempotencyConfig,
+    #[serde(default)]
     pub pools: Vec<PoolConfig>,
 }
 
@@ -67,6 +71,84 @@ impl FleetConfig {
         }
         if !(1..=256).contains(&self.pool_concurrency) {
             return Err(key.field("pool_concurrency").err("must be 1-256"));
+        }
+        Ok(())
+    }
+}
+
+/// `[jobs]`: the runner of durable jobs (fleet calls answered 202).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// A runner holds a job for this long and renews the hold every third of it; another
+    /// replica (PostgreSQL) takes over a job whose lease expired.
+    pub lease_secs: u64,
+    /// Items of one job in flight at once (started in submission order).
+    pub concurrency: usize,
+    /// Jobs one process runs at once.
+    pub max_running: usize,
+    /// How often an idle runner looks for work (new jobs of this process start at once).
+    pub poll_ms: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            lease_secs: 30,
+            concurrency: 8,
+            max_running: 4,
+            poll_ms: 1000,
+        }
+    }
+}
+
+impl JobsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let key = Key::root("jobs");
+        if !(1..=3600).contains(&self.lease_secs) {
+            return Err(key.field("lease_secs").err("must be 1-3600"));
+        }
+        if !(1..=256).contains(&self.concurrency) {
+            return Err(key.field("concurrency").err("must be 1-256"));
+        }
+        if !(1..=64).contains(&self.max_running) {
+            return Err(key.field("max_running").err("must be 1-64"));
+        }
+        if !(10..=60_000).contains(&self.poll_ms) {
+            return Err(key.field("poll_ms").err("must be 10-60000"));
+        }
+        Ok(())
+    }
+}
+
+/// `[idempotency]`: `Idempotency-Key` on the POST action routes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencyConfig {
+    /// How long a key's stored answer is kept (and replayed).
+    pub retention_hours: u64,
+    /// How long a duplicate waits for the first request with its key before 409
+    /// `idempotency_in_progress`.
+    pub wait_ms: u64,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            retention_hours: 24,
+            wait_ms: 5000,
+        }
+    }
+}
+
+impl IdempotencyConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let key = Key::root("idempotency");
+        if !(1..=24 * 30).contains(&self.retention_hours) {
+            return Err(key.field("retention_hours").err("must be 1-720"));
+        }
+        if self.wait_ms > 60_000 {
+            return Err(key.field("wait_ms").err("must be 0-60000"));
         }
         Ok(())
     }
@@ -286,6 +368,8 @@ impl Config {
         self.audit.validate_location(&self.server.data_dir)?;
         self.auth.validate()?;
         self.fleet.validate()?;
+        self.jobs.validate()?;
+        self.idempotency.validate()?;
         let protected = ProtectedSessions::new(&self.auth.protected, &self.auth.service_accounts)?;
         let mut seen = std::collections::HashSet::new();
         for (i, p) in self.pools.iter().enumerate() {
