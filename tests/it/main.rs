@@ -28,6 +28,7 @@ mod classic_provider;
 mod cli;
 mod deploy;
 mod fleet_jobs;
+mod fleet_jobs_crash;
 mod gateway_crash;
 mod gateway_durability;
 mod gateway_postgres;
