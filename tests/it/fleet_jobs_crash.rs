@@ -20,7 +20,13 @@ use std::{
 const ENDED: [&str; 4] = ["succeeded", "completed_with_errors", "failed", "cancelled"];
 
 /// Writes the demo config (plus `extra`) for a gateway on a fresh port; returns (file, url).
-fn config(demo: &Demo, name: &str, audit: Option<&str>, replica: Option<&str>, extra: &str) -> (PathBuf, String) {
+fn config(
+    demo: &Demo,
+    name: &str,
+    audit: Option<&str>,
+    replica: Option<&str>,
+    extra: &str,
+) -> (PathBuf, String) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut text = demo.config_text(&listen, audit, replica);
@@ -40,7 +46,9 @@ fn targets(demo: &Demo, prefix: &str, n: usize) -> Vec<Value> {
 
 async fn submit(http: &reqwest::Client, url: &str, key: &str, action: &str, body: Value) -> String {
     let r = http
-        .post(format!("{url}/hostpools/{AVD_POOL}/sessions/{action}?async=true"))
+        .post(format!(
+            "{url}/hostpools/{AVD_POOL}/sessions/{action}?async=true"
+        ))
         .bearer_auth(key)
         .json(&body)
         .send()
@@ -80,7 +88,10 @@ async fn wait_for(
         {
             return j;
         }
-        assert!(t0.elapsed() < within, "job {id} did not get there in {within:?}");
+        assert!(
+            t0.elapsed() < within,
+            "job {id} did not get there in {within:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -172,7 +183,10 @@ async fn a_message_cut_off_by_sigkill_is_never_sent_again() {
     let items = j["items"].as_array().unwrap();
     assert_eq!(items[0]["result"]["outcome"], "done", "{j}");
     assert_eq!(items[1]["result"]["outcome"], "failed", "{j}");
-    assert_eq!(items[1]["result"]["error"]["code"], "outcome_unknown", "{j}");
+    assert_eq!(
+        items[1]["result"]["error"]["code"], "outcome_unknown",
+        "{j}"
+    );
     for it in &items[2..] {
         assert_eq!(it["result"]["outcome"], "done", "{it}");
     }
