@@ -645,11 +645,13 @@ impl WorkStore {
         })
     }
 
-    /// Stores the answer of a `running` record.
+    /// Stores the answer of the `running` record created at `created_us` (not of a later
+    /// take-over).
     pub async fn idem_complete(
         &self,
         principal: &str,
         key: &str,
+        created_us: i64,
         status: i64,
         headers: &str,
         body: &[u8],
@@ -657,13 +659,14 @@ impl WorkStore {
         with_db!(&self.db, p => {
             sqlx::query(
                 "UPDATE idempotency_keys SET state = 'done', status = $3, headers = $4, body = $5 \
-                 WHERE principal = $1 AND idem_key = $2",
+                 WHERE principal = $1 AND idem_key = $2 AND created_us = $6",
             )
             .bind(principal)
             .bind(key)
             .bind(status)
             .bind(headers)
             .bind(body)
+            .bind(created_us)
             .execute(p)
             .await
             .map_err(db_err)?;

@@ -135,9 +135,16 @@ impl Gateway {
             Some(a) => {
                 let headers = serde_json::to_string(&a.headers)
                     .map_err(|e| ServiceError::AuditUnavailable(e.to_string()))?;
-                work.idem_complete(principal, key, i64::from(a.status), &headers, &a.body)
-                    .await
-                    .map_err(store_err)
+                work.idem_complete(
+                    principal,
+                    key,
+                    created_us,
+                    i64::from(a.status),
+                    &headers,
+                    &a.body,
+                )
+                .await
+                .map_err(store_err)
             }
             None => work
                 .idem_delete(principal, key, Some(created_us))

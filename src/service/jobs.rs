@@ -589,7 +589,9 @@ impl Gateway {
                 match work.claim(&self.runner_id, until, now).await {
                     Ok(Some(job)) => {
                         let me = self.clone();
-                        tokio::spawn(async move {
+                        // On the action task tracker: a graceful stop waits for the items in
+                        // flight to be recorded (the runner starts no new item once stopping).
+                        self.tasks.spawn(async move {
                             let id = job.id.clone();
                             if let Err(e) = me.run_job(job, lease).await {
                                 tracing::warn!(job.id = %id, error = %e, "job run stopped; it resumes when its lease expires");

@@ -154,13 +154,14 @@ async fn sigkill_mid_job_resumes_and_repeats_no_item() {
 async fn a_message_cut_off_by_sigkill_is_never_sent_again() {
     let demo = Demo::start_unthrottled().await;
     let arm = demo.arm();
-    let t = targets(&demo, "msg", 4);
+    let t = targets(&demo, "msg", 3);
     let (cfg, url) = config(&demo, "gw", None, None, "poll_ms = 100\nconcurrency = 1\n");
     let http = reqwest::Client::new();
     let key = demo.keys.operator.clone();
     let mut gw = GatewayProcess::spawn(&cfg, &url, demo.dir.path().join("gw1.log")).await;
+    // Each item takes two ARM calls of 1 s: a wide window to catch the second one in flight.
     arm.set_faults(FaultSettings {
-        latency_ms: 400,
+        latency_ms: 1000,
         ..Default::default()
     });
     let id = submit(
@@ -197,8 +198,8 @@ async fn a_message_cut_off_by_sigkill_is_never_sent_again() {
         *per.entry((m.host, m.session_id)).or_default() += 1;
     }
     assert!(per.values().all(|n| *n == 1), "{per:?}");
-    assert!(per.len() == 3 || per.len() == 4, "{per:?}");
-    assert!(arm.calls(ArmOp::SendMessage) <= 4);
+    assert!(per.len() == 2 || per.len() == 3, "{per:?}");
+    assert!(arm.calls(ArmOp::SendMessage) <= 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,8 +216,9 @@ async fn a_replica_takes_over_the_job_of_a_killed_one_after_its_lease() {
     let http = reqwest::Client::new();
     let key = demo.keys.operator.clone();
     let mut a = GatewayProcess::spawn(&cfg_a, &url_a, demo.dir.path().join("a.log")).await;
+    // 10 items one at a time, 0.8 s each: B comes up well before A would be done.
     arm.set_faults(FaultSettings {
-        latency_ms: 100,
+        latency_ms: 400,
         ..Default::default()
     });
     let before = arm.calls(ArmOp::Logoff);
