@@ -83,6 +83,7 @@ pub fn accepted(job: JobView) -> Response {
 #[serde(deny_unknown_fields)]
 pub struct JobItemsQuery {
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9]{1,18}$")]
     pub cursor: Option<String>,
     /// Items per page (1-1000, default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -102,6 +103,7 @@ pub struct JobsQuery {
     /// Only jobs created by this principal id.
     pub created_by: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9]{1,18}_[0-9a-fA-F-]{1,64}$")]
     pub cursor: Option<String>,
     /// Jobs per page (1-1000, default 50).
     #[param(minimum = 1, maximum = 1000)]
@@ -110,7 +112,7 @@ pub struct JobsQuery {
 
 /// A job: state, counts and a page of its items (creator, admin and auditor; others 404).
 #[utoipa::path(get, path = "/jobs/{id}", tag = "jobs",
-    params(("id" = String, Path, format = Uuid), JobItemsQuery),
+    params(("id" = String, Path, format = Uuid, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The job id (a UUID)"), JobItemsQuery),
     responses((status = 200, body = JobView),
               (status = 400, description = "invalid_path | invalid_query", body = Problem, content_type = "application/problem+json"),
               (status = 404, description = "job_not_found", body = Problem, content_type = "application/problem+json")),
@@ -153,7 +155,7 @@ pub async fn list_jobs(
 /// Cancels a job (creator or admin): items not started yet are not started; an item already
 /// sent upstream is recorded as it ends.
 #[utoipa::path(post, path = "/jobs/{id}/cancel", tag = "jobs",
-    params(("id" = String, Path, format = Uuid)),
+    params(("id" = String, Path, format = Uuid, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The job id (a UUID)")),
     responses((status = 200, description = "Cancel requested (a queued job is cancelled at once)", body = JobView),
               (status = 403, description = "forbidden (an auditor may see but not cancel)", body = Problem, content_type = "application/problem+json"),
               (status = 404, description = "job_not_found", body = Problem, content_type = "application/problem+json"),
