@@ -305,3 +305,66 @@ async fn schema_v2_migrates_to_v3_postgres() {
     };
     migrates_from_v2(env).await;
 }
+
+/// On PostgreSQL (keys shared by replicas): a key used through one replica replays through the
+/// other, a reused key is refused there, and an answer that is not stored lets the retry run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_shared_by_replicas_on_postgres() {
+    use crate::support::app::{Demo, InProc};
+    use crate::support::pg::PgDb;
+    let Some(db) = PgDb::create("idem_t").await else {
+        return;
+    };
+    let demo = Demo::start_unthrottled().await;
+    let arm = demo.arm();
+    let (host, id) = demo.seed("pgidem", 1).remove(0);
+    let cfg_a = demo.config("127.0.0.1:0", Some(&db.url), Some("gw-a"));
+    let cfg_b = demo.config("127.0.0.1:0", Some(&db.url), Some("gw-b"));
+    let (mut a, mut b) = tokio::join!(InProc::start(&cfg_a), InProc::start(&cfg_b));
+    let http = reqwest::Client::new();
+    let send = |base: &str, key: &str, body: Value| {
+        http.post(format!(
+            "{base}/hostpools/{AVD_POOL}/sessionhosts/{host}/sessions/{id}/logoff"
+        ))
+        .bearer_auth(&demo.keys.operator)
+        .header("Idempotency-Key", key)
+        .json(&body)
+        .send()
+    };
+    let r1 = send(&a.url, "pg-1", json!({"reason": "x"})).await.unwrap();
+    assert_eq!(r1.status(), 200);
+    let body1 = r1.text().await.unwrap();
+    let calls = arm.calls(ArmOp::Logoff);
+    let r2 = send(&b.url, "pg-1", json!({"reason": "x"})).await.unwrap();
+    assert_eq!(r2.status(), 200);
+    assert_eq!(header(&r2, "idempotency-replayed").as_deref(), Some("true"));
+    assert_eq!(r2.text().await.unwrap(), body1);
+    assert_eq!(arm.calls(ArmOp::Logoff), calls);
+    let r3 = send(&b.url, "pg-1", json!({"reason": "y"})).await.unwrap();
+    assert_eq!(r3.status(), 422);
+    a.stop().await;
+    b.stop().await;
+    // Forgetting a key (answers not stored) and the retention prune, on PostgreSQL's SQL.
+    use sessiongate::audit::{sql::Db, work::WorkStore};
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let w = WorkStore::new(Db::Postgres(pool.clone()));
+    assert!(w.idem_insert("p", "k", "f", 7).await.unwrap());
+    assert!(!w.idem_insert("p", "k", "f", 8).await.unwrap());
+    w.idem_delete("p", "k", Some(8)).await.unwrap();
+    assert!(
+        w.idem_get("p", "k").await.unwrap().is_some(),
+        "another run's record"
+    );
+    w.idem_delete("p", "k", Some(7)).await.unwrap();
+    assert!(w.idem_get("p", "k").await.unwrap().is_none());
+    assert!(w.idem_insert("p", "k2", "f", 9).await.unwrap());
+    w.idem_delete("p", "k2", None).await.unwrap();
+    assert!(w.idem_get("p", "k2").await.unwrap().is_none());
+    assert!(w.idem_prune(i64::MAX).await.unwrap() >= 1, "pg-1 pruned");
+    pool.close().await;
+    drop(db);
+}
