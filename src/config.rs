@@ -564,6 +564,32 @@ mod tests {
     }
 
     #[test]
+    fn jobs_and_idempotency_values_are_checked_naming_the_key() {
+        let bad = |toml: &str| {
+            Config::from_toml_with_env(toml, vec![])
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .key
+        };
+        assert_eq!(bad("[jobs]\nlease_secs = 0\n"), "jobs.lease_secs");
+        assert_eq!(bad("[jobs]\nconcurrency = 0\n"), "jobs.concurrency");
+        assert_eq!(bad("[jobs]\nmax_running = 65\n"), "jobs.max_running");
+        assert_eq!(bad("[jobs]\npoll_ms = 1\n"), "jobs.poll_ms");
+        assert_eq!(
+            bad("[idempotency]\nretention_hours = 0\n"),
+            "idempotency.retention_hours"
+        );
+        assert_eq!(
+            bad("[idempotency]\nwait_ms = 60001\n"),
+            "idempotency.wait_ms"
+        );
+        let c = Config::from_toml_with_env("[jobs]\nlease_secs = 5\n", vec![]).unwrap();
+        assert_eq!((c.jobs.lease_secs, c.idempotency.retention_hours), (5, 24));
+        assert!(Config::from_toml_with_env("[jobs]\nnope = 1\n", vec![]).is_err());
+    }
+
+    #[test]
     fn server_values_are_checked_naming_the_key() {
         let bad = |toml: &str| {
             Config::from_toml_with_env(toml, vec![])
