@@ -71,6 +71,8 @@ async fn build_validated_with_audit(
             message_title_max: cfg.server.message_title_max,
             message_body_max: cfg.server.message_body_max,
             fleet: cfg.fleet.clone(),
+            jobs: cfg.jobs.clone(),
+            idempotency: cfg.idempotency.clone(),
         },
     ));
     match gateway.close_interrupted_actions().await {
@@ -81,7 +83,9 @@ async fn build_validated_with_audit(
         ),
         Err(e) => return Err(StartError::Audit(e.to_string())),
     }
+    gateway.spawn_job_runner();
     let st = AppState {
+        body_limit: cfg.server.body_limit_bytes,
         gateway: gateway.clone(),
         authenticator: Arc::new(authenticator),
         request_timeout: Duration::from_secs(cfg.server.request_timeout_secs),

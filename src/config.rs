@@ -30,6 +30,10 @@ pub struct Config {
     #[serde(default)]
     pub fleet: FleetConfig,
     #[serde(default)]
+    pub jobs: JobsConfig,
+    #[serde(default)]
+    pub idempotency: IdempotencyConfig,
+    #[serde(default)]
     pub pools: Vec<PoolConfig>,
 }
 
@@ -67,6 +71,84 @@ impl FleetConfig {
         }
         if !(1..=256).contains(&self.pool_concurrency) {
             return Err(key.field("pool_concurrency").err("must be 1-256"));
+        }
+        Ok(())
+    }
+}
+
+/// `[jobs]`: the runner of durable jobs (fleet calls answered 202).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// A runner holds a job for this long and renews the hold every third of it; another
+    /// replica (PostgreSQL) takes over a job whose lease expired.
+    pub lease_secs: u64,
+    /// Items of one job in flight at once (started in submission order).
+    pub concurrency: usize,
+    /// Jobs one process runs at once.
+    pub max_running: usize,
+    /// How often an idle runner looks for work (new jobs of this process start at once).
+    pub poll_ms: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            lease_secs: 30,
+            concurrency: 8,
+            max_running: 4,
+            poll_ms: 1000,
+        }
+    }
+}
+
+impl JobsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let key = Key::root("jobs");
+        if !(1..=3600).contains(&self.lease_secs) {
+            return Err(key.field("lease_secs").err("must be 1-3600"));
+        }
+        if !(1..=256).contains(&self.concurrency) {
+            return Err(key.field("concurrency").err("must be 1-256"));
+        }
+        if !(1..=64).contains(&self.max_running) {
+            return Err(key.field("max_running").err("must be 1-64"));
+        }
+        if !(10..=60_000).contains(&self.poll_ms) {
+            return Err(key.field("poll_ms").err("must be 10-60000"));
+        }
+        Ok(())
+    }
+}
+
+/// `[idempotency]`: `Idempotency-Key` on the POST action routes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencyConfig {
+    /// How long a key's stored answer is kept (and replayed).
+    pub retention_hours: u64,
+    /// How long a duplicate waits for the first request with its key before 409
+    /// `idempotency_in_progress`.
+    pub wait_ms: u64,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            retention_hours: 24,
+            wait_ms: 5000,
+        }
+    }
+}
+
+impl IdempotencyConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let key = Key::root("idempotency");
+        if !(1..=24 * 30).contains(&self.retention_hours) {
+            return Err(key.field("retention_hours").err("must be 1-720"));
+        }
+        if self.wait_ms > 60_000 {
+            return Err(key.field("wait_ms").err("must be 0-60000"));
         }
         Ok(())
     }
@@ -286,6 +368,8 @@ impl Config {
         self.audit.validate_location(&self.server.data_dir)?;
         self.auth.validate()?;
         self.fleet.validate()?;
+        self.jobs.validate()?;
+        self.idempotency.validate()?;
         let protected = ProtectedSessions::new(&self.auth.protected, &self.auth.service_accounts)?;
         let mut seen = std::collections::HashSet::new();
         for (i, p) in self.pools.iter().enumerate() {
@@ -477,6 +561,32 @@ mod tests {
         let e = Key::pool("avd-prod").field("host_pool").err("bad");
         assert_eq!(e.key, "pools[avd-prod].host_pool");
         assert_eq!(e.to_string(), "pools[avd-prod].host_pool: bad");
+    }
+
+    #[test]
+    fn jobs_and_idempotency_values_are_checked_naming_the_key() {
+        let bad = |toml: &str| {
+            Config::from_toml_with_env(toml, vec![])
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .key
+        };
+        assert_eq!(bad("[jobs]\nlease_secs = 0\n"), "jobs.lease_secs");
+        assert_eq!(bad("[jobs]\nconcurrency = 0\n"), "jobs.concurrency");
+        assert_eq!(bad("[jobs]\nmax_running = 65\n"), "jobs.max_running");
+        assert_eq!(bad("[jobs]\npoll_ms = 1\n"), "jobs.poll_ms");
+        assert_eq!(
+            bad("[idempotency]\nretention_hours = 0\n"),
+            "idempotency.retention_hours"
+        );
+        assert_eq!(
+            bad("[idempotency]\nwait_ms = 60001\n"),
+            "idempotency.wait_ms"
+        );
+        let c = Config::from_toml_with_env("[jobs]\nlease_secs = 5\n", vec![]).unwrap();
+        assert_eq!((c.jobs.lease_secs, c.idempotency.retention_hours), (5, 24));
+        assert!(Config::from_toml_with_env("[jobs]\nnope = 1\n", vec![]).is_err());
     }
 
     #[test]

@@ -2,8 +2,9 @@
 
 use super::{
     AppState,
-    extract::{OptionalJson, PoolPath},
+    extract::{ApiQuery, OptionalJson, PoolPath},
     handlers::{Ctx, bounded, common_checks},
+    jobs::{AsyncQuery, runs_as_job},
     problem::{ApiError, Problem, RequestError},
 };
 use crate::{
@@ -281,9 +282,10 @@ pub fn batch_response(r: BatchResult) -> Response {
 
 /// Act on many sessions of one pool: one result per target, in request order.
 #[utoipa::path(post, path = "/hostpools/{pool}/sessions/{action}", tag = "fleet",
-    params(("pool" = String, Path), ("action" = inline(FleetAction), Path, description = "The action (lock and unlock where the pool advertises them; `message` has its own route)")),
+    params(("pool" = String, Path), ("action" = inline(FleetAction), Path, description = "The action (lock and unlock where the pool advertises them; `message` has its own route)"), AsyncQuery),
     request_body(content = BulkBody),
     responses((status = 200, body = BatchResult),
+              (status = 202, description = "Runs as a job (`?async=true`, or more than `fleet.sync_limit` targets); `Location: /jobs/{id}`", body = crate::service::JobView),
               (status = 404, description = "pool_not_found (an unknown action answers 404 as an unknown route)", body = Problem, content_type = "application/problem+json"),
               (status = 422, description = "invalid_body | too_many_targets", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []), ("api_key" = [])))]
@@ -292,17 +294,20 @@ pub async fn bulk_action(
     Ctx(ctx): Ctx,
     PoolPath(pool): PoolPath,
     ActionPath(kind): ActionPath,
+    ApiQuery(q): ApiQuery<AsyncQuery>,
     OptionalJson(b): OptionalJson<BulkBody>,
 ) -> Response {
     let opts = b.options();
-    bulk(st, ctx, pool, kind, &b.targets, opts).await
+    let run_async = runs_as_job(&st, &q, b.targets.len());
+    bulk(st, ctx, pool, kind, &b.targets, opts, run_async).await
 }
 
 /// Send one message to many sessions of one pool: one result per target, in request order.
 #[utoipa::path(post, path = "/hostpools/{pool}/sessions/message", tag = "fleet",
-    params(("pool" = String, Path)),
+    params(("pool" = String, Path), AsyncQuery),
     request_body(content = BulkMessageBody),
     responses((status = 200, body = BatchResult),
+              (status = 202, description = "Runs as a job (`?async=true`, or more than `fleet.sync_limit` targets); `Location: /jobs/{id}`", body = crate::service::JobView),
               (status = 404, description = "pool_not_found", body = Problem, content_type = "application/problem+json"),
               (status = 422, description = "invalid_body | too_many_targets", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []), ("api_key" = [])))]
@@ -310,10 +315,21 @@ pub async fn bulk_message(
     State(st): State<AppState>,
     Ctx(ctx): Ctx,
     PoolPath(pool): PoolPath,
+    ApiQuery(q): ApiQuery<AsyncQuery>,
     OptionalJson(b): OptionalJson<BulkMessageBody>,
 ) -> Response {
     let opts = b.options();
-    bulk(st, ctx, pool, ActionKind::Message, &b.targets, opts).await
+    let run_async = runs_as_job(&st, &q, b.targets.len());
+    bulk(
+        st,
+        ctx,
+        pool,
+        ActionKind::Message,
+        &b.targets,
+        opts,
+        run_async,
+    )
+    .await
 }
 
 async fn bulk(
@@ -323,6 +339,7 @@ async fn bulk(
     kind: ActionKind,
     targets: &[BulkTarget],
     opts: FleetOptions,
+    run_async: bool,
 ) -> Response {
     let lim = st.gateway.limits();
     let message = match opts.check(kind, lim) {
@@ -372,6 +389,9 @@ async fn bulk(
                 }))
             }
         });
+    }
+    if run_async {
+        return super::jobs::submit(&st, &ctx, &format!("pool.{}", kind.as_str()), parsed).await;
     }
     let batch_id = uuid::Uuid::now_v7().to_string();
     let runnable: Vec<ActionRequest> = parsed

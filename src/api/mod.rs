@@ -3,6 +3,8 @@
 pub mod extract;
 pub mod fleet;
 pub mod handlers;
+pub mod idempotency;
+pub mod jobs;
 pub mod known_query;
 pub mod middleware;
 pub mod openapi;
@@ -18,4 +20,6 @@ pub struct AppState {
     pub gateway: Arc<Gateway>,
     pub authenticator: Arc<Authenticator>,
     pub request_timeout: Duration,
+    /// `server.body_limit_bytes` (the idempotency layer reads bodies itself).
+    pub body_limit: usize,
 }

@@ -251,12 +251,18 @@ impl Modify for Contract {
 fn contract(op: &mut Operation) {
     let mut has_path_params = false;
     let mut talks_upstream = false;
+    // `{pool}`, `{host}` and `{id}` of the pool routes (a job's `{id}` is a UUID of its own).
+    let pool_route = op
+        .parameters
+        .iter()
+        .flatten()
+        .any(|p| p.parameter_in == ParameterIn::Path && p.name == "pool");
     for p in op.parameters.iter_mut().flatten() {
         match p.parameter_in {
             ParameterIn::Path => {
                 has_path_params = true;
                 talks_upstream |= p.name == "pool";
-                if let Some(schema) = path_param_schema(&p.name) {
+                if let Some(schema) = path_param_schema(&p.name).filter(|_| pool_route) {
                     p.schema = Some(schema.into());
                 }
             }

@@ -180,6 +180,12 @@ pub enum RequestError {
     Timeout,
     /// A fleet call names (or resolves to) more targets than `fleet.max_targets`.
     TooManyTargets(String),
+    /// An `Idempotency-Key` header that is not 1-255 printable ASCII characters.
+    InvalidIdempotencyKey,
+    /// The key was already used (by this principal) with another request.
+    IdempotencyKeyReused,
+    /// The first request with this key is still running.
+    IdempotencyInProgress,
 }
 
 impl RequestError {
@@ -199,6 +205,9 @@ impl RequestError {
             RequestError::MethodNotAllowed => "method_not_allowed",
             RequestError::Timeout => "request_timeout",
             RequestError::TooManyTargets(_) => "too_many_targets",
+            RequestError::InvalidIdempotencyKey => "invalid_idempotency_key",
+            RequestError::IdempotencyKeyReused => "idempotency_key_reused",
+            RequestError::IdempotencyInProgress => "idempotency_in_progress",
         }
     }
 }
@@ -223,6 +232,25 @@ impl From<RequestError> for ApiError {
             RequestError::TooManyTargets(d) => {
                 ApiError::new(S::UNPROCESSABLE_ENTITY, code, "Too many targets", d)
             }
+            RequestError::InvalidIdempotencyKey => ApiError::new(
+                S::BAD_REQUEST,
+                code,
+                "Bad request",
+                "Idempotency-Key must be 1-255 printable ASCII characters.",
+            ),
+            RequestError::IdempotencyKeyReused => ApiError::new(
+                S::UNPROCESSABLE_ENTITY,
+                code,
+                "Idempotency key reused",
+                "This Idempotency-Key was already used with a different request (method, path or body); nothing was done. Use a new key for a new request.",
+            ),
+            RequestError::IdempotencyInProgress => ApiError::new(
+                S::CONFLICT,
+                code,
+                "Request with this key still running",
+                "The first request with this Idempotency-Key is still running; retry after the delay to get its answer.",
+            )
+            .with_retry_after(Duration::from_secs(1)),
             RequestError::PayloadTooLarge => ApiError::new(
                 S::PAYLOAD_TOO_LARGE,
                 code,
@@ -415,6 +443,12 @@ impl From<ServiceError> for ApiError {
                 "Upstream outcome unknown",
                 "The request reached the backend but no answer came back: the backend may have acted. Check before retrying.",
             ),
+            ServiceError::JobNotFound(_) => {
+                ApiError::new(S::NOT_FOUND, code, "Job not found", detail)
+            }
+            ServiceError::JobFinished { .. } => {
+                ApiError::new(S::CONFLICT, code, "Job already ended", detail)
+            }
         }
     }
 }
@@ -442,6 +476,9 @@ mod tests {
             RequestError::MethodNotAllowed,
             RequestError::Timeout,
             RequestError::TooManyTargets(s()),
+            RequestError::InvalidIdempotencyKey,
+            RequestError::IdempotencyKeyReused,
+            RequestError::IdempotencyInProgress,
         ];
         for e in &all {
             match e {
@@ -458,7 +495,10 @@ mod tests {
                 | RequestError::RouteNotFound
                 | RequestError::MethodNotAllowed
                 | RequestError::Timeout
-                | RequestError::TooManyTargets(_) => {}
+                | RequestError::TooManyTargets(_)
+                | RequestError::InvalidIdempotencyKey
+                | RequestError::IdempotencyKeyReused
+                | RequestError::IdempotencyInProgress => {}
             }
         }
         all

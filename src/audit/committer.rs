@@ -179,6 +179,11 @@ impl AuditLog {
         log
     }
 
+    /// The SQL database behind the store (jobs and idempotency keys live beside the events).
+    pub fn database(&self) -> Option<super::sql::Db> {
+        self.inner.store.database()
+    }
+
     /// The bound on how long [`AuditLog::record`] waits for a durable commit.
     pub fn write_timeout(&self) -> Duration {
         self.inner.write_timeout

@@ -25,6 +25,7 @@ pub mod sql;
 pub mod sqlite_writer;
 pub mod store;
 mod validate;
+pub mod work;
 
 pub use chain::{Anchor, BreakKind, ChainBreak, ChainStatus, GENESIS_HASH, VerifyReport};
 pub use committer::{AuditLog, AuditStats, Kept};

@@ -33,7 +33,7 @@ use time::OffsetDateTime;
 
 /// Which database, with its pool.
 #[derive(Clone, Debug)]
-pub(crate) enum Db {
+pub enum Db {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
@@ -234,6 +234,90 @@ CREATE TABLE audit_heartbeat (
 );
 "#,
     ),
+    (
+        3,
+        "durable jobs and their items; idempotency keys",
+        r#"
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    context TEXT NOT NULL,
+    created_us BIGINT NOT NULL,
+    started_us BIGINT,
+    finished_us BIGINT,
+    cancel_requested BIGINT NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_until_us BIGINT
+);
+CREATE INDEX jobs_created ON jobs (created_us, id);
+CREATE INDEX jobs_state ON jobs (state, created_us);
+CREATE TABLE job_items (
+    job_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    request TEXT NOT NULL,
+    state TEXT NOT NULL,
+    bucket TEXT,
+    result TEXT,
+    started_us BIGINT,
+    finished_us BIGINT,
+    PRIMARY KEY (job_id, seq)
+);
+CREATE TABLE idempotency_keys (
+    principal TEXT NOT NULL,
+    idem_key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL,
+    status BIGINT,
+    headers TEXT,
+    body BLOB,
+    created_us BIGINT NOT NULL,
+    PRIMARY KEY (principal, idem_key)
+);
+CREATE INDEX idempotency_keys_created ON idempotency_keys (created_us);
+"#,
+        r#"
+CREATE TABLE jobs (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    context TEXT NOT NULL,
+    created_us BIGINT NOT NULL,
+    started_us BIGINT,
+    finished_us BIGINT,
+    cancel_requested BIGINT NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_until_us BIGINT
+);
+CREATE INDEX jobs_created ON jobs (created_us, id);
+CREATE INDEX jobs_state ON jobs (state, created_us);
+CREATE TABLE job_items (
+    job_id TEXT COLLATE "C" NOT NULL,
+    seq BIGINT NOT NULL,
+    request TEXT NOT NULL,
+    state TEXT NOT NULL,
+    bucket TEXT,
+    result TEXT,
+    started_us BIGINT,
+    finished_us BIGINT,
+    PRIMARY KEY (job_id, seq)
+);
+CREATE TABLE idempotency_keys (
+    principal TEXT COLLATE "C" NOT NULL,
+    idem_key TEXT COLLATE "C" NOT NULL,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL,
+    status BIGINT,
+    headers TEXT,
+    body BYTEA,
+    created_us BIGINT NOT NULL,
+    PRIMARY KEY (principal, idem_key)
+);
+CREATE INDEX idempotency_keys_created ON idempotency_keys (created_us);
+"#,
+    ),
 ];
 
 /// The heartbeat write of [`AuditStore::probe`] (and of the SQLite writer's probe): a real,
@@ -265,7 +349,7 @@ pub(crate) fn heartbeat_pad() -> Vec<u8> {
 }
 
 /// The newest schema version this binary knows.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// A bind value for dynamically built queries.
 enum Arg {
@@ -1257,6 +1341,10 @@ impl SqlStore {
 
 #[async_trait]
 impl AuditStore for SqlStore {
+    fn database(&self) -> Option<Db> {
+        Some(self.db.clone())
+    }
+
     async fn append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<AuditEvent>, AuditError> {
         let Some(chain) = self.chain.as_deref() else {
             return Err(AuditError::Unavailable(

@@ -41,6 +41,11 @@ pub trait AuditStore: Send + Sync {
     async fn append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<AuditEvent>, AuditError>;
     async fn query(&self, q: &AuditQuery) -> Result<AuditPage, AuditError>;
 
+    /// The SQL database behind the store, for the other durable records kept beside the
+    /// events (jobs, idempotency keys: [`super::work`]).
+    fn database(&self) -> Option<super::sql::Db> {
+        None
+    }
     /// The chain this store writes, if it writes.
     fn chain(&self) -> Option<String> {
         None

@@ -99,8 +99,9 @@ impl AuthMethod {
     }
 }
 
-/// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An authenticated caller (serde: a job keeps its creator's principal so its runner can act
+/// as the creator after a restart).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
     /// Stable id: the API key's id, or the token's `oid`/`sub`.
     pub id: String,

@@ -14,7 +14,8 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 /// An action as the HTTP layer hands it over (already validated for shape and bounds).
-#[derive(Debug, Clone)]
+/// Serde: a job keeps its items' requests in the audit database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ActionRequest {
     pub pool: PoolName,
     pub host: HostName,

@@ -91,6 +91,12 @@ pub enum ServiceError {
     /// The backend could not be reached (DNS, TCP, TLS, a connection dropped before sending).
     #[error("upstream unreachable: {0}")]
     UpstreamUnreachable(String),
+    /// No such job, or the caller may not see it (existence is not revealed).
+    #[error("job '{0}' not found")]
+    JobNotFound(String),
+    /// A job that already ended cannot be cancelled.
+    #[error("job '{id}' already ended ({state})")]
+    JobFinished { id: String, state: String },
     /// A call that is never repeated was sent and got no answer: the backend may have acted.
     #[error("upstream outcome unknown: {0}")]
     UpstreamOutcomeUnknown(String),
@@ -121,6 +127,8 @@ impl ServiceError {
             ServiceError::Upstream { .. } => "upstream_error",
             ServiceError::UpstreamUnreachable(_) => "upstream_unreachable",
             ServiceError::UpstreamOutcomeUnknown(_) => "upstream_outcome_unknown",
+            ServiceError::JobNotFound(_) => "job_not_found",
+            ServiceError::JobFinished { .. } => "job_finished",
         }
     }
 
@@ -228,6 +236,11 @@ pub(crate) mod tests {
                 retry_after: Duration::from_secs(1),
             },
             ServiceError::UpstreamPoolNotFound,
+            ServiceError::JobNotFound(s()),
+            ServiceError::JobFinished {
+                id: s(),
+                state: s(),
+            },
             ServiceError::HostUnreachable(s()),
             ServiceError::UpstreamAuth(s()),
             ServiceError::UpstreamForbidden(s()),
@@ -265,7 +278,9 @@ pub(crate) mod tests {
                 | ServiceError::UpstreamTimeout(_)
                 | ServiceError::Upstream { .. }
                 | ServiceError::UpstreamUnreachable(_)
-                | ServiceError::UpstreamOutcomeUnknown(_) => {}
+                | ServiceError::UpstreamOutcomeUnknown(_)
+                | ServiceError::JobNotFound(_)
+                | ServiceError::JobFinished { .. } => {}
             }
         }
         all

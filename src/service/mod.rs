@@ -8,6 +8,8 @@
 mod actions;
 mod error;
 mod fleet;
+mod idempotency;
+mod jobs;
 mod recovery;
 mod requests;
 
@@ -16,6 +18,11 @@ pub use crate::audit::{AuditPage, AuditQuery};
 pub use actions::{ActionError, ActionRequest, ActionResult, ActionTarget};
 pub use error::ServiceError;
 pub use fleet::{BatchResult, BatchSummary, FailureOutcome, ItemError, ItemFailure, ItemResult};
+pub use idempotency::{IdempotencyDecision, StoredAnswer};
+pub use jobs::{
+    ItemState, JobCounts, JobInput, JobItem, JobList, JobQuery, JobState, JobSummary, JobView,
+    OUTCOME_UNKNOWN,
+};
 pub use recovery::STARTED;
 pub use requests::{Caller, RequestOutcome, RequestRecord};
 
@@ -117,6 +124,10 @@ pub struct Limits {
     pub message_body_max: usize,
     /// `[fleet]` bounds.
     pub fleet: crate::config::FleetConfig,
+    /// `[jobs]`: the job runner.
+    pub jobs: crate::config::JobsConfig,
+    /// `[idempotency]`.
+    pub idempotency: crate::config::IdempotencyConfig,
 }
 
 /// The gateway's use cases.
@@ -129,6 +140,14 @@ pub struct Gateway {
     tasks: tokio_util::task::TaskTracker,
     /// Bounds items of fleet calls and jobs per pool (`fleet.pool_concurrency`).
     pool_slots: BTreeMap<PoolName, Arc<tokio::sync::Semaphore>>,
+    /// Jobs and idempotency keys (the audit database's work tables).
+    work: Option<crate::audit::work::WorkStore>,
+    /// This process's id as a job lease owner.
+    runner_id: String,
+    /// Wakes the job runner (a job was submitted, or a runner slot freed).
+    job_wake: tokio::sync::Notify,
+    /// Set at shutdown: the job runner starts nothing more.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Gateway {
@@ -146,6 +165,10 @@ impl Gateway {
                 .map(|p| (p.name.clone(), Arc::new(tokio::sync::Semaphore::new(slots))))
                 .collect(),
             pools: pools.into_iter().map(|p| (p.name.clone(), p)).collect(),
+            work: audit.database().map(crate::audit::work::WorkStore::new),
+            runner_id: format!("runner-{}", uuid::Uuid::now_v7().simple()),
+            job_wake: tokio::sync::Notify::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             audit,
             guard,
             limiter,
@@ -159,6 +182,8 @@ impl Gateway {
     /// not committed stays spooled for the next start).
     pub async fn drain(&self, grace: std::time::Duration) -> bool {
         let t0 = Instant::now();
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.tasks.close();
         let done = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
         let left = grace.saturating_sub(t0.elapsed());
