@@ -140,8 +140,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for EdgeIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         ready!(self.poll_pending(cx))?;
-        let non_empty: Vec<&io::IoSlice<'_>> = bufs.iter().filter(|b| !b.is_empty()).collect();
-        if let [only] = non_empty.as_slice()
+        // hyper writes an automatic answer's head as one buffer (no body follows it).
+        let mut non_empty = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(only), None) = (non_empty.next(), non_empty.next())
             && let Some(r) = replacement_for(only)
         {
             self.pending = r;
