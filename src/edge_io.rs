@@ -167,6 +167,30 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for EdgeIo<T> {
     }
 }
 
+/// (code, status) of every answer [`EdgeIo`] produces, read back from real replacements (for
+/// the code table test in `api::problem`).
+#[cfg(test)]
+pub(crate) fn every_edge_answer() -> Vec<(String, u16)> {
+    [
+        "400 Bad Request",
+        "414 URI Too Long",
+        "431 Request Header Fields Too Large",
+    ]
+    .iter()
+    .map(|line| {
+        let bare = format!("HTTP/1.1 {line}\r\ncontent-length: 0\r\n\r\n");
+        let r = replacement_for(bare.as_bytes()).expect("replaced");
+        let text = String::from_utf8(r).expect("utf-8");
+        let body = text.split("\r\n\r\n").nth(1).expect("body");
+        let v: serde_json::Value = serde_json::from_str(body).expect("json");
+        (
+            v["code"].as_str().expect("code").to_string(),
+            u16::try_from(v["status"].as_u64().expect("status")).expect("u16"),
+        )
+    })
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::replacement_for;
