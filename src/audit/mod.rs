@@ -75,8 +75,8 @@ pub async fn open(cfg: &AuditConfig, data_dir: &Path) -> Result<AuditLog, AuditE
 
 /// Refuses a SQLite store that cannot be written: its directory (SQLite writes its WAL and
 /// shared-memory files there) or an existing database file on a read-only file system or
-/// without write permission. Without this check SQLite would open such a file read-only and
-/// the gateway would start only to refuse every action.
+/// without write permission. Without this check start-up failed later with SQLite's "attempt
+/// to write a readonly database", naming neither the setting nor the path.
 fn writable_store(path: &Path) -> Result<(), AuditError> {
     let refuse = |what: &Path, e: std::io::Error| {
         AuditError::Unavailable(format!(
