@@ -108,7 +108,9 @@ async fn build_validated_with_audit(
 /// Connections are served by hyper-util's HTTP/1 + HTTP/2 builder (not `axum::serve`, which
 /// has no header-read timeout): a client must send a request's whole header within
 /// `server.header_read_timeout_ms`, and hyper starts that timer whenever it waits for a
-/// request, so a keep-alive connection left idle is closed after the same time.
+/// request, so a keep-alive connection left idle is closed after the same time. hyper's own
+/// answers to heads it cannot parse (400, 414, 431) are made problem+json by
+/// [`crate::edge_io::EdgeIo`].
 pub async fn serve(
     app: App,
     listener: TcpListener,
@@ -146,7 +148,10 @@ pub async fn serve(
             tower::ServiceExt::oneshot(router.clone(), req)
         });
         let conn = builder
-            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tcp), svc)
+            .serve_connection_with_upgrades(
+                hyper_util::rt::TokioIo::new(crate::edge_io::EdgeIo::new(tcp)),
+                svc,
+            )
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -9,7 +9,11 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod domain;
+mod edge_io;
 pub mod emulator;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod httpclient;
 #[cfg(test)]
 mod layer_check;

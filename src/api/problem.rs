@@ -545,6 +545,9 @@ mod tests {
         }
         let a = ApiError::internal("test");
         out.push((a.code.to_string(), a.status.as_u16(), "internal".into()));
+        for (code, status) in crate::edge_io::every_edge_answer() {
+            out.push((code, status, "edge_io (below the router)".into()));
+        }
         out
     }
 

@@ -46,6 +46,9 @@ pub async fn open(cfg: &AuditConfig, data_dir: &Path) -> Result<AuditLog, AuditE
     cfg.validate()
         .map_err(|e| AuditError::Unavailable(e.to_string()))?;
     let loc = Location::parse(&cfg.url, data_dir);
+    if let Location::Sqlite(path) = &loc {
+        writable_store(path)?;
+    }
     let timeout = Duration::from_millis(cfg.write_timeout_ms);
     let mut store = SqlStore::connect(&loc, timeout, true).await?;
     let chain = match &cfg.replica {
@@ -69,6 +72,36 @@ pub async fn open(cfg: &AuditConfig, data_dir: &Path) -> Result<AuditLog, AuditE
         log.spawn_retention(Duration::from_secs(u64::from(days) * 86_400));
     }
     Ok(log)
+}
+
+/// Refuses a SQLite store that cannot be written: its directory (SQLite writes its WAL and
+/// shared-memory files there) or an existing database file on a read-only file system or
+/// without write permission. Without this check start-up failed later with SQLite's "attempt
+/// to write a readonly database", naming neither the setting nor the path.
+fn writable_store(path: &Path) -> Result<(), AuditError> {
+    let refuse = |what: &Path, e: std::io::Error| {
+        AuditError::Unavailable(format!(
+            "audit.url: the SQLite store is read-only or not writable: {} ({e}); the audit \
+             log must be writable (check the volume's mount options and permissions)",
+            what.display()
+        ))
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    if dir.exists() {
+        let probe = dir.join(format!(".sessiongate-write-probe-{}", std::process::id()));
+        std::fs::File::create(&probe).map_err(|e| refuse(&dir, e))?;
+        let _ = std::fs::remove_file(&probe);
+    }
+    if path.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| refuse(path, e))?;
+    }
+    Ok(())
 }
 
 /// Opens the store for reading only: no chain claimed, no committer. Does not create a

@@ -111,6 +111,17 @@ pub(crate) fn token_hint(token: &str) -> Option<String> {
     (!out.is_empty()).then(|| out.join(" "))
 }
 
+/// Fuzzing entry (see `crate::fuzzing`): what is read from a bearer token before any key is
+/// consulted — the header segment as `verify` reads it, the hint shown in audit and logs, and
+/// the library's own header decoding.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn fuzz_token_header(token: &str) {
+    let header_seg = token.split('.').next().unwrap_or_default();
+    let _ = decode_segment::<RawHeader>(header_seg).map(|h| (h.alg, h.kid));
+    let _ = token_hint(token);
+    let _ = jsonwebtoken::decode_header(token);
+}
+
 fn decode_segment<T: serde::de::DeserializeOwned>(seg: &str) -> Option<T> {
     if seg.len() > MAX_TOKEN_LEN {
         return None;

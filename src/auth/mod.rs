@@ -8,6 +8,8 @@ mod authenticator;
 pub mod config;
 mod cors;
 mod jwt;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use jwt::fuzz_token_header;
 pub mod policy;
 mod ratelimit;
 

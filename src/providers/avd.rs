@@ -508,6 +508,27 @@ fn last_segment(s: &str) -> &str {
 }
 
 /// Maps one UserSession resource. `host_hint` is the host the list was asked for.
+/// Fuzzing entry (see `crate::fuzzing`): everything the adapter does with an ARM answer body —
+/// a list page, a single resource mapped as session and as host, an error body.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn fuzz_arm_body(body: &[u8]) {
+    if let Ok(list) = serde_json::from_slice::<ArmList>(body) {
+        for v in list.value {
+            let _ = map_session("pool", v.clone(), Some("host"));
+            let _ = map_session("pool", v.clone(), None);
+            let _ = map_host("pool", v);
+        }
+    }
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        let _ = map_session("pool", v.clone(), None);
+        let _ = map_host("pool", v);
+    }
+    for status in [400u16, 404, 409, 429, 500, 503] {
+        let s = reqwest::StatusCode::from_u16(status).unwrap_or(reqwest::StatusCode::BAD_GATEWAY);
+        let _ = error_parts(s, body);
+    }
+}
+
 fn map_session(pool: &str, v: Value, host_hint: Option<&str>) -> Option<Session> {
     let r: ArmResource<UserSessionProps> = serde_json::from_value(v).ok()?;
     let id_str = r.id.as_deref().unwrap_or_default();

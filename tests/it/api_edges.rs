@@ -149,3 +149,106 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_timeout() {
         "{took:?}"
     );
 }
+
+/// Sends `raw` on a fresh connection and reads the answer until the server closes.
+async fn raw_answer(addr: &str, raw: &[u8]) -> (u16, String, Value) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may answer (and close) before it read everything: a failed write is fine.
+    let _ = s.write_all(raw).await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer within 20 s");
+    let text = String::from_utf8_lossy(&out).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text:?}"));
+    let json: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    (status, head.to_ascii_lowercase(), json)
+}
+
+fn assert_problem(answer: &(u16, String, Value), status: u16, code: &str) {
+    let (st, head, body) = answer;
+    assert_eq!(*st, status, "{head}\n{body}");
+    assert!(
+        head.contains("content-type: application/problem+json"),
+        "{head}"
+    );
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status, "{body}");
+    assert_eq!(
+        body["type"],
+        format!("urn:sessiongate:problem:{code}"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_64_kb_request_target_is_414_problem_json() {
+    let app = TestApp::start().await;
+    let addr = app.url.trim_start_matches("http://").to_string();
+    let q = "a".repeat(64 * 1024);
+    let req = format!("GET /healthz?x={q} HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_problem(
+        &raw_answer(&addr, req.as_bytes()).await,
+        414,
+        "uri_too_long",
+    );
+}
+
+#[tokio::test]
+async fn huge_or_too_many_headers_are_431_problem_json() {
+    let app = TestApp::start().await;
+    let addr = app.url.trim_start_matches("http://").to_string();
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(600 * 1024)
+    );
+    assert_problem(
+        &raw_answer(&addr, big.as_bytes()).await,
+        431,
+        "headers_too_large",
+    );
+    let mut many = String::from("GET /healthz HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..150 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_problem(
+        &raw_answer(&addr, many.as_bytes()).await,
+        431,
+        "headers_too_large",
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_request_line_or_header_is_400_problem_json() {
+    let app = TestApp::start().await;
+    let addr = app.url.trim_start_matches("http://").to_string();
+    for raw in [
+        &b"GET /healthz HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n"[..],
+        b"GET /he althz HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"G\x01T /healthz HTTP/1.1\r\n\r\n",
+    ] {
+        assert_problem(&raw_answer(&addr, raw).await, 400, "malformed_request");
+    }
+    // The connection handling still serves well-formed requests.
+    let (st, _, body) = raw_answer(
+        &addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+}

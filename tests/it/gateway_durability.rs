@@ -664,3 +664,220 @@ async fn postgres_refusing_connections_is_not_ready_and_calls_nothing() {
     assert!(report.ok, "{report:#?}");
     drop(store);
 }
+
+/// A small ext4 file system in an image file, loop-mounted with `errors=remount-ro`, owned by
+/// one test. [`Ext4Image::go_read_only`] makes the kernel flag a file-system error, which
+/// remounts it read-only at once although files are open for writing (a plain `remount,ro`
+/// is refused then): every write to it fails with EROFS from that moment, as on a real volume
+/// that turned read-only under the gateway.
+struct Ext4Image {
+    dir: tempfile::TempDir,
+    mounted: bool,
+}
+
+impl Ext4Image {
+    /// `None` when loop mounts are not permitted here (not root, no loop device).
+    fn mount() -> Option<Ext4Image> {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("store.img");
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(16 << 20))
+            .unwrap();
+        let ok = |c: &mut std::process::Command| c.status().is_ok_and(|s| s.success());
+        if !ok(std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&img))
+        {
+            return None;
+        }
+        std::fs::create_dir(dir.path().join("mnt")).unwrap();
+        let me = Ext4Image {
+            dir,
+            mounted: false,
+        };
+        me.mount_rw().then_some(me).map(|mut m| {
+            m.mounted = true;
+            m
+        })
+    }
+
+    fn mount_rw(&self) -> bool {
+        std::process::Command::new("mount")
+            .args(["-o", "loop,errors=remount-ro"])
+            .arg(self.dir.path().join("store.img"))
+            .arg(self.path())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    /// Remounts read-only under the open files (ext4's `trigger_fs_error`).
+    fn go_read_only(&self) {
+        let out = std::process::Command::new("findmnt")
+            .args(["-n", "-o", "SOURCE"])
+            .arg(self.path())
+            .output()
+            .unwrap();
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let name = dev.rsplit('/').next().unwrap_or_default().to_string();
+        assert!(!name.is_empty(), "no loop device for {:?}", self.path());
+        std::fs::write(format!("/sys/fs/ext4/{name}/trigger_fs_error"), "1").unwrap();
+        assert!(
+            std::fs::write(self.path().join("probe"), "x").is_err(),
+            "the file system still takes writes"
+        );
+    }
+
+    /// Unmounts (once the store's last connection is closed), repairs (the error flag) and
+    /// mounts read-write again.
+    async fn repair(&mut self) {
+        let t0 = Instant::now();
+        while !std::process::Command::new("umount")
+            .arg(self.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "the store's file is still open 20 s after the gateway stopped"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.mounted = false;
+        let _ = std::process::Command::new("e2fsck")
+            .args(["-f", "-y"])
+            .arg(self.dir.path().join("store.img"))
+            .status();
+        assert!(self.mount_rw(), "remount after e2fsck");
+        self.mounted = true;
+    }
+}
+
+impl Drop for Ext4Image {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.path())
+                .status();
+        }
+    }
+}
+
+fn loop_mount_or_skip() -> Option<Ext4Image> {
+    let m = Ext4Image::mount();
+    if m.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "loop-mounting an ext4 image is not permitted (needs root, mkfs.ext4 from e2fsprogs and a loop device)"
+        );
+        eprintln!("!!! SKIPPED: loop-mounting an ext4 image is not permitted here (needs root)");
+    }
+    m
+}
+
+/// The audit store's file system turns read-only under a running gateway: `/readyz` goes 503
+/// with no event being written, actions are refused (`503 audit_unavailable`) before any
+/// upstream call, and nothing is lost — the refused calls' records (spooled in the data dir)
+/// reach the chain once the volume is repaired and the gateway restarted, and the chain
+/// verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_volume_turning_read_only_is_not_ready_and_calls_nothing() {
+    let Some(mut fs) = loop_mount_or_skip() else {
+        return;
+    };
+    let b = Demo::start_unthrottled().await;
+    let targets = b.seed("rofs", 2);
+    let arm = b.arm();
+    let db = fs.path().join("audit.sqlite3");
+    let mut cfg = b.config(
+        "127.0.0.1:0",
+        Some(&format!("sqlite://{}", db.display())),
+        None,
+    );
+    cfg.audit.write_timeout_ms = 800;
+    let mut gw = InProc::start(&cfg).await;
+    let http = http();
+    wait_ready(&http, &gw.url, 200, Duration::from_secs(5), "start").await;
+    let (h0, i0) = &targets[0];
+    let url = format!("{}/logoff", Demo::session_url(&gw.url, h0, *i0));
+    let a = post_action(&http, &url, &b.keys.operator, None)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let done_rid = a.request_id.clone();
+
+    fs.go_read_only();
+    wait_ready(&http, &gw.url, 503, Duration::from_secs(15), "read-only").await;
+    let before = arm.all_calls();
+    let (h1, i1) = &targets[1];
+    let url = format!("{}/logoff", Demo::session_url(&gw.url, h1, *i1));
+    let a = post_action(&http, &url, &b.keys.operator, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.status, a.body["code"].as_str()),
+        (503, Some("audit_unavailable")),
+        "{:?}",
+        a.body
+    );
+    assert_eq!(arm.all_calls(), before, "upstream calls while read-only");
+    let refused = a.request_id.clone();
+    gw.stop().await;
+    drop(gw);
+
+    fs.repair().await;
+    let mut gw = InProc::start(&cfg).await;
+    wait_ready(&http, &gw.url, 200, Duration::from_secs(10), "repaired").await;
+    gw.stop().await;
+    let events = gateway::store_events(&cfg).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.event.request_id == done_rid && e.event.kind == Some(EventKind::Outcome)),
+        "the outcome acknowledged before the fault is in the chain"
+    );
+    assert!(
+        events.iter().any(|e| e.event.request_id == refused
+            && e.event.kind == Some(EventKind::Request)
+            && e.event.error_code.as_deref() == Some("audit_unavailable")),
+        "the refused call's record was lost"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.event.request_id == refused && e.event.kind == Some(EventKind::Intent)),
+        "the refused call left an intent"
+    );
+    verify_ok(&cfg).await;
+}
+
+/// Start-up on a read-only audit store is refused with a message naming `audit.url`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_on_a_read_only_store_is_refused_naming_the_key() {
+    let Some(fs) = loop_mount_or_skip() else {
+        return;
+    };
+    let b = Demo::start_unthrottled().await;
+    let db = fs.path().join("audit.sqlite3");
+    let cfg = b.config(
+        "127.0.0.1:0",
+        Some(&format!("sqlite://{}", db.display())),
+        None,
+    );
+    // A store that exists (created by a first start), then a read-only volume.
+    let mut gw = InProc::start(&cfg).await;
+    gw.stop().await;
+    fs.go_read_only();
+    let err = match sessiongate::app::build_app(&cfg).await {
+        Ok(_) => panic!("start-up on a read-only store succeeded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("audit.url"), "{err}");
+    assert!(err.contains("read-only"), "{err}");
+}

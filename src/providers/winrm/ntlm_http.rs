@@ -69,17 +69,23 @@ fn auth_header(scheme: &str, token: &[u8]) -> String {
 }
 
 fn challenge_token(resp: &hyper::Response<hyper::body::Incoming>) -> Option<Vec<u8>> {
-    for v in resp.headers().get_all(hyper::header::WWW_AUTHENTICATE) {
-        let Ok(s) = v.to_str() else { continue };
-        for scheme in ["Negotiate ", "NTLM ", "Kerberos "] {
-            if let Some(t) = s.strip_prefix(scheme)
-                && let Ok(b) = base64::engine::general_purpose::STANDARD.decode(t.trim())
-            {
-                return Some(b);
-            }
-        }
-    }
-    None
+    resp.headers()
+        .get_all(hyper::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(header_token)
+}
+
+/// The token of one `WWW-Authenticate` value (`Negotiate`, `NTLM` or `Kerberos` + base64).
+pub(crate) fn header_token(value: &str) -> Option<Vec<u8>> {
+    ["Negotiate ", "NTLM ", "Kerberos "]
+        .iter()
+        .find_map(|scheme| {
+            let t = value.strip_prefix(scheme)?;
+            base64::engine::general_purpose::STANDARD
+                .decode(t.trim())
+                .ok()
+        })
 }
 
 async fn read_body(

@@ -415,6 +415,25 @@ impl SessionProvider for ClassicProvider {
     }
 }
 
+/// Fuzzing entry (see `crate::fuzzing`): what the adapter does with a broker answer body —
+/// a session list, a host list, an error body.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn fuzz_classic_body(body: &[u8]) {
+    if let Ok(list) = serde_json::from_slice::<Vec<wire::WireSession>>(body) {
+        for s in list {
+            let _ = s.into_domain("pool");
+        }
+    }
+    if let Ok(list) = serde_json::from_slice::<Vec<wire::WireHost>>(body) {
+        for h in list {
+            let _ = h.into_domain("pool");
+        }
+    }
+    if let Some(e) = wire::parse_error(body) {
+        let _ = wire::is_known_code(&e.message);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,152 @@
+//! Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`; also compiled for the unit
+//! tests, which run every committed corpus file through them). Each takes the untrusted bytes
+//! one parser receives and runs what sessiongate does with them; none may panic, whatever the
+//! input. Not a stable API.
+
+use crate::providers::winrm::{ntlm, soap, xml};
+
+/// A WS-Man (SOAP) reply as the WinRM transport reads it: the XML parser, then every reading
+/// of the envelope (fault, action, shell and command ids, receive streams, selectors), then the
+/// script result parser on the decoded stdout.
+pub fn winrm_reply(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(env) = xml::parse(text) else {
+        return;
+    };
+    if let Some(f) = soap::parse_fault(&env) {
+        let _ = (f.is_timed_out(), f.is_access_denied());
+    }
+    let _ = soap::action_of(&env);
+    let _ = soap::shell_id_of_create(&env);
+    let _ = soap::command_id_of(&env);
+    let _ = soap::selector(&env, "ShellId");
+    let _ = env.deep_text();
+    let mut all = Vec::new();
+    env.find_all("Selector", &mut all);
+    if let Some(t) = env.find("OperationTimeout") {
+        let _ = soap::parse_xs_duration(t.trimmed_text());
+    }
+    if let Ok(chunk) = soap::parse_receive(&env) {
+        let out = String::from_utf8_lossy(&chunk.stdout);
+        let _ = crate::providers::winrm::scripts::parse_result(&out);
+    }
+}
+
+/// An NTLM exchange: the bytes as a CHALLENGE the client answers (and the emulator's acceptor
+/// then checks that answer), and the same bytes as an AUTHENTICATE the emulator's acceptor
+/// receives for a fixed NEGOTIATE/CHALLENGE.
+pub fn ntlm_tokens(data: &[u8]) {
+    use crate::emulator::winrm::ntlm_acceptor as acc;
+    let negotiate = ntlm::negotiate();
+    if let Ok(ch) = ntlm::parse_challenge(data) {
+        let auth = ntlm::authenticate("alice", "CORP", "pw", &ch, [7; 8], Some(&[1; 16]));
+        let _ = acc::verify_authenticate(&auth, &negotiate, &ch.raw, "CORP\\alice", "pw");
+        let _ = acc::channel_binding_of(&auth);
+    }
+    let info = ntlm::av_pairs(&[(2, ntlm::utf16le("CORP")), (1, ntlm::utf16le("HOST"))]);
+    let challenge = acc::challenge_message([3; 8], &info, "CORP");
+    let _ = acc::is_negotiate(data);
+    let _ = acc::verify_authenticate(data, &negotiate, &challenge, "CORP\\alice", "pw");
+    let _ = acc::channel_binding_of(data);
+}
+
+/// A `WWW-Authenticate` value carrying a Negotiate (SPNEGO/Kerberos) or NTLM token, as the
+/// transport extracts it. The Kerberos/SPNEGO token itself is handed to the system's GSS-API
+/// library (MIT krb5), which sessiongate does not parse; an extracted token that is NTLM goes
+/// to [`ntlm_tokens`].
+pub fn auth_header(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Some(token) = crate::providers::winrm::ntlm_http::header_token(text) {
+        ntlm_tokens(&token);
+    }
+}
+
+/// A bearer token as the JWT verifier reads it before any key is consulted (header, `kid`,
+/// `iss` hint).
+pub fn jwt_header(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        crate::auth::fuzz_token_header(text);
+    }
+}
+
+/// An ARM answer body (list page, resource, error) as the AVD adapter maps it.
+pub fn arm_json(data: &[u8]) {
+    crate::providers::avd::fuzz_arm_body(data);
+}
+
+/// A WVD classic broker answer body (session list, host list, error) as the adapter maps it.
+pub fn classic_json(data: &[u8]) {
+    crate::providers::wvd_classic::fuzz_classic_body(data);
+}
+
+/// A request's path parameters (first line, `/`-separated: pool, host, session) and body (the
+/// rest) as the extractors read them.
+pub fn request(data: &[u8]) {
+    use crate::api::{fleet, handlers};
+    use crate::domain::{HostName, PoolName, SessionId};
+    let (head, body) = match data.iter().position(|b| *b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let head = String::from_utf8_lossy(head);
+    let mut parts = head.split('/');
+    let _ = parts.next().map(PoolName::parse);
+    let _ = parts.next().map(HostName::parse);
+    let _ = parts.next().map(SessionId::parse);
+    let _ = serde_json::from_slice::<handlers::LogoffBody>(body);
+    let _ = serde_json::from_slice::<handlers::DisconnectBody>(body);
+    let _ = serde_json::from_slice::<handlers::MessageBody>(body);
+    let _ = serde_json::from_slice::<fleet::BulkBody>(body);
+    let _ = serde_json::from_slice::<fleet::BulkMessageBody>(body);
+}
+
+/// A fuzz target's entry point.
+pub type Target = fn(&[u8]);
+
+/// The targets by name, as `fuzz/` names its binaries and corpus directories.
+pub const TARGETS: [(&str, Target); 7] = [
+    ("winrm_reply", winrm_reply),
+    ("ntlm_tokens", ntlm_tokens),
+    ("auth_header", auth_header),
+    ("jwt_header", jwt_header),
+    ("arm_json", arm_json),
+    ("classic_json", classic_json),
+    ("request", request),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::TARGETS;
+
+    /// Every committed corpus file (seeds and inputs that once crashed) goes through its
+    /// target: the regression test for fuzzer findings, run by the normal test command.
+    #[test]
+    fn committed_fuzz_corpora_run_without_panic() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+        let mut ran = 0;
+        for (name, f) in TARGETS {
+            for dir in [
+                root.join("corpus").join(name),
+                root.join("regressions").join(name),
+            ] {
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for e in entries {
+                    let path = e.expect("corpus entry").path();
+                    let data = std::fs::read(&path).expect("corpus file");
+                    f(&data);
+                    ran += 1;
+                }
+            }
+        }
+        assert!(
+            ran >= TARGETS.len(),
+            "expected seed corpora under fuzz/corpus/<target>, ran {ran} inputs"
+        );
+    }
+}
