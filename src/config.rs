@@ -30,6 +30,10 @@ pub struct Config {
     #[serde(default)]
     pub fleet: FleetConfig,
     #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub docs: DocsConfig,
+    #[serde(default)]
     pub pools: Vec<PoolConfig>,
 }
 
@@ -69,6 +73,44 @@ impl FleetConfig {
             return Err(key.field("pool_concurrency").err("must be 1-256"));
         }
         Ok(())
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint `GET /metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics` (on `listen`, or on the API's own address).
+    pub enabled: bool,
+    /// A separate address for `/metrics` only (the API's address then answers it with 404).
+    pub listen: Option<SocketAddr>,
+    /// Serve `/metrics` without a credential. Off: the caller needs the `auditor` or `admin`
+    /// role (on any pool).
+    pub public: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+            public: false,
+        }
+    }
+}
+
+/// `[docs]`: the API documentation (`GET /docs`, `GET /openapi.yaml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DocsConfig {
+    /// Serve `/docs`, its assets and `/openapi.yaml` without a credential (the document holds
+    /// no secrets). Off: any valid credential.
+    pub public: bool,
+}
+
+impl Default for DocsConfig {
+    fn default() -> Self {
+        Self { public: true }
     }
 }
 
@@ -286,6 +328,13 @@ impl Config {
         self.audit.validate_location(&self.server.data_dir)?;
         self.auth.validate()?;
         self.fleet.validate()?;
+        if let Some(l) = self.metrics.listen
+            && l == self.server.listen
+        {
+            return Err(Key::root("metrics")
+                .field("listen")
+                .err("must differ from server.listen (leave it out to serve /metrics there)"));
+        }
         let protected = ProtectedSessions::new(&self.auth.protected, &self.auth.service_accounts)?;
         let mut seen = std::collections::HashSet::new();
         for (i, p) in self.pools.iter().enumerate() {

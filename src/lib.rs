@@ -13,6 +13,7 @@ pub mod emulator;
 pub mod httpclient;
 #[cfg(test)]
 mod layer_check;
+pub mod metrics;
 pub mod providers;
 pub mod run;
 pub mod service;

@@ -88,6 +88,23 @@ pub async fn serve_config(cfg: ValidatedConfig) -> u8 {
             return 1;
         }
     };
+    if let Some((addr, router)) = app.metrics.clone() {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(listen = %addr, "metrics listening");
+                tokio::spawn(async move {
+                    if let Err(e) = app::serve_metrics(router, l).await {
+                        tracing::error!(error = %e, "the metrics listener stopped");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::error!(listen = %addr, error = %e, "cannot listen for metrics");
+                eprintln!("error: cannot listen on {addr} (metrics.listen): {e}");
+                return 1;
+            }
+        }
+    }
     tracing::info!(listen = %listen, pools, "sessiongate listening");
     match app::serve(app, listener, app::shutdown_signal()).await {
         Ok(()) => 0,

@@ -6,6 +6,7 @@ pub mod handlers;
 pub mod known_query;
 pub mod middleware;
 pub mod openapi;
+pub mod ops;
 pub mod problem;
 pub mod router;
 
@@ -18,4 +19,8 @@ pub struct AppState {
     pub gateway: Arc<Gateway>,
     pub authenticator: Arc<Authenticator>,
     pub request_timeout: Duration,
+    /// `GET /metrics`: where and for whom.
+    pub metrics: ops::MetricsAccess,
+    /// `/docs` and `/openapi.yaml` without a credential.
+    pub docs_public: bool,
 }
