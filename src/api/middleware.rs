@@ -192,6 +192,7 @@ fn action_name(method: &axum::http::Method, route: Option<&str>, path: &str) -> 
         ("GET", "audit") => "read_audit".into(),
         ("GET", "openapi.yaml") => "read_openapi".into(),
         ("GET", "metrics") => "read_metrics".into(),
+        ("GET", _) if r == "/docs" || r.starts_with("/docs/") => "read_docs".into(),
         ("POST", "{action}") => match path.rsplit('/').next().unwrap_or("") {
             a @ ("logoff" | "disconnect" | "message" | "lock" | "unlock") => a.to_string(),
             _ => "unknown_action".into(),

@@ -1,4 +1,4 @@
-//! Operability routes: `GET /metrics` (Prometheus).
+//! Operability routes: `GET /metrics` (Prometheus) and the API viewer `GET /docs`.
 
 use super::{
     AppState, middleware,
@@ -95,4 +95,64 @@ pub async fn guard_docs(State(st): State<AppState>, req: Request, next: Next) ->
     } else {
         middleware::authenticate(State(st), req, next).await
     }
+}
+
+/// The policy of every `/docs` answer: only this origin's scripts and styles, no inline script,
+/// no framing, no plugins; `connect-src 'self'` lets the viewer fetch `/openapi.yaml` and try
+/// the API on this server only. Images allow `data:` (Swagger UI's icons are data URIs).
+pub const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+img-src 'self' data:; font-src 'self'; connect-src 'self'; base-uri 'none'; \
+form-action 'none'; frame-ancestors 'none'";
+
+const DOCS_HTML: &[u8] = include_bytes!("../../assets/swagger-ui/docs.html");
+const DOCS_INIT: &[u8] = include_bytes!("../../assets/swagger-ui/init.js");
+const SWAGGER_CSS: &[u8] = include_bytes!("../../assets/swagger-ui/swagger-ui.css");
+const SWAGGER_JS: &[u8] = include_bytes!("../../assets/swagger-ui/swagger-ui-bundle.js");
+
+/// A static `/docs` answer with the security headers every one of them carries.
+fn docs_asset(content_type: &'static str, body: &'static [u8]) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, DOCS_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The interactive API documentation (Swagger UI, built into the binary; no CDN). Without a
+/// credential when `[docs] public = true` (the default).
+#[utoipa::path(get, path = "/docs", tag = "meta",
+    responses((status = 200, description = "The API viewer page", content_type = "text/html", body = String)),
+    security((), ("bearer" = []), ("api_key" = [])))]
+pub async fn docs() -> Response {
+    docs_asset("text/html; charset=utf-8", DOCS_HTML)
+}
+
+/// The viewer's start-up script.
+#[utoipa::path(get, path = "/docs/init.js", tag = "meta",
+    responses((status = 200, description = "JavaScript", content_type = "text/javascript", body = String)),
+    security((), ("bearer" = []), ("api_key" = [])))]
+pub async fn docs_init() -> Response {
+    docs_asset("text/javascript; charset=utf-8", DOCS_INIT)
+}
+
+/// Swagger UI's style sheet (swagger-ui-dist, vendored).
+#[utoipa::path(get, path = "/docs/swagger-ui.css", tag = "meta",
+    responses((status = 200, description = "CSS", content_type = "text/css", body = String)),
+    security((), ("bearer" = []), ("api_key" = [])))]
+pub async fn docs_css() -> Response {
+    docs_asset("text/css; charset=utf-8", SWAGGER_CSS)
+}
+
+/// Swagger UI's script bundle (swagger-ui-dist, vendored).
+#[utoipa::path(get, path = "/docs/swagger-ui-bundle.js", tag = "meta",
+    responses((status = 200, description = "JavaScript", content_type = "text/javascript", body = String)),
+    security((), ("bearer" = []), ("api_key" = [])))]
+pub async fn docs_bundle() -> Response {
+    docs_asset("text/javascript; charset=utf-8", SWAGGER_JS)
 }

@@ -42,7 +42,12 @@ where
         .routes(routes!(h::message))
         .routes(routes!(h::lock))
         .routes(routes!(h::unlock));
-    let docs = OpenApiRouter::new().routes(routes!(h::openapi_yaml));
+    let docs = OpenApiRouter::new()
+        .routes(routes!(h::openapi_yaml))
+        .routes(routes!(super::ops::docs))
+        .routes(routes!(super::ops::docs_init))
+        .routes(routes!(super::ops::docs_css))
+        .routes(routes!(super::ops::docs_bundle));
     let metrics = OpenApiRouter::new().routes(routes!(super::ops::metrics));
     let protected = OpenApiRouter::new()
         .routes(routes!(h::list_pools))
