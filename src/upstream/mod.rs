@@ -283,8 +283,9 @@ impl Upstream {
         let operation = build(&self.http)
             .build()
             .map_or("other", |r| operation_label(r.method()));
+        // Every return of `call_inner` sets the outcome; a call dropped midway is not counted.
         let mut tally = UpstreamTally {
-            outcome: "cancelled",
+            outcome: "auth",
             retries: 0,
             throttles: 0,
         };
@@ -320,6 +321,7 @@ impl Upstream {
         loop {
             tally.retries = retries;
             tally.throttles = throttled;
+            // Until an attempt says otherwise: failing to get or refresh our token.
             tally.outcome = "auth";
             let mut req = build(&self.http);
             if let Some(t) = &self.token {
@@ -371,16 +373,16 @@ impl Upstream {
                             tally.outcome = "failed";
                             return Err(e);
                         }
-                        Verdict::Transient(e) => (
-                            {
-                                tally.outcome = "transient";
-                                e
-                            },
-                            Again::IfSafe,
-                            hint,
-                            Some(status.as_u16()),
-                            format!("HTTP {}", status.as_u16()),
-                        ),
+                        Verdict::Transient(e) => {
+                            tally.outcome = "transient";
+                            (
+                                e,
+                                Again::IfSafe,
+                                hint,
+                                Some(status.as_u16()),
+                                format!("HTTP {}", status.as_u16()),
+                            )
+                        }
                     }
                 }
                 Err((e, again)) => {
