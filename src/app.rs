@@ -18,6 +18,8 @@ pub struct App {
     pub shutdown_grace: Duration,
     /// Bound on receiving a request's header (also on an idle keep-alive connection).
     pub header_read_timeout: Duration,
+    /// `[metrics] listen` and the router to serve there ([`serve_metrics`]).
+    pub metrics: Option<(std::net::SocketAddr, Router)>,
 }
 
 /// Why the application could not start.
@@ -89,6 +91,18 @@ async fn build_validated_with_audit(
         gateway: gateway.clone(),
         authenticator: Arc::new(authenticator),
         request_timeout: Duration::from_secs(cfg.server.request_timeout_secs),
+        metrics: crate::api::ops::MetricsAccess {
+            on_api: cfg.metrics.listen.is_none(),
+            enabled: cfg.metrics.enabled,
+            public: cfg.metrics.public,
+        },
+        docs_public: cfg.docs.public,
+    };
+    let metrics = match cfg.metrics.listen {
+        Some(addr) if cfg.metrics.enabled => {
+            Some((addr, crate::api::router::metrics_router(st.clone())))
+        }
+        _ => None,
     };
     Ok(App {
         router: router(
@@ -99,6 +113,7 @@ async fn build_validated_with_audit(
         gateway,
         shutdown_grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
         header_read_timeout: Duration::from_millis(cfg.server.header_read_timeout_ms),
+        metrics,
     })
 }
 
@@ -175,6 +190,15 @@ pub async fn serve(
         tracing::warn!("in-flight actions did not finish within the grace period");
     }
     Ok(())
+}
+
+/// Serves the separate metrics address (`[metrics] listen`) until the task is dropped.
+pub async fn serve_metrics(router: Router, listener: TcpListener) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .await
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -1,4 +1,5 @@
-//! Command line: `serve`, `demo`, `emulate`, `config check`, `apikey new`, `audit`, `openapi`.
+//! Command line: `serve`, `demo`, `emulate`, `config check`, `apikey new`, `audit`, `openapi`,
+//! `probe`, `completions`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::{net::SocketAddr, path::PathBuf};
@@ -51,6 +52,49 @@ pub enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
         url: String,
     },
+    /// Print a shell completion script, e.g. `sessiongate completions bash > /etc/bash_completion.d/sessiongate`.
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+}
+
+/// The shells `completions` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// `--output` of the commands that print a report for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Output {
+    /// Text for people.
+    #[default]
+    Text,
+    /// One JSON document on stdout (also for errors the command reports itself).
+    Json,
+}
+
+/// The `--output` flag.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct OutputArg {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// Writes the completion script for `shell` to `out`.
+pub fn write_completions(shell: CompletionShell, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory;
+    use clap_complete::{Shell, generate};
+    let shell = match shell {
+        CompletionShell::Bash => Shell::Bash,
+        CompletionShell::Zsh => Shell::Zsh,
+        CompletionShell::Fish => Shell::Fish,
+    };
+    generate(shell, &mut Cli::command(), "sessiongate", out);
 }
 
 #[derive(Debug, Args)]
@@ -192,7 +236,11 @@ pub enum CbtHardeningArg {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate a configuration file; names the offending key on error.
-    Check { file: PathBuf },
+    Check {
+        file: PathBuf,
+        #[command(flatten)]
+        output: OutputArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -211,6 +259,8 @@ pub enum ApikeyCommand {
         /// Expiry (RFC 3339), e.g. 2027-01-01T00:00:00Z.
         #[arg(long)]
         expires: Option<String>,
+        #[command(flatten)]
+        output: OutputArg,
     },
 }
 
@@ -220,6 +270,8 @@ pub enum AuditCommand {
     Verify {
         #[arg(long, short, env = "SESSIONGATE_CONFIG")]
         config: PathBuf,
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// Export events for a SIEM, oldest first.
     Export {

@@ -34,6 +34,10 @@ pub struct Config {
     #[serde(default)]
     pub idempotency: IdempotencyConfig,
     #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub docs: DocsConfig,
+    #[serde(default)]
     pub pools: Vec<PoolConfig>,
 }
 
@@ -102,6 +106,29 @@ impl Default for JobsConfig {
     }
 }
 
+/// `[metrics]`: the Prometheus endpoint `GET /metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics` (on `listen`, or on the API's own address).
+    pub enabled: bool,
+    /// A separate address for `/metrics` only (the API's address then answers it with 404).
+    pub listen: Option<SocketAddr>,
+    /// Serve `/metrics` without a credential. Off: the caller needs the `auditor` or `admin`
+    /// role (on any pool).
+    pub public: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+            public: false,
+        }
+    }
+}
+
 impl JobsConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let key = Key::root("jobs");
@@ -151,6 +178,21 @@ impl IdempotencyConfig {
             return Err(key.field("wait_ms").err("must be 0-60000"));
         }
         Ok(())
+    }
+}
+
+/// `[docs]`: the API documentation (`GET /docs`, `GET /openapi.yaml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DocsConfig {
+    /// Serve `/docs`, its assets and `/openapi.yaml` without a credential (the document holds
+    /// no secrets). Off: any valid credential.
+    pub public: bool,
+}
+
+impl Default for DocsConfig {
+    fn default() -> Self {
+        Self { public: true }
     }
 }
 
@@ -370,6 +412,13 @@ impl Config {
         self.fleet.validate()?;
         self.jobs.validate()?;
         self.idempotency.validate()?;
+        if let Some(l) = self.metrics.listen
+            && l == self.server.listen
+        {
+            return Err(Key::root("metrics")
+                .field("listen")
+                .err("must differ from server.listen (leave it out to serve /metrics there)"));
+        }
         let protected = ProtectedSessions::new(&self.auth.protected, &self.auth.service_accounts)?;
         let mut seen = std::collections::HashSet::new();
         for (i, p) in self.pools.iter().enumerate() {

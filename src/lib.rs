@@ -17,6 +17,7 @@ pub mod fuzzing;
 pub mod httpclient;
 #[cfg(test)]
 mod layer_check;
+pub mod metrics;
 pub mod providers;
 pub mod run;
 pub mod service;

@@ -4,7 +4,7 @@ use crate::audit::AuditConfig;
 use crate::{
     app,
     auth::apikey,
-    cli::{ApikeyCommand, AuditCommand, Command, ConfigCommand},
+    cli::{ApikeyCommand, AuditCommand, Command, ConfigCommand, Output},
     config::{Config, ConfigError, ValidatedConfig},
     telemetry,
 };
@@ -17,8 +17,8 @@ pub async fn run(cmd: Command) -> u8 {
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Emulate { which } => crate::demo::emulate(which).await,
         Command::Config {
-            cmd: ConfigCommand::Check { file },
-        } => config_check(&file),
+            cmd: ConfigCommand::Check { file, output },
+        } => config_check(&file, output.output),
         Command::Apikey {
             cmd:
                 ApikeyCommand::New {
@@ -26,10 +26,15 @@ pub async fn run(cmd: Command) -> u8 {
                     roles,
                     pools,
                     expires,
+                    output,
                 },
-        } => apikey_new(&id, &roles, &pools, expires.as_deref()),
+        } => apikey_new(&id, &roles, &pools, expires.as_deref(), output.output),
         Command::Audit { cmd } => audit(cmd).await,
         Command::Probe { url } => probe(&url).await,
+        Command::Completions { shell } => {
+            crate::cli::write_completions(shell, &mut std::io::stdout());
+            0
+        }
         Command::Openapi => match crate::api::openapi::yaml() {
             Ok(y) => {
                 print!("{y}");
@@ -88,6 +93,23 @@ pub async fn serve_config(cfg: ValidatedConfig) -> u8 {
             return 1;
         }
     };
+    if let Some((addr, router)) = app.metrics.clone() {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(listen = %addr, "metrics listening");
+                tokio::spawn(async move {
+                    if let Err(e) = app::serve_metrics(router, l).await {
+                        tracing::error!(error = %e, "the metrics listener stopped");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::error!(listen = %addr, error = %e, "cannot listen for metrics");
+                eprintln!("error: cannot listen on {addr} (metrics.listen): {e}");
+                return 1;
+            }
+        }
+    }
     tracing::info!(listen = %listen, pools, "sessiongate listening");
     match app::serve(app, listener, app::shutdown_signal()).await {
         Ok(()) => 0,
@@ -98,18 +120,45 @@ pub async fn serve_config(cfg: ValidatedConfig) -> u8 {
     }
 }
 
-fn config_check(path: &Path) -> u8 {
-    match load_validated(path) {
+/// Prints one JSON document on stdout.
+fn print_json(v: &serde_json::Value) {
+    println!("{v}");
+}
+
+fn config_check(path: &Path, output: Output) -> u8 {
+    if output == Output::Text {
+        return match load_validated(path) {
+            Ok(c) => {
+                println!(
+                    "ok: {} ({} pool(s), {} API key(s))",
+                    path.display(),
+                    c.pools.len(),
+                    c.auth.api_keys.len()
+                );
+                0
+            }
+            Err(code) => code,
+        };
+    }
+    match Config::load(path).and_then(|c| c.validate()) {
         Ok(c) => {
-            println!(
-                "ok: {} ({} pool(s), {} API key(s))",
-                path.display(),
-                c.pools.len(),
-                c.auth.api_keys.len()
-            );
+            print_json(&serde_json::json!({
+                "ok": true,
+                "file": path.display().to_string(),
+                "pools": c.pools.len(),
+                "api_keys": c.auth.api_keys.len(),
+            }));
             0
         }
-        Err(code) => code,
+        Err(e) => {
+            print_json(&serde_json::json!({
+                "ok": false,
+                "file": path.display().to_string(),
+                "key": e.key,
+                "message": e.message,
+            }));
+            2
+        }
     }
 }
 
@@ -123,7 +172,13 @@ fn load_for_audit(path: &Path) -> Result<Config, u8> {
     Ok(cfg)
 }
 
-fn apikey_new(id: &str, roles: &[String], pools: &[String], expires: Option<&str>) -> u8 {
+fn apikey_new(
+    id: &str,
+    roles: &[String],
+    pools: &[String],
+    expires: Option<&str>,
+    output: Output,
+) -> u8 {
     let mut parsed = Vec::with_capacity(roles.len());
     for r in roles {
         match serde_json::from_value::<crate::auth::Role>(serde_json::Value::String(r.clone())) {
@@ -149,6 +204,18 @@ fn apikey_new(id: &str, roles: &[String], pools: &[String], expires: Option<&str
     };
     let key = apikey::generate_key();
     let snippet = apikey::config_snippet(id, &key, &parsed, pools, expires_at);
+    if output == Output::Json {
+        let rfc3339 = time::format_description::well_known::Rfc3339;
+        print_json(&serde_json::json!({
+            "id": id,
+            "key": key,
+            "roles": parsed,
+            "pools": pools,
+            "expires": expires_at.and_then(|t| t.format(&rfc3339).ok()),
+            "config_snippet": snippet,
+        }));
+        return 0;
+    }
     println!("API key (give it to the client; only its hash is kept):\n  {key}\n");
     println!("Paste into the config:\n\n{snippet}");
     0
@@ -157,12 +224,12 @@ fn apikey_new(id: &str, roles: &[String], pools: &[String], expires: Option<&str
 async fn audit(cmd: AuditCommand) -> u8 {
     let to_u8 = |c: i32| u8::try_from(c).unwrap_or(1);
     match cmd {
-        AuditCommand::Verify { config } => {
+        AuditCommand::Verify { config, output } => {
             let cfg = match load_for_audit(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            to_u8(audit_verify(&cfg.audit, &cfg.server.data_dir).await)
+            to_u8(audit_verify_as(&cfg.audit, &cfg.server.data_dir, output.output).await)
         }
         AuditCommand::Export {
             config,
@@ -245,22 +312,35 @@ pub fn render_report(r: &crate::audit::VerifyReport) -> String {
 
 /// `sessiongate audit verify`: prints the report; exit code 0 intact, 1 broken, 2 cannot open.
 pub async fn audit_verify(cfg: &AuditConfig, data_dir: &Path) -> i32 {
+    audit_verify_as(cfg, data_dir, Output::Text).await
+}
+
+/// [`audit_verify`] in the chosen format: with [`Output::Json`] the report (or
+/// `{"ok": false, "error": ...}` when the store cannot be read) as one JSON document.
+pub async fn audit_verify_as(cfg: &AuditConfig, data_dir: &Path, output: Output) -> i32 {
+    let failed = |what: String| {
+        match output {
+            Output::Text => eprintln!("audit verify: {what}"),
+            Output::Json => print_json(&serde_json::json!({ "ok": false, "error": what })),
+        }
+        2
+    };
     let store = match crate::audit::open_read_only(cfg, data_dir).await {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("audit verify: cannot open the audit store: {e}");
-            return 2;
-        }
+        Err(e) => return failed(format!("cannot open the audit store: {e}")),
     };
     match crate::audit::AuditStore::verify(&store).await {
         Ok(r) => {
-            print!("{}", render_report(&r));
+            match output {
+                Output::Text => print!("{}", render_report(&r)),
+                Output::Json => match serde_json::to_value(&r) {
+                    Ok(v) => print_json(&v),
+                    Err(e) => return failed(format!("cannot render the report: {e}")),
+                },
+            }
             if r.ok { 0 } else { 1 }
         }
-        Err(e) => {
-            eprintln!("audit verify: cannot read the audit store: {e}");
-            2
-        }
+        Err(e) => failed(format!("cannot read the audit store: {e}")),
     }
 }
 

@@ -93,10 +93,10 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
     }
 }
 
-/// The OpenAPI document of this API.
+/// The OpenAPI document of this API (without a credential when `[docs] public = true`).
 #[utoipa::path(get, path = "/openapi.yaml", tag = "meta",
     responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/yaml", body = Object)),
-    security(("bearer" = []), ("api_key" = [])))]
+    security((), ("bearer" = []), ("api_key" = [])))]
 pub async fn openapi_yaml() -> Response {
     match super::openapi::yaml() {
         Ok(y) => ([(header::CONTENT_TYPE, "application/yaml")], y).into_response(),

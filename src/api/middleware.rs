@@ -112,6 +112,7 @@ pub async fn context(State(st): State<AppState>, mut req: Request, next: Next) -
         resp.headers_mut().insert(REQUEST_ID, v);
     }
     let status = resp.status().as_u16();
+    crate::metrics::http_request(&method, route.as_deref(), status, started.elapsed());
     let latency = started.elapsed().as_secs_f64() * 1000.0;
     span.record("http.status", status);
     span.record("latency_ms", latency);
@@ -190,6 +191,8 @@ fn action_name(method: &axum::http::Method, route: Option<&str>, path: &str) -> 
         ("GET", "{id}") => "get_session".into(),
         ("GET", "audit") => "read_audit".into(),
         ("GET", "openapi.yaml") => "read_openapi".into(),
+        ("GET", "metrics") => "read_metrics".into(),
+        ("GET", _) if r == "/docs" || r.starts_with("/docs/") => "read_docs".into(),
         ("POST", "{action}") => match path.rsplit('/').next().unwrap_or("") {
             a @ ("logoff" | "disconnect" | "message" | "lock" | "unlock") => a.to_string(),
             _ => "unknown_action".into(),
@@ -234,6 +237,7 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
             resp
         }
         Err((error, presented)) => {
+            crate::metrics::auth_failure(error.code());
             let challenge = st.authenticator.www_authenticate(&error);
             let mut resp = ApiError::unauthenticated(&error, challenge).into_response();
             resp.extensions_mut()

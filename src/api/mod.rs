@@ -8,6 +8,7 @@ pub mod jobs;
 pub mod known_query;
 pub mod middleware;
 pub mod openapi;
+pub mod ops;
 pub mod problem;
 pub mod router;
 
@@ -22,4 +23,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// `server.body_limit_bytes` (the idempotency layer reads bodies itself).
     pub body_limit: usize,
+    /// `GET /metrics`: where and for whom.
+    pub metrics: ops::MetricsAccess,
+    /// `/docs` and `/openapi.yaml` without a credential.
+    pub docs_public: bool,
 }

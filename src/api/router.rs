@@ -18,13 +18,27 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 /// One session; its read and its actions are nested here (their handlers name the rest).
 const SESSION: &str = "/hostpools/{pool}/sessionhosts/{host}/sessions/{id}";
 
-/// The routes with their operations. `protect` wraps those that need a credential (the
-/// probes do not); `acting` wraps the routes whose POSTs act on sessions (the
-/// `Idempotency-Key` layer: every POST action route, single and fleet, goes in there).
-fn routes(
-    protect: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
-    acting: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
-) -> OpenApiRouter<AppState> {
+/// How each group of routes is guarded: `protect` wraps those that always need a credential
+/// (the probes never do); `docs` and `metrics` those whose need is configured; `acting` the
+/// routes whose POSTs act on sessions (the `Idempotency-Key` layer: every POST action route,
+/// single and fleet, goes in there).
+struct Guards<P, D, M, A> {
+    protect: P,
+    docs: D,
+    metrics: M,
+    acting: A,
+}
+
+type R = OpenApiRouter<AppState>;
+
+/// The routes with their operations.
+fn routes<P, D, M, A>(g: Guards<P, D, M, A>) -> OpenApiRouter<AppState>
+where
+    P: FnOnce(R) -> R,
+    D: FnOnce(R) -> R,
+    M: FnOnce(R) -> R,
+    A: FnOnce(R) -> R,
+{
     let session = OpenApiRouter::new()
         .routes(routes!(h::get_session))
         .routes(routes!(h::logoff))
@@ -32,13 +46,19 @@ fn routes(
         .routes(routes!(h::message))
         .routes(routes!(h::lock))
         .routes(routes!(h::unlock));
-    let protected = OpenApiRouter::new()
+    let docs = OpenApiRouter::new()
         .routes(routes!(h::openapi_yaml))
+        .routes(routes!(super::ops::docs))
+        .routes(routes!(super::ops::docs_init))
+        .routes(routes!(super::ops::docs_css))
+        .routes(routes!(super::ops::docs_bundle));
+    let metrics = OpenApiRouter::new().routes(routes!(super::ops::metrics));
+    let protected = OpenApiRouter::new()
         .routes(routes!(h::list_pools))
         .routes(routes!(h::list_hosts))
         .routes(routes!(h::list_sessions))
         .routes(routes!(h::list_host_sessions))
-        .merge(acting(
+        .merge((g.acting)(
             OpenApiRouter::new()
                 .routes(routes!(super::fleet::bulk_message))
                 .routes(routes!(super::fleet::bulk_action))
@@ -51,19 +71,23 @@ fn routes(
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(h::healthz))
         .routes(routes!(h::readyz))
-        .merge(protect(protected))
+        .merge((g.docs)(docs))
+        .merge((g.metrics)(metrics))
+        .merge((g.protect)(protected))
 }
 
 /// The OpenAPI document of every route, with what all operations share ([`Contract`]).
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut acting = Vec::new();
-    let mut doc = routes(
-        |r| r,
-        |r| {
+    let mut doc = routes(Guards {
+        protect: |r: R| r,
+        docs: |r: R| r,
+        metrics: |r: R| r,
+        acting: |r: R| {
             acting.extend(r.get_openapi().paths.paths.keys().cloned());
             r
         },
-    )
+    })
     .into_openapi();
     Contract.modify(&mut doc);
     declare_idempotency_key(&mut doc, &acting);
@@ -107,11 +131,36 @@ fn declare_idempotency_key(doc: &mut utoipa::openapi::OpenApi, acting: &[String]
     }
 }
 
+/// The router of the separate metrics address (`[metrics] listen`): `GET /metrics` only, with
+/// the same request context (audit, request metrics) as the API.
+pub fn metrics_router(st: AppState) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(super::ops::metrics_separate).route_layer(from_fn_with_state(
+                st.clone(),
+                super::ops::guard_metrics_separate,
+            )),
+        )
+        .fallback(h::not_found)
+        .method_not_allowed_fallback(h::method_not_allowed)
+        .layer(from_fn_with_state(st.clone(), middleware::context))
+        .with_state(st)
+}
+
 /// The application router with all layers.
 pub fn router(st: AppState, body_limit: usize, cors: Option<CorsLayer>) -> Router {
     let auth = from_fn_with_state(st.clone(), middleware::authenticate);
     let idem = from_fn_with_state(st.clone(), super::idempotency::idempotency);
-    let (api, _) = routes(|r| r.route_layer(auth), |r| r.route_layer(idem)).split_for_parts();
+    let docs = from_fn_with_state(st.clone(), super::ops::guard_docs);
+    let metrics = from_fn_with_state(st.clone(), super::ops::guard_metrics);
+    let (api, _) = routes(Guards {
+        protect: |r: R| r.route_layer(auth),
+        docs: |r: R| r.route_layer(docs),
+        metrics: |r: R| r.route_layer(metrics),
+        acting: |r: R| r.route_layer(idem),
+    })
+    .split_for_parts();
     let queries = Arc::new(QueryRules::from_openapi(&openapi()));
     let app = api
         .fallback(h::not_found)

@@ -535,11 +535,17 @@ async fn enqueue(
                 deadline: job_deadline,
                 _slot: None,
             };
-            match tokio::time::timeout_at(deadline, tx.send(job)).await {
+            // Counted before it is sent, so the committer never takes it off an uncounted queue.
+            crate::metrics::audit_queue_add(1);
+            let sent = match tokio::time::timeout_at(deadline, tx.send(job)).await {
                 Err(_) => Err(full()),
                 Ok(Err(_)) => Err(stopped()),
                 Ok(Ok(())) => Ok(()),
+            };
+            if sent.is_err() {
+                crate::metrics::audit_queue_add(-1);
             }
+            sent
         }
         Queue::Thread { tx, slots } => {
             // Uncontended: an atomic decrement, no wait.
@@ -553,13 +559,17 @@ async fn enqueue(
                     }
                 }
             };
+            crate::metrics::audit_queue_add(1);
             tx.send(Job {
                 ev,
                 reply,
                 deadline: job_deadline,
                 _slot: Some(slot),
             })
-            .map_err(|_| stopped())
+            .map_err(|_| {
+                crate::metrics::audit_queue_add(-1);
+                stopped()
+            })
         }
     }
 }
@@ -567,6 +577,8 @@ async fn enqueue(
 /// Tops `batch` up with whatever is already queued (`next` returns it without waiting), up to
 /// `max_batch` jobs, then drops the jobs whose callers already gave up (timed out): they were
 /// told `Unavailable` and will not act on the event, so it is not written.
+/// `batch` holds every job taken off the queue (the first one and these), which leave the
+/// queue-depth gauge here.
 fn fill_batch(batch: &mut Vec<Job>, max_batch: usize, mut next: impl FnMut() -> Option<Job>) {
     while batch.len() < max_batch {
         match next() {
@@ -574,6 +586,7 @@ fn fill_batch(batch: &mut Vec<Job>, max_batch: usize, mut next: impl FnMut() -> 
             None => break,
         }
     }
+    crate::metrics::audit_queue_add(-(batch.len() as i64));
     batch.retain(|j| !j.reply.is_closed());
 }
 
@@ -723,6 +736,7 @@ fn writer_thread(
             Some(wait) => w.append_batch_within(events, wait),
             None => w.append_batch(events),
         };
+        crate::metrics::audit_commit(res.is_ok(), t0.elapsed());
         if t0.elapsed() > Duration::from_secs(1) {
             tracing::warn!(target: "sessiongate::audit", elapsed_ms = t0.elapsed().as_millis() as u64, batch = replies.len(), "slow audit commit");
         }
@@ -772,6 +786,7 @@ async fn committer(
         }
         let (events, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|j| (j.ev, j.reply)).unzip();
+        let t0 = Instant::now();
         let res = match tokio::time::timeout(write_timeout, store.append_batch(events)).await {
             Ok(r) => r,
             Err(_) => Err(AuditError::Unavailable(format!(
@@ -779,6 +794,7 @@ async fn committer(
                 write_timeout.as_millis()
             ))),
         };
+        crate::metrics::audit_commit(res.is_ok(), t0.elapsed());
         finish_batch(res, replies, &healthy, &counters);
     }
 }

@@ -124,6 +124,8 @@ pub enum Permission {
     SessionsAdmin,
     /// Read the audit log (auditor).
     AuditRead,
+    /// Scrape `GET /metrics` when it is not public (auditor, admin).
+    MetricsRead,
 }
 
 impl Permission {
@@ -133,6 +135,7 @@ impl Permission {
             Permission::SessionsAct => "sessions.act",
             Permission::SessionsAdmin => "sessions.admin",
             Permission::AuditRead => "audit.read",
+            Permission::MetricsRead => "metrics.read",
         }
     }
 
@@ -144,6 +147,7 @@ impl Permission {
             Permission::SessionsAct => matches!(role, Role::Operator | Role::Admin),
             Permission::SessionsAdmin => matches!(role, Role::Admin),
             Permission::AuditRead => matches!(role, Role::Auditor),
+            Permission::MetricsRead => matches!(role, Role::Auditor | Role::Admin),
         }
     }
 }

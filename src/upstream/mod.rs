@@ -42,6 +42,7 @@ pub use encode::{query, unescape};
 pub use paging::{Page, follow_pages};
 pub use token::{CredentialFactory, CredentialToken, TokenSource};
 
+use crate::metrics::UpstreamTally;
 use bytes::{Bytes, BytesMut};
 use rand::Rng;
 use reqwest::{StatusCode, header::HeaderMap};
@@ -184,6 +185,31 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs(d.whole_seconds().max(0).unsigned_abs()))
 }
 
+/// The operation label of an upstream request: its method, from a closed set.
+fn operation_label(m: &reqwest::Method) -> &'static str {
+    match m.as_str() {
+        "GET" => "get",
+        "POST" => "post",
+        "PUT" => "put",
+        "PATCH" => "patch",
+        "DELETE" => "delete",
+        _ => "other",
+    }
+}
+
+/// The outcome label of a call that ended with one of the engine's own failures.
+fn error_outcome(e: &UpstreamError) -> &'static str {
+    match e {
+        UpstreamError::Throttled { .. } => "throttled",
+        UpstreamError::Timeout(_) => "timeout",
+        UpstreamError::Transport(_) => "transport",
+        UpstreamError::Auth(_) => "auth",
+        UpstreamError::OutcomeUnknown(_) => "outcome_unknown",
+        UpstreamError::TooLarge { .. } => "too_large",
+        UpstreamError::Paging { .. } => "paging",
+    }
+}
+
 /// One upstream service as seen by one client: HTTP client, policy and token source.
 pub struct Upstream {
     service: &'static str,
@@ -253,9 +279,24 @@ impl Upstream {
         E: From<UpstreamError>,
     {
         let mut uncertain = None;
+        // The operation label: the request's HTTP method (built once more, without sending).
+        let operation = build(&self.http)
+            .build()
+            .map_or("other", |r| operation_label(r.method()));
+        // Every return of `call_inner` sets the outcome; a call dropped midway is not counted.
+        let mut tally = UpstreamTally {
+            outcome: "auth",
+            retries: 0,
+            throttles: 0,
+        };
         let result = self
-            .call_inner(repeat, build, classify, &mut uncertain)
+            .call_inner(repeat, build, classify, &mut uncertain, &mut tally)
             .await;
+        crate::metrics::upstream_call(
+            crate::metrics::provider_label(self.service),
+            operation,
+            tally,
+        );
         Called {
             result,
             earlier_attempt_may_have_acted: uncertain,
@@ -268,6 +309,7 @@ impl Upstream {
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
         mut classify: impl FnMut(Reply) -> Verdict<T, E>,
         uncertain: &mut Option<String>,
+        tally: &mut UpstreamTally,
     ) -> Result<T, E>
     where
         E: From<UpstreamError>,
@@ -277,6 +319,10 @@ impl Upstream {
         let mut throttled = 0u32;
         let mut refreshed = false;
         loop {
+            tally.retries = retries;
+            tally.throttles = throttled;
+            // Until an attempt says otherwise: failing to get or refresh our token.
+            tally.outcome = "auth";
             let mut req = build(&self.http);
             if let Some(t) = &self.token {
                 req = req.bearer_auth(t.token().await?);
@@ -300,12 +346,14 @@ impl Upstream {
                     if status == StatusCode::TOO_MANY_REQUESTS {
                         let wait = hint.unwrap_or(self.policy.default_retry_after);
                         throttled += 1;
+                        tally.throttles = throttled;
                         if Instant::now() + wait > deadline || throttled > MAX_THROTTLE_WAITS {
                             tracing::warn!(
                                 upstream.service = self.service,
                                 upstream.retry_after_secs = wait.as_secs(),
                                 "throttled beyond the retry budget"
                             );
+                            tally.outcome = "throttled";
                             return Err(UpstreamError::Throttled { retry_after: wait }.into());
                         }
                         tracing::info!(
@@ -317,15 +365,24 @@ impl Upstream {
                         continue;
                     }
                     match classify(reply) {
-                        Verdict::Done(v) => return Ok(v),
-                        Verdict::Fail(e) => return Err(e),
-                        Verdict::Transient(e) => (
-                            e,
-                            Again::IfSafe,
-                            hint,
-                            Some(status.as_u16()),
-                            format!("HTTP {}", status.as_u16()),
-                        ),
+                        Verdict::Done(v) => {
+                            tally.outcome = "ok";
+                            return Ok(v);
+                        }
+                        Verdict::Fail(e) => {
+                            tally.outcome = "failed";
+                            return Err(e);
+                        }
+                        Verdict::Transient(e) => {
+                            tally.outcome = "transient";
+                            (
+                                e,
+                                Again::IfSafe,
+                                hint,
+                                Some(status.as_u16()),
+                                format!("HTTP {}", status.as_u16()),
+                            )
+                        }
                     }
                 }
                 Err((e, again)) => {
@@ -340,6 +397,7 @@ impl Upstream {
                         }
                         e => e,
                     };
+                    tally.outcome = error_outcome(&e);
                     (E::from(e), again, None, None, what)
                 }
             };

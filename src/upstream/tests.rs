@@ -413,3 +413,58 @@ fn knobs_are_checked_and_named() {
         (Duration::from_secs(30), Duration::from_secs(60))
     );
 }
+
+/// The value of one series in the metrics registry (0 when absent).
+fn series(line_start: &str) -> f64 {
+    crate::metrics::render()
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(line_start) && l[line_start.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Each logical call is counted once with how it ended, its retries and its throttles
+/// (nextest runs each test in its own process, so the registry holds only this test's calls).
+#[tokio::test]
+async fn calls_are_counted_by_operation_and_outcome() {
+    let (base, _) = serve().await;
+    let u = engine(policy(), None);
+    let calls = |op: &str, outcome: &str| {
+        series(&format!(
+            "sessiongate_upstream_calls_total{{provider=\"other\",operation=\"{op}\",outcome=\"{outcome}\"}}"
+        ))
+    };
+    let before = (
+        calls("get", "ok"),
+        calls("get", "transient"),
+        calls("post", "failed"),
+        calls("get", "throttled"),
+        series(r#"sessiongate_upstream_retries_total{provider="other",operation="get"}"#),
+        series(r#"sessiongate_upstream_throttles_total{provider="other",operation="get"}"#),
+    );
+    assert!(go(&u, Repeat::Safe, &format!("{base}/ok")).await.is_ok());
+    assert!(go(&u, Repeat::Safe, &format!("{base}/500")).await.is_err());
+    assert!(
+        go(&u, Repeat::Once, &format!("{base}/nothing"))
+            .await
+            .is_err()
+    );
+    assert!(go(&u, Repeat::Safe, &format!("{base}/429")).await.is_err());
+    assert_eq!(calls("get", "ok") - before.0, 1.0);
+    assert_eq!(calls("get", "transient") - before.1, 1.0);
+    assert_eq!(calls("post", "failed") - before.2, 1.0);
+    assert_eq!(calls("get", "throttled") - before.3, 1.0);
+    // The 500 was retried max_retries (2) times; the 429 asked for longer than the budget.
+    assert_eq!(
+        series(r#"sessiongate_upstream_retries_total{provider="other",operation="get"}"#)
+            - before.4,
+        2.0
+    );
+    assert_eq!(
+        series(r#"sessiongate_upstream_throttles_total{provider="other",operation="get"}"#)
+            - before.5,
+        1.0
+    );
+}

@@ -67,21 +67,22 @@ async fn missing_invalid_and_wrong_header_keys_are_401() {
         .unwrap();
     assert_eq!(r.status(), 200);
 
-    // Health needs no key; every other route does.
-    let r = app
-        .http
-        .get(format!("{}/healthz", app.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = app
-        .http
-        .get(format!("{}/openapi.yaml", app.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    // Health and (with `[docs] public`, the default) the API documentation need no key; every
+    // other route does.
+    for (path, want) in [
+        ("/healthz", 200),
+        ("/openapi.yaml", 200),
+        ("/docs", 200),
+        ("/metrics", 401),
+    ] {
+        let r = app
+            .http
+            .get(format!("{}{path}", app.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want, "{path}");
+    }
 }
 
 #[tokio::test]
@@ -296,7 +297,7 @@ async fn every_documented_operation_is_routed_and_audited_by_its_route() {
     let (host, id, _) = app.avd_target();
     let doc = serde_json::to_value(sessiongate::api::router::openapi()).unwrap();
     let paths = doc["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 19, "{:?}", paths.keys());
+    assert_eq!(paths.len(), 24, "{:?}", paths.keys());
     let mut seen = Vec::new();
     for (tpl, item) in paths {
         let path = tpl

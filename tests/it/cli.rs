@@ -671,3 +671,146 @@ fn emulate_winrm_prints_one_json_line_with_host_endpoints() {
     }
     assert_eq!(v["cbt_hardening"], "strict", "{v}");
 }
+
+/// `completions bash|zsh|fish` prints a script for that shell naming the commands and flags;
+/// bash accepts its script (`bash -n`); another shell name is refused.
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    for (shell, marker) in [
+        ("bash", "complete -F _sessiongate"),
+        ("zsh", "#compdef sessiongate"),
+        ("fish", "complete -c sessiongate"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(script.contains(marker), "{shell}: {marker}");
+        for word in ["apikey", "completions", "verify", "output"] {
+            assert!(script.contains(word), "{shell} script names {word}");
+        }
+        if shell == "bash" {
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("sessiongate.bash");
+            std::fs::write(&f, &script).unwrap();
+            let check = Command::new("bash").arg("-n").arg(&f).output().unwrap();
+            assert!(
+                check.status.success(),
+                "{}",
+                String::from_utf8_lossy(&check.stderr)
+            );
+        }
+    }
+    let out = Command::new(BIN)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// `--output json` on the commands that print reports: `config check`, `apikey new`,
+/// `audit verify` — one JSON document on stdout, the same exit codes as the text.
+#[tokio::test]
+async fn output_json_for_check_apikey_and_verify() {
+    // config check: ok, and a bad key named in the document.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.toml");
+    std::fs::write(&f, "[server]\nbody_limit = 5\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check", "--output", "json"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["key"], "server.body_limit", "{v}");
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "[server]\ndata_dir = {:?}\n",
+            dir.path().display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check", "--output", "json"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["pools"], 0);
+
+    // apikey new: the key, and a snippet that authenticates it.
+    let out = Command::new(BIN)
+        .args([
+            "apikey", "new", "--id", "bot", "--role", "auditor", "--pool", "*", "--output", "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["id"], "bot");
+    assert_eq!(v["roles"], serde_json::json!(["auditor"]));
+    assert_eq!(v["expires"], serde_json::Value::Null);
+    let cfg = sessiongate::config::Config::from_toml_with_env(
+        v["config_snippet"].as_str().unwrap(),
+        std::iter::empty(),
+    )
+    .unwrap();
+    let keys = sessiongate::auth::apikey::ApiKeys::new(&cfg.auth.api_keys).unwrap();
+    let p = keys
+        .authenticate(v["key"].as_str().unwrap(), time::OffsetDateTime::now_utc())
+        .unwrap();
+    assert_eq!(p.id, "apikey:bot");
+
+    // audit verify: the report of a store with three events, and a store that is missing.
+    let env = crate::support::audit::Env::sqlite().await.unwrap();
+    let log = env.open().await;
+    crate::support::audit::record_n(&log, 3).await;
+    drop(log);
+    let conf = env.dir.path().join("verify.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[server]\ndata_dir = {:?}\n[audit]\nreplica = \"gw-test\"\n",
+            env.dir.path().display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--output", "json", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert_eq!(v["ok"], true);
+    assert!(v["events_checked"].as_u64().unwrap() >= 3, "{v}");
+    assert!(!v["chains"].as_array().unwrap().is_empty());
+    let empty = tempfile::tempdir().unwrap();
+    let conf = empty.path().join("verify.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[server]\ndata_dir = {:?}\n",
+            empty.path().display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--output", "json", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(v["error"].as_str().unwrap().contains("cannot open"), "{v}");
+}

@@ -34,6 +34,8 @@ mod gateway_crash;
 mod gateway_durability;
 mod gateway_postgres;
 mod gateway_store_down;
+mod ops_docs;
+mod ops_metrics;
 mod resilience_faults;
 mod schemathesis;
 mod winrm_bench;
