@@ -405,6 +405,7 @@ pub async fn logoff(
         dry_run: b.dry_run,
         message: None,
         batch_id: None,
+        skip_protected: false,
     };
     run_action(&st, ctx, req).await
 }
@@ -431,6 +432,7 @@ async fn simple_action(
         dry_run: b.dry_run,
         message: None,
         batch_id: None,
+        skip_protected: false,
     };
     run_action(&st, ctx, req).await
 }
@@ -517,6 +519,7 @@ pub async fn message(
         dry_run: b.dry_run,
         message: Some((b.title, b.body)),
         batch_id: None,
+        skip_protected: false,
     };
     run_action(&st, ctx, req).await
 }

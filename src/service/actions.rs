@@ -4,7 +4,7 @@ use super::{CallContext, Gateway, Pool, ServiceError};
 use crate::{
     audit::{EventKind, Kept, NewEvent, Target},
     auth::{Permission, Protection},
-    domain::{ActionKind, ActionOutcome, HostName, PoolName, Session, SessionId},
+    domain::{ActionKind, ActionOutcome, HostName, PoolName, Session, SessionId, SessionState},
     providers::{ActionEffect, ProviderError},
 };
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,9 @@ pub struct ActionRequest {
     /// The fleet call or job this item belongs to (audited as `params.batch_id`); items of a
     /// batch are not rate-limited one by one (the batch call was).
     pub batch_id: Option<String>,
+    /// Whole-host calls: a protected user's session is skipped (refused, `session_protected`)
+    /// even for an admin, unless the admin asked for `include_protected`.
+    pub skip_protected: bool,
 }
 
 /// A failed action, and whether the service already audited it (intent and outcome).
@@ -54,6 +57,10 @@ pub struct ActionResult {
     pub target: ActionTarget,
     /// The session's user as resolved before acting (`null` when the session was already gone).
     pub user: Option<String>,
+    /// The session's state as resolved before acting (absent when the session was already
+    /// gone); with `dry_run`, this and `user` are the blast radius.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<SessionState>,
     pub outcome: ActionOutcome,
     pub dry_run: bool,
     #[serde(with = "time::serde::rfc3339")]
@@ -204,6 +211,7 @@ impl Gateway {
         let user = session
             .as_ref()
             .and_then(|s| s.user.clone().or_else(|| s.ad_user.clone()));
+        let state = session.as_ref().map(|s| s.state);
         let target = Target {
             pool: Some(req.pool.to_string()),
             host: Some(req.host.to_string()),
@@ -271,6 +279,7 @@ impl Gateway {
                 session_id: req.id,
             },
             user,
+            state,
             outcome,
             dry_run: req.dry_run,
             time: stored.time,
@@ -341,6 +350,12 @@ impl Gateway {
                     });
                 }
                 Protection::Protected => {
+                    if req.skip_protected {
+                        return Err(ServiceError::Protected {
+                            reason: "the session's user is protected: skipped (an admin may include it with include_protected)".into(),
+                            admin_may: true,
+                        });
+                    }
                     let reason = "the session's user is protected; only an admin may log off, disconnect or lock it".to_string();
                     if !ctx
                         .principal

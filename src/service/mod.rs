@@ -15,7 +15,10 @@ mod requests;
 pub use crate::audit::{AuditPage, AuditQuery};
 pub use actions::{ActionError, ActionRequest, ActionResult, ActionTarget};
 pub use error::ServiceError;
-pub use fleet::{BatchResult, BatchSummary, FailureOutcome, ItemError, ItemFailure, ItemResult};
+pub use fleet::{
+    BatchResult, BatchSummary, FailureOutcome, ItemError, ItemFailure, ItemResult, Reach,
+    Unreachable, UserSessions,
+};
 pub use recovery::STARTED;
 pub use requests::{Caller, RequestOutcome, RequestRecord};
 
@@ -42,6 +45,8 @@ pub struct Pool {
     pub name: PoolName,
     pub kind: ProviderKind,
     pub provider: Arc<dyn SessionProvider>,
+    /// On-prem pools: UPN suffix (lower case) → NetBIOS domain, for user lookups.
+    pub upn_domains: BTreeMap<String, String>,
 }
 
 /// Who is calling and about which request: carried from the HTTP layer into the service.

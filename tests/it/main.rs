@@ -27,6 +27,7 @@ mod classic_measure;
 mod classic_provider;
 mod cli;
 mod deploy;
+mod fleet;
 mod gateway_crash;
 mod gateway_durability;
 mod gateway_postgres;
