@@ -71,6 +71,7 @@ async fn build_validated_with_audit(
             message_title_max: cfg.server.message_title_max,
             message_body_max: cfg.server.message_body_max,
             fleet: cfg.fleet.clone(),
+            self_service: cfg.auth.self_service,
         },
     ));
     match gateway.close_interrupted_actions().await {

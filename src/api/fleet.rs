@@ -255,6 +255,7 @@ impl FleetOptions {
             message: message.clone(),
             batch_id: None,
             skip_protected: false,
+            self_service: false,
         }
     }
 }
@@ -1013,6 +1014,79 @@ pub async fn user_message(
     .await
 }
 
+// ---------------------------------------------------------------------------------------
+// Self-service: `GET /me/sessions`, `POST /me/sessions/{action}` (logoff, disconnect)
+
+/// The `{action}` of the self-service route.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SelfAction {
+    Logoff,
+    Disconnect,
+}
+
+/// The caller's own UPN, from its token: never from the request.
+fn own_upn(st: &AppState, ctx: &CallContext) -> Result<String, ApiError> {
+    if !st.gateway.limits().self_service {
+        return Err(RequestError::SelfServiceDisabled.into());
+    }
+    match &ctx.principal.upn {
+        Some(u) if ctx.principal.method == crate::auth::AuthMethod::Jwt && valid_upn(u) => {
+            Ok(u.clone())
+        }
+        _ => Err(RequestError::SelfServiceNeedsToken.into()),
+    }
+}
+
+/// The caller's own sessions in every pool (self-service; no role needed). The user is the
+/// one the caller's Entra ID token names (`preferred_username`, else `upn`).
+#[utoipa::path(get, path = "/me/sessions", tag = "self-service",
+    responses((status = 200, body = UserSessions),
+              (status = 403, description = "self_service_needs_token (an API key, or a token naming no user)", body = Problem, content_type = "application/problem+json"),
+              (status = 404, description = "self_service_disabled (`auth.self_service` is off)", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn my_sessions(
+    State(st): State<AppState>,
+    Ctx(ctx): Ctx,
+) -> Result<Json<UserSessions>, ApiError> {
+    let upn = own_upn(&st, &ctx)?;
+    Ok(Json(st.gateway.user_sessions(&ctx, &upn, Reach::Own).await))
+}
+
+/// Log off or disconnect every one of the caller's own sessions (self-service; no role
+/// needed). Protected users' sessions stay refused; each session is audited like any action.
+#[utoipa::path(post, path = "/me/sessions/{action}", tag = "self-service",
+    params(("action" = inline(SelfAction), Path, description = "logoff or disconnect")),
+    request_body(content = Option<UserActionBody>, description = "Optional"),
+    responses((status = 200, body = BatchResult),
+              (status = 403, description = "self_service_needs_token (an API key, or a token naming no user)", body = Problem, content_type = "application/problem+json"),
+              (status = 404, description = "self_service_disabled (`auth.self_service` is off); an action other than logoff or disconnect answers 404 as an unknown route", body = Problem, content_type = "application/problem+json"),
+              (status = 422, description = "invalid_body | too_many_targets", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn my_action(
+    State(st): State<AppState>,
+    Ctx(ctx): Ctx,
+    ActionPath(kind): ActionPath,
+    OptionalJson(b): OptionalJson<UserActionBody>,
+) -> Response {
+    if !matches!(kind, ActionKind::Logoff | ActionKind::Disconnect) {
+        return ApiError::from(RequestError::RouteNotFound).into_response();
+    }
+    let upn = match own_upn(&st, &ctx) {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    let opts = FleetOptions {
+        force: b.force,
+        reason: b.reason,
+        ticket: b.ticket,
+        dry_run: b.dry_run,
+        title: None,
+        body: None,
+    };
+    user_call(st, ctx, upn, kind, opts, Reach::Own).await
+}
+
 /// Finds the user's sessions (in the pools `reach` covers) and acts on each; each item expects
 /// the user it was found with, so a session id reused meanwhile is refused, not acted on.
 pub async fn user_call(
@@ -1034,7 +1108,12 @@ pub async fn user_call(
     let items: Vec<Resolved> = found
         .sessions
         .iter()
-        .map(|s| session_item(s, &upn, kind, &message, &opts))
+        .map(|s| {
+            session_item(s, &upn, kind, &message, &opts).map(|mut r| {
+                r.self_service = reach == Reach::Own;
+                r
+            })
+        })
         .collect();
     run_items(&st, &ctx, items, Some(found.unreachable)).await
 }

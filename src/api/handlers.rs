@@ -406,6 +406,7 @@ pub async fn logoff(
         message: None,
         batch_id: None,
         skip_protected: false,
+        self_service: false,
     };
     run_action(&st, ctx, req).await
 }
@@ -433,6 +434,7 @@ async fn simple_action(
         message: None,
         batch_id: None,
         skip_protected: false,
+        self_service: false,
     };
     run_action(&st, ctx, req).await
 }
@@ -520,6 +522,7 @@ pub async fn message(
         message: Some((b.title, b.body)),
         batch_id: None,
         skip_protected: false,
+        self_service: false,
     };
     run_action(&st, ctx, req).await
 }

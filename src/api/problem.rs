@@ -180,6 +180,10 @@ pub enum RequestError {
     Timeout,
     /// A fleet call names (or resolves to) more targets than `fleet.max_targets`.
     TooManyTargets(String),
+    /// `/me` while `auth.self_service` is off.
+    SelfServiceDisabled,
+    /// `/me` by a caller whose credential names no user (an API key, or a token without UPN).
+    SelfServiceNeedsToken,
 }
 
 impl RequestError {
@@ -199,6 +203,8 @@ impl RequestError {
             RequestError::MethodNotAllowed => "method_not_allowed",
             RequestError::Timeout => "request_timeout",
             RequestError::TooManyTargets(_) => "too_many_targets",
+            RequestError::SelfServiceDisabled => "self_service_disabled",
+            RequestError::SelfServiceNeedsToken => "self_service_needs_token",
         }
     }
 }
@@ -232,6 +238,18 @@ impl From<RequestError> for ApiError {
             RequestError::UnsupportedMediaType(d) => {
                 ApiError::new(S::UNSUPPORTED_MEDIA_TYPE, code, "Unsupported media type", d)
             }
+            RequestError::SelfServiceDisabled => ApiError::new(
+                S::NOT_FOUND,
+                code,
+                "Self-service is not enabled",
+                "The /me routes are off on this server (auth.self_service = false).",
+            ),
+            RequestError::SelfServiceNeedsToken => ApiError::new(
+                S::FORBIDDEN,
+                code,
+                "Self-service needs a user token",
+                "The /me routes act for the user an Entra ID token names (preferred_username or upn); this credential names no user (API keys never do).",
+            ),
             RequestError::RouteNotFound => ApiError::new(
                 S::NOT_FOUND,
                 code,
@@ -442,6 +460,8 @@ mod tests {
             RequestError::MethodNotAllowed,
             RequestError::Timeout,
             RequestError::TooManyTargets(s()),
+            RequestError::SelfServiceDisabled,
+            RequestError::SelfServiceNeedsToken,
         ];
         for e in &all {
             match e {
@@ -458,7 +478,9 @@ mod tests {
                 | RequestError::RouteNotFound
                 | RequestError::MethodNotAllowed
                 | RequestError::Timeout
-                | RequestError::TooManyTargets(_) => {}
+                | RequestError::TooManyTargets(_)
+                | RequestError::SelfServiceDisabled
+                | RequestError::SelfServiceNeedsToken => {}
             }
         }
         all

@@ -46,6 +46,8 @@ fn routes(
         .routes(routes!(super::fleet::user_sessions))
         .routes(routes!(super::fleet::user_message))
         .routes(routes!(super::fleet::user_action))
+        .routes(routes!(super::fleet::my_sessions))
+        .routes(routes!(super::fleet::my_action))
         .nest(SESSION, session)
         .routes(routes!(h::read_audit));
     OpenApiRouter::with_openapi(ApiDoc::openapi())

@@ -33,6 +33,9 @@ pub struct ActionRequest {
     /// Whole-host calls: a protected user's session is skipped (refused, `session_protected`)
     /// even for an admin, unless the admin asked for `include_protected`.
     pub skip_protected: bool,
+    /// Self-service (`/me`): the caller acts on its own session without a role on the pool;
+    /// `expected_user` (the caller's own name, as found) must be set and is checked as usual.
+    pub self_service: bool,
 }
 
 /// A failed action, and whether the service already audited it (intent and outcome).
@@ -174,9 +177,20 @@ impl Gateway {
         {
             return Err(unaudited(ServiceError::RateLimited { retry_after }));
         }
-        let pool = self
-            .pool_for(ctx, &req.pool, Permission::SessionsAct)
-            .map_err(unaudited)?;
+        let pool = if req.self_service {
+            if req.expected_user.is_none() || ctx.principal.upn.is_none() {
+                return Err(unaudited(ServiceError::Forbidden {
+                    missing: Permission::SessionsAct,
+                    pool: Some(req.pool.to_string()),
+                }));
+            }
+            self.pools
+                .get(&req.pool)
+                .ok_or_else(|| unaudited(ServiceError::PoolNotFound(req.pool.to_string())))?
+        } else {
+            self.pool_for(ctx, &req.pool, Permission::SessionsAct)
+                .map_err(unaudited)?
+        };
         let caps = pool.provider.capabilities();
         if !caps.actions.contains(&req.kind) {
             return Err(unaudited(ServiceError::ActionNotSupported {

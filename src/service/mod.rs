@@ -122,6 +122,8 @@ pub struct Limits {
     pub message_body_max: usize,
     /// `[fleet]` bounds.
     pub fleet: crate::config::FleetConfig,
+    /// `auth.self_service`: the `/me` routes are open to token callers.
+    pub self_service: bool,
 }
 
 /// The gateway's use cases.

@@ -616,3 +616,127 @@ async fn a_pool_that_cannot_be_asked_is_listed_not_fatal() {
         "{v}"
     );
 }
+
+const AUD: &str = "api://sessiongate";
+
+/// A gateway that also takes tokens of the in-tree issuer, self-service on or off.
+async fn token_app(
+    self_service: bool,
+) -> (
+    TestApp,
+    sessiongate::emulator::oidc::TestIssuer,
+    tempfile::NamedTempFile,
+) {
+    let issuer = sessiongate::emulator::oidc::TestIssuer::start()
+        .await
+        .expect("test issuer");
+    let (o, ca) = crate::support::oidc_config(&issuer, &[AUD]);
+    let app = TestApp::start_with(move |c| {
+        c.auth.oidc = Some(o);
+        c.auth.self_service = self_service;
+    })
+    .await;
+    (app, issuer, ca)
+}
+
+/// A token with no role at all, naming `upn`.
+fn user_token(issuer: &sessiongate::emulator::oidc::TestIssuer, upn: &str) -> String {
+    let mut c = issuer.claims(AUD);
+    c["preferred_username"] = json!(upn);
+    issuer.mint(&c).unwrap()
+}
+
+#[tokio::test]
+async fn self_service_acts_on_the_callers_own_sessions_only() {
+    let (app, issuer, _ca) = token_app(true).await;
+    let arm = app.arm();
+    let host = arm.sessions(ARM_POOL)[0].host.clone();
+    let me = "sam.self@contoso.com";
+    let mine = [
+        arm.add_session(ARM_POOL, &host, me).unwrap(),
+        arm.add_session(ARM_POOL, &host, me).unwrap(),
+    ];
+    let before = arm.sessions(ARM_POOL).len();
+    let token = user_token(&issuer, me);
+
+    let v = ok_json(app.get(&token, "/me/sessions").await).await;
+    let ids: Vec<u64> = v["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{v}");
+    assert!(mine.iter().all(|m| ids.contains(&(*m as u64))), "{v}");
+    assert_eq!(v["upn"], me);
+    // No role: the pool routes stay closed to this caller.
+    let r = app
+        .get(&token, &format!("/hostpools/{AVD_POOL}/sessions"))
+        .await;
+    assert!(matches!(r.status().as_u16(), 403 | 404), "{}", r.status());
+
+    let url = format!("{}/me/sessions/disconnect", app.url);
+    let v = ok_json(app.post(&token, &url, Some(json!({"dry_run": true}))).await).await;
+    assert_eq!(v["summary"]["would_do"], 2, "{v}");
+    assert_eq!(arm.calls(ArmOp::Disconnect), 0);
+    let r = app
+        .post(&token, &url, Some(json!({"reason": "stuck"})))
+        .await;
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let v = ok_json(r).await;
+    assert_eq!(v["summary"]["done"], 2, "{v}");
+    assert_eq!(arm.calls(ArmOp::Disconnect), 2);
+    let evs = events_of(&app, &rid).await;
+    let items: Vec<&Value> = evs.iter().filter(|e| e["kind"] != "request").collect();
+    assert_eq!(items.len(), 4, "{evs:?}");
+    for e in &items {
+        assert_eq!(e["actor"]["auth_method"], "jwt", "{e}");
+        assert_eq!(e["target"]["user"], me, "{e}");
+    }
+    let v = ok_json(
+        app.post(&token, &format!("{}/me/sessions/logoff", app.url), None)
+            .await,
+    )
+    .await;
+    assert_eq!(v["summary"]["done"], 2, "{v}");
+    assert_eq!(arm.sessions(ARM_POOL).len(), before - 2);
+
+    // Lock is not a self-service action; an API key names no user.
+    let r = app
+        .post(&token, &format!("{}/me/sessions/lock", app.url), None)
+        .await;
+    problem(r, 404, "route_not_found").await;
+    let r = app.get(&app.keys.admin, "/me/sessions").await;
+    problem(r, 403, "self_service_needs_token").await;
+
+    // A protected user may not log itself off through sessiongate.
+    let boss = arm.add_session(ARM_POOL, &host, PROTECTED_UPN).unwrap();
+    let token = user_token(&issuer, PROTECTED_UPN);
+    let v = ok_json(
+        app.post(&token, &format!("{}/me/sessions/logoff", app.url), None)
+            .await,
+    )
+    .await;
+    assert_eq!(
+        outcomes(&v),
+        [("refused".into(), "session_protected".into())]
+    );
+    assert!(
+        arm.sessions(ARM_POOL)
+            .iter()
+            .any(|s| s.id == boss && s.host == host)
+    );
+}
+
+#[tokio::test]
+async fn self_service_is_off_by_default() {
+    let (app, issuer, _ca) = token_app(false).await;
+    let token = user_token(&issuer, "sam.self@contoso.com");
+    let r = app.get(&token, "/me/sessions").await;
+    problem(r, 404, "self_service_disabled").await;
+    let r = app
+        .post(&token, &format!("{}/me/sessions/logoff", app.url), None)
+        .await;
+    problem(r, 404, "self_service_disabled").await;
+    assert_eq!(app.arm().calls(ArmOp::Logoff), 0);
+}
