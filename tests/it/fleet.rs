@@ -473,7 +473,9 @@ async fn one_user_everywhere_lists_and_acts_across_pools_with_unreachable_listed
             if p.name.as_str() == RDS
                 && let ProviderConfig::Rds(r) = &mut p.provider
             {
-                r.upn_domains.insert("Contoso.com".into(), "CONTOSO".into());
+                // Suffixes match case-insensitively.
+                r.upn_domains.clear();
+                r.upn_domains.insert("Contoso.COM".into(), "CONTOSO".into());
             }
         }
     })
