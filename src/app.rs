@@ -75,6 +75,7 @@ async fn build_validated_with_audit(
             fleet: cfg.fleet.clone(),
             jobs: cfg.jobs.clone(),
             idempotency: cfg.idempotency.clone(),
+            self_service: cfg.auth.self_service,
         },
     ));
     match gateway.close_interrupted_actions().await {

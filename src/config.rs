@@ -438,10 +438,19 @@ impl Config {
                 ProviderConfig::Rds(c) => winrm::build_rds(name, c),
                 ProviderConfig::Multipoint(c) => winrm::build_multipoint(name, c),
             }?;
+            let upn_domains = match &p.provider {
+                ProviderConfig::Rds(c) | ProviderConfig::Multipoint(c) => c
+                    .upn_domains
+                    .iter()
+                    .map(|(s, d)| (s.to_ascii_lowercase(), d.clone()))
+                    .collect(),
+                _ => Default::default(),
+            };
             pools.push(Pool {
                 name: p.name.clone(),
                 kind: p.provider.kind(),
                 provider,
+                upn_domains,
             });
         }
         Ok(ValidatedConfig {

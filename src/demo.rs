@@ -377,6 +377,17 @@ Try:
   curl -s -H "Authorization: Bearer $KEY" $SG/hostpools/classic-demo/sessions
   curl -s -H "Authorization: Bearer $KEY" $SG/hostpools/rds-demo/sessions
   curl -s -X POST -H "Authorization: Bearer $KEY" $SG/hostpools/multipoint-demo/sessionhosts/{mps}/sessions/2/lock
+  # fleet: a bulk call on the AVD pool, one result per target (dry run: nothing is sent)
+  curl -s -X POST -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" \
+    -d '{{"dry_run": true, "targets": [{{"host": "{first_host}", "id": {sid}}}, {{"host": "{first_host}", "id": 999}}]}}' \
+    $SG/hostpools/avd-demo/sessions/logoff
+  # fleet: one user everywhere (AVD, classic, and on-prem through upn_domains), then log them off everywhere
+  curl -s -H "Authorization: Bearer $KEY" $SG/users/user1@contoso.com/sessions
+  curl -s -X POST -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" \
+    -d '{{"dry_run": true}}' $SG/users/user1@contoso.com/logoff
+  # fleet: every session of one host (needs the admin key; protected users are skipped)
+  curl -s -X POST -H "Authorization: Bearer {admin}" -H "Content-Type: application/json" \
+    -d '{{"all": true, "dry_run": true}}' $SG/hostpools/rds-demo/sessionhosts/rdsh-01.contoso.test/sessions/logoff
   # the auditor reads the audit log
   curl -s -H "Authorization: Bearer {auditor}" "$SG/audit?limit=5"
   # verify the audit log's hash chains (also after the demo stopped)

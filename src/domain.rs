@@ -222,6 +222,10 @@ pub struct Session {
     /// (MultiPoint). Administrators' sessions may be closed only by the `admin` role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<bool>,
+    /// The UPN a user lookup matched this session by, when the host reports only
+    /// `DOMAIN\sam` and the pool's `upn_domains` mapped the UPN to it (`GET /users/{upn}/sessions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upn: Option<String>,
 }
 
 impl Session {

@@ -405,6 +405,8 @@ pub async fn logoff(
         dry_run: b.dry_run,
         message: None,
         batch_id: None,
+        skip_protected: false,
+        self_service: false,
     };
     run_action(&st, ctx, req).await
 }
@@ -431,6 +433,8 @@ async fn simple_action(
         dry_run: b.dry_run,
         message: None,
         batch_id: None,
+        skip_protected: false,
+        self_service: false,
     };
     run_action(&st, ctx, req).await
 }
@@ -517,6 +521,8 @@ pub async fn message(
         dry_run: b.dry_run,
         message: Some((b.title, b.body)),
         batch_id: None,
+        skip_protected: false,
+        self_service: false,
     };
     run_action(&st, ctx, req).await
 }

@@ -27,6 +27,10 @@ pub struct RequestId(pub String);
 #[derive(Debug, Clone, Copy)]
 pub struct ActionAudited;
 
+/// Set on a fleet call's response: its items' `batch_id`, kept in the call's request record.
+#[derive(Debug, Clone)]
+pub struct BatchId(pub String);
+
 /// Why authentication failed, for the audit record (never the secret).
 #[derive(Debug, Clone)]
 pub struct AuthFailure {
@@ -173,6 +177,7 @@ fn request_record(
             .map(|e| e.code.to_string()),
         http_status: status.as_u16(),
         duration: started.elapsed(),
+        batch_id: resp.extensions().get::<BatchId>().map(|b| b.0.clone()),
     }
 }
 
@@ -187,6 +192,8 @@ fn action_name(method: &axum::http::Method, route: Option<&str>, path: &str) -> 
         ("GET", "hostpools") => "list_pools".into(),
         ("GET", "sessionhosts") => "list_hosts".into(),
         ("GET", "sessions") if r.contains("/sessionhosts/") => "list_host_sessions".into(),
+        ("GET", "sessions") if r.starts_with("/users/") => "list_user_sessions".into(),
+        ("GET", "sessions") if r.starts_with("/me/") => "list_my_sessions".into(),
         ("GET", "sessions") => "list_sessions".into(),
         ("GET", "{id}") => "get_session".into(),
         ("GET", "audit") => "read_audit".into(),

@@ -186,6 +186,10 @@ pub enum RequestError {
     IdempotencyKeyReused,
     /// The first request with this key is still running.
     IdempotencyInProgress,
+    /// `/me` while `auth.self_service` is off.
+    SelfServiceDisabled,
+    /// `/me` by a caller whose credential names no user (an API key, or a token without UPN).
+    SelfServiceNeedsToken,
 }
 
 impl RequestError {
@@ -208,6 +212,8 @@ impl RequestError {
             RequestError::InvalidIdempotencyKey => "invalid_idempotency_key",
             RequestError::IdempotencyKeyReused => "idempotency_key_reused",
             RequestError::IdempotencyInProgress => "idempotency_in_progress",
+            RequestError::SelfServiceDisabled => "self_service_disabled",
+            RequestError::SelfServiceNeedsToken => "self_service_needs_token",
         }
     }
 }
@@ -260,6 +266,18 @@ impl From<RequestError> for ApiError {
             RequestError::UnsupportedMediaType(d) => {
                 ApiError::new(S::UNSUPPORTED_MEDIA_TYPE, code, "Unsupported media type", d)
             }
+            RequestError::SelfServiceDisabled => ApiError::new(
+                S::NOT_FOUND,
+                code,
+                "Self-service is not enabled",
+                "The /me routes are off on this server (auth.self_service = false).",
+            ),
+            RequestError::SelfServiceNeedsToken => ApiError::new(
+                S::FORBIDDEN,
+                code,
+                "Self-service needs a user token",
+                "The /me routes act for the user an Entra ID token names (preferred_username or upn); this credential names no user (API keys never do).",
+            ),
             RequestError::RouteNotFound => ApiError::new(
                 S::NOT_FOUND,
                 code,
@@ -479,6 +497,8 @@ mod tests {
             RequestError::InvalidIdempotencyKey,
             RequestError::IdempotencyKeyReused,
             RequestError::IdempotencyInProgress,
+            RequestError::SelfServiceDisabled,
+            RequestError::SelfServiceNeedsToken,
         ];
         for e in &all {
             match e {
@@ -499,6 +519,7 @@ mod tests {
                 | RequestError::InvalidIdempotencyKey
                 | RequestError::IdempotencyKeyReused
                 | RequestError::IdempotencyInProgress => {}
+                RequestError::SelfServiceDisabled | RequestError::SelfServiceNeedsToken => {}
             }
         }
         all

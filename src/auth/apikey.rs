@@ -166,6 +166,7 @@ impl ApiKeys {
             id: format!("apikey:{}", k.cfg.id),
             display: k.cfg.display.clone().or_else(|| Some(k.cfg.id.clone())),
             method: AuthMethod::ApiKey,
+            upn: None,
             grants: k
                 .cfg
                 .roles

@@ -53,6 +53,9 @@ pub struct AuthConfig {
     /// Accounts whose sessions nobody may act on through sessiongate (same pattern syntax as
     /// `auth.protected.users`).
     pub service_accounts: Vec<String>,
+    /// Callers signed in with an Entra ID token may list, log off and disconnect their own
+    /// sessions (`GET /me/sessions`, `POST /me/sessions/{action}`) without any role. Off by default.
+    pub self_service: bool,
 }
 
 /// `[auth.oidc]`.

@@ -334,6 +334,11 @@ impl OidcVerifier {
             .or(c.sub.clone())
             .filter(|s| !s.is_empty())
             .ok_or_else(|| invalid("token has neither oid nor sub"))?;
+        let upn = c
+            .preferred_username
+            .clone()
+            .or_else(|| c.upn.clone())
+            .filter(|u| !u.trim().is_empty());
         let display = c.preferred_username.or(c.upn).or(c.name);
         let mut grants: Vec<Grant> = Vec::new();
         for name in c.roles.iter().chain(c.groups.iter()) {
@@ -350,6 +355,7 @@ impl OidcVerifier {
             display,
             method: AuthMethod::Jwt,
             grants,
+            upn,
         })
     }
 }

@@ -110,6 +110,9 @@ pub struct Principal {
     pub display: Option<String>,
     pub method: AuthMethod,
     pub grants: Vec<Grant>,
+    /// The user principal name an Entra ID token names (`preferred_username`, else `upn`);
+    /// `None` for API keys. Self-service (`/me/...`) acts on this user's sessions only.
+    pub upn: Option<String>,
 }
 
 /// What a route needs.

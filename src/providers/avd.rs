@@ -557,6 +557,7 @@ fn map_session(pool: &str, v: Value, host_hint: Option<&str>) -> Option<Session>
         application_type: p.application_type,
         created_at: parse_time(p.create_time.as_deref()),
         admin: None,
+        upn: None,
     })
 }
 

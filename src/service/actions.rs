@@ -4,7 +4,7 @@ use super::{CallContext, Gateway, Pool, ServiceError};
 use crate::{
     audit::{EventKind, Kept, NewEvent, Target},
     auth::{Permission, Protection},
-    domain::{ActionKind, ActionOutcome, HostName, PoolName, Session, SessionId},
+    domain::{ActionKind, ActionOutcome, HostName, PoolName, Session, SessionId, SessionState},
     providers::{ActionEffect, ProviderError},
 };
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,12 @@ pub struct ActionRequest {
     /// The fleet call or job this item belongs to (audited as `params.batch_id`); items of a
     /// batch are not rate-limited one by one (the batch call was).
     pub batch_id: Option<String>,
+    /// Whole-host calls: a protected user's session is skipped (refused, `session_protected`)
+    /// even for an admin, unless the admin asked for `include_protected`.
+    pub skip_protected: bool,
+    /// Self-service (`/me`): the caller acts on its own session without a role on the pool;
+    /// `expected_user` (the caller's own name, as found) must be set and is checked as usual.
+    pub self_service: bool,
 }
 
 /// A failed action, and whether the service already audited it (intent and outcome).
@@ -55,6 +61,10 @@ pub struct ActionResult {
     pub target: ActionTarget,
     /// The session's user as resolved before acting (`null` when the session was already gone).
     pub user: Option<String>,
+    /// The session's state as resolved before acting (absent when the session was already
+    /// gone); with `dry_run`, this and `user` are the blast radius.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<SessionState>,
     pub outcome: ActionOutcome,
     pub dry_run: bool,
     #[serde(with = "time::serde::rfc3339")]
@@ -168,9 +178,20 @@ impl Gateway {
         {
             return Err(unaudited(ServiceError::RateLimited { retry_after }));
         }
-        let pool = self
-            .pool_for(ctx, &req.pool, Permission::SessionsAct)
-            .map_err(unaudited)?;
+        let pool = if req.self_service {
+            if req.expected_user.is_none() || ctx.principal.upn.is_none() {
+                return Err(unaudited(ServiceError::Forbidden {
+                    missing: Permission::SessionsAct,
+                    pool: Some(req.pool.to_string()),
+                }));
+            }
+            self.pools
+                .get(&req.pool)
+                .ok_or_else(|| unaudited(ServiceError::PoolNotFound(req.pool.to_string())))?
+        } else {
+            self.pool_for(ctx, &req.pool, Permission::SessionsAct)
+                .map_err(unaudited)?
+        };
         let caps = pool.provider.capabilities();
         if !caps.actions.contains(&req.kind) {
             return Err(unaudited(ServiceError::ActionNotSupported {
@@ -205,6 +226,7 @@ impl Gateway {
         let user = session
             .as_ref()
             .and_then(|s| s.user.clone().or_else(|| s.ad_user.clone()));
+        let state = session.as_ref().map(|s| s.state);
         let target = Target {
             pool: Some(req.pool.to_string()),
             host: Some(req.host.to_string()),
@@ -272,6 +294,7 @@ impl Gateway {
                 session_id: req.id,
             },
             user,
+            state,
             outcome,
             dry_run: req.dry_run,
             time: stored.time,
@@ -342,6 +365,12 @@ impl Gateway {
                     });
                 }
                 Protection::Protected => {
+                    if req.skip_protected {
+                        return Err(ServiceError::Protected {
+                            reason: "the session's user is protected: skipped (an admin may include it with include_protected)".into(),
+                            admin_may: true,
+                        });
+                    }
                     let reason = "the session's user is protected; only an admin may log off, disconnect or lock it".to_string();
                     if !ctx
                         .principal

@@ -17,7 +17,10 @@ mod requests;
 pub use crate::audit::{AuditPage, AuditQuery};
 pub use actions::{ActionError, ActionRequest, ActionResult, ActionTarget};
 pub use error::ServiceError;
-pub use fleet::{BatchResult, BatchSummary, FailureOutcome, ItemError, ItemFailure, ItemResult};
+pub use fleet::{
+    BatchResult, BatchSummary, FailureOutcome, ItemError, ItemFailure, ItemResult, Reach,
+    Unreachable, UserSessions,
+};
 pub use idempotency::{IdempotencyDecision, StoredAnswer};
 pub use jobs::{
     ItemState, JobCounts, JobInput, JobItem, JobList, JobQuery, JobState, JobSummary, JobView,
@@ -49,6 +52,8 @@ pub struct Pool {
     pub name: PoolName,
     pub kind: ProviderKind,
     pub provider: Arc<dyn SessionProvider>,
+    /// On-prem pools: UPN suffix (lower case) → NetBIOS domain, for user lookups.
+    pub upn_domains: BTreeMap<String, String>,
 }
 
 /// Who is calling and about which request: carried from the HTTP layer into the service.
@@ -128,6 +133,8 @@ pub struct Limits {
     pub jobs: crate::config::JobsConfig,
     /// `[idempotency]`.
     pub idempotency: crate::config::IdempotencyConfig,
+    /// `auth.self_service`: the `/me` routes are open to token callers.
+    pub self_service: bool,
 }
 
 /// The gateway's use cases.

@@ -65,6 +65,8 @@ pub struct RequestRecord {
     pub error_code: Option<String>,
     pub http_status: u16,
     pub duration: Duration,
+    /// A fleet call: the `batch_id` its items' events carry (kept as `params.batch_id`).
+    pub batch_id: Option<String>,
 }
 
 impl Gateway {
@@ -72,6 +74,9 @@ impl Gateway {
     /// record; the caller must then not be told the call succeeded.
     pub async fn record_request(&self, r: RequestRecord) -> Result<(), ServiceError> {
         let mut params = serde_json::Map::new();
+        if let Some(b) = &r.batch_id {
+            params.insert("batch_id".into(), b.as_str().into());
+        }
         let actor = match &r.caller {
             Caller::Principal(p) => actor_of(p),
             Caller::Refused {

@@ -297,28 +297,34 @@ async fn every_documented_operation_is_routed_and_audited_by_its_route() {
     let (host, id, _) = app.avd_target();
     let doc = serde_json::to_value(sessiongate::api::router::openapi()).unwrap();
     let paths = doc["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 24, "{:?}", paths.keys());
+    assert_eq!(paths.len(), 34, "{:?}", paths.keys());
     let mut seen = Vec::new();
     for (tpl, item) in paths {
         let path = tpl
             .replace("{pool}", AVD_POOL)
             .replace("{host}", &host)
             .replace("{id}", &id.to_string())
-            .replace("{action}", "logoff");
+            .replace("{action}", "logoff")
+            .replace("{upn}", "dana@contoso.com");
         for method in item.as_object().unwrap().keys() {
             let op = &item[method]["operationId"];
             let r = match method.as_str() {
                 "get" => app.get(&app.keys.admin, &path).await,
                 "post" => {
                     let url = format!("{}{path}", app.url);
-                    let body = json!({"title": "t", "body": "b", "dry_run": true});
-                    let body = if path.ends_with("/message") {
-                        body
-                    } else if tpl.ends_with("{action}") {
+                    // Each route's own body shape: a whole host names ids, a pool names
+                    // targets, the others need none; `message` adds title and body.
+                    let mut body = if tpl.contains("{host}/sessions/") && !tpl.contains("{id}") {
+                        json!({"dry_run": true, "ids": [id]})
+                    } else if tpl.starts_with("/hostpools/{pool}/sessions/") {
                         json!({"dry_run": true, "targets": [{"host": host, "id": id.to_string()}]})
                     } else {
                         json!({"dry_run": true})
                     };
+                    if path.ends_with("/message") {
+                        body["title"] = "t".into();
+                        body["body"] = "b".into();
+                    }
                     app.post(&app.keys.admin, &url, Some(body)).await
                 }
                 other => panic!("unexpected method {other} for {tpl}"),

@@ -19,7 +19,8 @@ async fn every_routed_operation_refuses_an_unknown_query_parameter() {
             .replace("{pool}", AVD_POOL)
             .replace("{host}", &host)
             .replace("{id}", &id.to_string())
-            .replace("{action}", "logoff");
+            .replace("{action}", "logoff")
+            .replace("{upn}", "dana@contoso.com");
         for method in item.as_object().unwrap().keys() {
             let url = format!("{}{path}?dry_runn=true", app.url);
             let r = match method.as_str() {

@@ -112,6 +112,7 @@ fn principal(grants: Vec<(Role, &[&str])>) -> Principal {
         id: "u1".into(),
         display: None,
         method: AuthMethod::Jwt,
+        upn: None,
         grants: grants
             .into_iter()
             .map(|(role, pools)| Grant {

@@ -27,6 +27,7 @@ mod classic_measure;
 mod classic_provider;
 mod cli;
 mod deploy;
+mod fleet;
 mod fleet_idempotency;
 mod fleet_jobs;
 mod fleet_jobs_crash;

@@ -139,6 +139,11 @@ pub struct OnPremPoolConfig {
     /// The account the gateway signs in as; its sessions are never logged off or disconnected.
     #[serde(default)]
     pub gateway_account: Option<String>,
+    /// How a UPN maps to this pool's down-level names for user lookups (`GET /users/{upn}/sessions`):
+    /// UPN suffix → NetBIOS domain, e.g. `{ "contoso.com" = "CONTOSO" }` makes
+    /// `alice@contoso.com` match sessions of `CONTOSO\alice`.
+    #[serde(default)]
+    pub upn_domains: std::collections::BTreeMap<String, String>,
 }
 
 impl OnPremPoolConfig {
@@ -157,6 +162,7 @@ impl OnPremPoolConfig {
             command_timeout_secs: d_cmd(),
             shell_idle_secs: d_idle(),
             gateway_account: None,
+            upn_domains: Default::default(),
         }
     }
 }
@@ -257,6 +263,41 @@ impl OnPremPoolConfig {
             if v == 0 {
                 return Err(key.field(k).err("must be at least 1"));
             }
+        }
+        for (suffix, domain) in &self.upn_domains {
+            let k = key.field("upn_domains");
+            let label_ok = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 63
+                    && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            };
+            if suffix.len() > 253 || !suffix.split('.').all(label_ok) {
+                return Err(k.err(format!(
+                    "'{suffix}' is not a UPN suffix (a DNS name such as 'contoso.com')"
+                )));
+            }
+            if domain.is_empty()
+                || domain.len() > 15
+                || !domain
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(k.err(format!(
+                    "'{domain}' (for '{suffix}') is not a NetBIOS domain name (1-15 letters, digits, '-', '_', '.')"
+                )));
+            }
+        }
+        if self
+            .upn_domains
+            .keys()
+            .map(|k| k.to_ascii_lowercase())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            != self.upn_domains.len()
+        {
+            return Err(key
+                .field("upn_domains")
+                .err("a UPN suffix is listed twice (suffixes are case-insensitive)"));
         }
         if self.auth == WinRmAuth::Kerberos {
             let u = &self.credential.username;
@@ -580,6 +621,7 @@ impl Core {
             application_type: None,
             created_at: None,
             admin: r.admin,
+            upn: None,
         }
     }
 
@@ -726,6 +768,32 @@ mod tests {
 
     fn cfg(toml_text: &str) -> OnPremPoolConfig {
         toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn upn_domains_are_checked_naming_the_key() {
+        let base = r#"hosts = [{ name = "h1.contoso.com" }]
+               credential = { username = "u", password_file = "/nonexistent" }
+               "#;
+        let ok = cfg(&format!(
+            "{base}upn_domains = {{ \"contoso.com\" = \"CONTOSO\" }}"
+        ));
+        ok.validate(&Key::pool("p")).unwrap();
+        for bad in [
+            r#"{ "contoso com" = "CONTOSO" }"#,
+            r#"{ "" = "CONTOSO" }"#,
+            r#"{ "contoso.com" = "" }"#,
+            r#"{ "contoso.com" = 'CONTOSO\X' }"#,
+            r#"{ "contoso.com" = "A-NAME-TOO-LONG-FOR-NETBIOS" }"#,
+            r#"{ "contoso.com" = "C", "CONTOSO.com" = "D" }"#,
+        ] {
+            let c = cfg(&format!("{base}upn_domains = {bad}"));
+            let e = c.validate(&Key::pool("p")).err().unwrap();
+            assert!(
+                e.to_string().starts_with("pools[p].upn_domains"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

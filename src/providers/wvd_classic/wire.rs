@@ -117,6 +117,7 @@ impl WireSession {
             application_type: enum_name(self.application_type.as_ref(), &APPLICATION_TYPES),
             created_at: parse_time(self.create_time.as_deref()),
             admin: None,
+            upn: None,
         })
     }
 }
