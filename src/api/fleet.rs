@@ -310,7 +310,13 @@ pub async fn run_items(
     }
     // `?async=true`, or more items than `fleet.sync_limit`: a durable job, answered 202.
     if runs_as_job(st, q, items.len()) {
-        let inputs = items.into_iter().map(|r| r.map_err(|f| *f)).collect();
+        let mut inputs = Vec::with_capacity(items.len());
+        for r in items {
+            inputs.push(match r {
+                Ok(a) => Ok(a),
+                Err(f) => Err(*f),
+            });
+        }
         return super::jobs::submit(st, ctx, job_kind, inputs).await;
     }
     let batch_id = uuid::Uuid::now_v7().to_string();
