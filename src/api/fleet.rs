@@ -309,7 +309,8 @@ pub async fn run_items(
         return ApiError::from(e).into_response();
     }
     // `?async=true`, or more items than `fleet.sync_limit`: a durable job, answered 202.
-    if runs_as_job(st, q, items.len()) {
+    // Nothing to act on (a user with no session) is answered at once, job or not.
+    if !items.is_empty() && runs_as_job(st, q, items.len()) {
         let mut inputs = Vec::with_capacity(items.len());
         for r in items {
             inputs.push(match r {
