@@ -132,6 +132,48 @@ impl FaultArgs {
     }
 }
 
+/// ARM's token buckets in `emulate avd` (per subscription and operation kind; the defaults are
+/// ARM's published ones). Past a bucket the emulator answers 429 `SubscriptionRequestsThrottled`
+/// with `Retry-After`; every metered answer carries `x-ms-ratelimit-remaining-subscription-*`.
+#[derive(Debug, Args, Clone)]
+pub struct ArmThrottleArgs {
+    /// Answer every request without metering it.
+    #[arg(long)]
+    pub no_throttle: bool,
+    /// Read (GET) bucket size.
+    #[arg(long, default_value_t = 250, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub read_bucket: u32,
+    /// Read tokens refilled per second.
+    #[arg(long, default_value_t = 25, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub read_refill: u32,
+    /// Write (POST, PATCH: disconnect, sendMessage) bucket size.
+    #[arg(long, default_value_t = 200, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub write_bucket: u32,
+    /// Write tokens refilled per second.
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub write_refill: u32,
+    /// Delete (DELETE: log off) bucket size.
+    #[arg(long, default_value_t = 200, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub delete_bucket: u32,
+    /// Delete tokens refilled per second.
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub delete_refill: u32,
+}
+
+impl ArmThrottleArgs {
+    /// The emulator's throttle settings these flags ask for (`None`: `--no-throttle`).
+    pub fn settings(&self) -> Option<crate::emulator::arm::ThrottleSettings> {
+        (!self.no_throttle).then_some(crate::emulator::arm::ThrottleSettings {
+            read_capacity: self.read_bucket,
+            read_refill_per_sec: self.read_refill,
+            write_capacity: self.write_bucket,
+            write_refill_per_sec: self.write_refill,
+            delete_capacity: self.delete_bucket,
+            delete_refill_per_sec: self.delete_refill,
+        })
+    }
+}
+
 /// A fault rate: a number from 0 to 1.
 fn parse_rate(s: &str) -> Result<f64, String> {
     let r: f64 = s
@@ -150,7 +192,12 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 #[derive(Debug, Subcommand)]
 pub enum EmulateCommand {
     /// Azure Resource Manager (Microsoft.DesktopVirtualization) with its token endpoint.
-    Avd(EmulatorArgs),
+    Avd {
+        #[command(flatten)]
+        args: EmulatorArgs,
+        #[command(flatten)]
+        throttle: ArmThrottleArgs,
+    },
     /// The WVD classic (RDInfra) broker with its token endpoint.
     WvdClassic(EmulatorArgs),
     /// WinRM hosts (RD Session Host or MultiPoint flavour).

@@ -3,7 +3,7 @@
 
 use crate::{
     auth::apikey,
-    cli::{DemoArgs, EmulateCommand, EmulatorArgs},
+    cli::{ArmThrottleArgs, DemoArgs, EmulateCommand, EmulatorArgs},
     config::Config,
     emulator::{arm, common::EmulatorTls, winrm, wvd_classic},
 };
@@ -397,7 +397,7 @@ Stop with Ctrl-C.
 pub async fn emulate(which: EmulateCommand) -> u8 {
     crate::telemetry::init(false, "warn");
     let res = match which {
-        EmulateCommand::Avd(args) => emulate_avd(args).await,
+        EmulateCommand::Avd { args, throttle } => emulate_avd(args, throttle).await,
         EmulateCommand::WvdClassic(args) => emulate_classic(args).await,
         EmulateCommand::Winrm {
             args,
@@ -436,7 +436,7 @@ fn write_ca(tls: &EmulatorTls, out: Option<PathBuf>) -> Result<PathBuf, String> 
     Ok(path)
 }
 
-async fn emulate_avd(args: EmulatorArgs) -> Result<(), String> {
+async fn emulate_avd(args: EmulatorArgs, throttle: ArmThrottleArgs) -> Result<(), String> {
     let tls = EmulatorTls::generate().map_err(|e| e.to_string())?;
     let ca = write_ca(&tls, args.ca_out)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -446,6 +446,7 @@ async fn emulate_avd(args: EmulatorArgs) -> Result<(), String> {
         hosts_per_pool: args.hosts,
         sessions_per_host: args.sessions_per_host,
         faults: args.faults.settings(),
+        throttling: throttle.settings(),
         ..arm::ArmEmulatorOptions::default()
     };
     let mut emu = arm::start(listener, &tls, opts)

@@ -671,3 +671,83 @@ fn emulate_winrm_prints_one_json_line_with_host_endpoints() {
     }
     assert_eq!(v["cbt_hardening"], "strict", "{v}");
 }
+
+/// The ARM throttle is shaped from the command line: `--delete-bucket 3 --delete-refill 1`
+/// lets three log-offs through (each answer counting down
+/// `x-ms-ratelimit-remaining-subscription-deletes`), then answers 429 with `Retry-After` and
+/// ARM's error body; reads have their own bucket; `--no-throttle` meters nothing.
+#[tokio::test]
+async fn emulate_avd_throttle_flags_shape_the_buckets() {
+    async fn token(http: &reqwest::Client, v: &serde_json::Value) -> String {
+        crate::support::client_credentials_token(
+            http,
+            v["token_url"].as_str().unwrap(),
+            v["client_id"].as_str().unwrap(),
+            v["client_secret"].as_str().unwrap(),
+            &format!("{}/.default", v["base_url"].as_str().unwrap()),
+        )
+        .await
+    }
+    fn session_url(v: &serde_json::Value) -> String {
+        format!(
+            "{}/subscriptions/{}/resourceGroups/{}/providers/Microsoft.DesktopVirtualization/hostPools/{}/sessionHosts/nohost.contoso.com/userSessions/7?api-version=2025-10-10",
+            v["base_url"].as_str().unwrap(),
+            v["subscription"].as_str().unwrap(),
+            v["resource_group"].as_str().unwrap(),
+            v["host_pools"][0].as_str().unwrap()
+        )
+    }
+    let (_k, v, http) = emulate_avd_with(&[
+        "--delete-bucket",
+        "3",
+        "--delete-refill",
+        "1",
+        "--read-bucket",
+        "1000",
+    ]);
+    let tok = token(&http, &v).await;
+    let url = session_url(&v);
+    for left in ["2", "1", "0"] {
+        let r = http.delete(&url).bearer_auth(&tok).send().await.unwrap();
+        assert_ne!(r.status(), 429);
+        assert_eq!(
+            r.headers()["x-ms-ratelimit-remaining-subscription-deletes"],
+            left
+        );
+    }
+    let r = http.delete(&url).bearer_auth(&tok).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+    assert_eq!(
+        r.headers()["x-ms-ratelimit-remaining-subscription-deletes"],
+        "0"
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body["error"]["code"], "SubscriptionRequestsThrottled",
+        "{body}"
+    );
+    let r = http.get(&url).bearer_auth(&tok).send().await.unwrap();
+    assert_ne!(r.status(), 429, "reads have their own bucket");
+    assert_eq!(
+        r.headers()["x-ms-ratelimit-remaining-subscription-reads"],
+        "999"
+    );
+
+    let (_k, v, http) = emulate_avd_with(&["--no-throttle"]);
+    let tok = token(&http, &v).await;
+    let url = session_url(&v);
+    for _ in 0..250 {
+        let r = http.delete(&url).bearer_auth(&tok).send().await.unwrap();
+        assert_ne!(r.status(), 429);
+        assert!(
+            !r.headers()
+                .contains_key("x-ms-ratelimit-remaining-subscription-deletes")
+        );
+    }
+}

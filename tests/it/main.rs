@@ -31,6 +31,7 @@ mod gateway_crash;
 mod gateway_durability;
 mod gateway_postgres;
 mod gateway_store_down;
+mod pacing;
 mod resilience_faults;
 mod schemathesis;
 mod winrm_bench;
