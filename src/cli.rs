@@ -176,6 +176,86 @@ impl FaultArgs {
     }
 }
 
+/// `emulate oidc`.
+#[derive(Debug, Args, Clone)]
+pub struct OidcArgs {
+    /// Loopback address to listen on (a non-loopback address is refused).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Tenant id (the issuer is `https://HOST:PORT/{tenant}/v2.0`).
+    #[arg(long, default_value = "11111111-2222-4333-8444-666666666666")]
+    pub tenant: String,
+    /// The API the tokens are for (`aud`); requests ask for scope `{audience}/.default`.
+    #[arg(long, default_value = "api://sessiongate")]
+    pub audience: String,
+    /// The registered client (application) id.
+    #[arg(long, default_value = "cccccccc-dddd-4eee-8fff-000000000001")]
+    pub client_id: String,
+    /// The client's secret (default: a fresh random one, printed in the JSON line).
+    #[arg(long)]
+    pub client_secret: Option<String>,
+    /// A user the password grant signs in (repeat for more).
+    #[arg(long = "user", value_name = "UPN", default_values_t = vec!["alice@contoso.com".to_string()])]
+    pub users: Vec<String>,
+    /// App role in every user's tokens (repeat for more; e.g. Reader, Operator).
+    #[arg(long = "user-role", value_name = "ROLE")]
+    pub user_roles: Vec<String>,
+    /// App role in the client's own (client-credentials) tokens (repeat for more).
+    #[arg(long = "client-role", value_name = "ROLE")]
+    pub client_roles: Vec<String>,
+    /// The users' password (default: a fresh random one, printed in the JSON line).
+    #[arg(long)]
+    pub password: Option<String>,
+    /// Lifetime of issued tokens (`expires_in`), seconds.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub token_lifetime_secs: u32,
+    /// Write the emulator's CA certificate (PEM) here (default: a path under the temp dir).
+    #[arg(long)]
+    pub ca_out: Option<PathBuf>,
+}
+
+/// ARM's token buckets in `emulate avd` (per subscription and operation kind; the defaults are
+/// ARM's published ones). Past a bucket the emulator answers 429 `SubscriptionRequestsThrottled`
+/// with `Retry-After`; every metered answer carries `x-ms-ratelimit-remaining-subscription-*`.
+#[derive(Debug, Args, Clone)]
+pub struct ArmThrottleArgs {
+    /// Answer every request without metering it.
+    #[arg(long)]
+    pub no_throttle: bool,
+    /// Read (GET) bucket size.
+    #[arg(long, default_value_t = 250, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub read_bucket: u32,
+    /// Read tokens refilled per second.
+    #[arg(long, default_value_t = 25, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub read_refill: u32,
+    /// Write (POST, PATCH: disconnect, sendMessage) bucket size.
+    #[arg(long, default_value_t = 200, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub write_bucket: u32,
+    /// Write tokens refilled per second.
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub write_refill: u32,
+    /// Delete (DELETE: log off) bucket size.
+    #[arg(long, default_value_t = 200, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub delete_bucket: u32,
+    /// Delete tokens refilled per second.
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub delete_refill: u32,
+}
+
+impl ArmThrottleArgs {
+    /// The emulator's throttle settings these flags ask for (`None`: `--no-throttle`).
+    pub fn settings(&self) -> Option<crate::emulator::arm::ThrottleSettings> {
+        (!self.no_throttle).then_some(crate::emulator::arm::ThrottleSettings {
+            read_capacity: self.read_bucket,
+            read_refill_per_sec: self.read_refill,
+            write_capacity: self.write_bucket,
+            write_refill_per_sec: self.write_refill,
+            delete_capacity: self.delete_bucket,
+            delete_refill_per_sec: self.delete_refill,
+        })
+    }
+}
+
 /// A fault rate: a number from 0 to 1.
 fn parse_rate(s: &str) -> Result<f64, String> {
     let r: f64 = s
@@ -194,7 +274,15 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 #[derive(Debug, Subcommand)]
 pub enum EmulateCommand {
     /// Azure Resource Manager (Microsoft.DesktopVirtualization) with its token endpoint.
-    Avd(EmulatorArgs),
+    Avd {
+        #[command(flatten)]
+        args: EmulatorArgs,
+        #[command(flatten)]
+        throttle: ArmThrottleArgs,
+    },
+    /// An OpenID Connect issuer shaped like Microsoft Entra ID v2.0 (discovery, JWKS, token
+    /// endpoint with client-credentials and password grants), on loopback only.
+    Oidc(OidcArgs),
     /// The WVD classic (RDInfra) broker with its token endpoint.
     WvdClassic(EmulatorArgs),
     /// WinRM hosts (RD Session Host or MultiPoint flavour).

@@ -38,7 +38,19 @@ pub struct Config {
     #[serde(default)]
     pub docs: DocsConfig,
     #[serde(default)]
+    pub pacing: PacingConfig,
+    #[serde(default)]
     pub pools: Vec<PoolConfig>,
+}
+
+/// `[pacing]`: how calls to the backends are spaced so a large run waits for the backend's
+/// budget instead of being refused (`crate::upstream::pace`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PacingConfig {
+    /// `[pacing.arm]`: ARM's token buckets per (subscription, credential, operation kind);
+    /// an AVD pool may override any of it with its own `pacing = {...}`.
+    pub arm: crate::upstream::pace::ArmPacing,
 }
 
 /// `[fleet]`: bounds of the calls that act on many sessions (bulk, whole host, user
@@ -419,6 +431,11 @@ impl Config {
                 .field("listen")
                 .err("must differ from server.listen (leave it out to serve /metrics there)"));
         }
+        self.pacing
+            .arm
+            .check()
+            .map_err(|(f, why)| Key::root("pacing").field("arm").field(&f).err(why))?;
+        let pacer = crate::upstream::pace::Pacer::new(self.pacing.arm);
         let protected = ProtectedSessions::new(&self.auth.protected, &self.auth.service_accounts)?;
         let mut seen = std::collections::HashSet::new();
         for (i, p) in self.pools.iter().enumerate() {
@@ -433,8 +450,8 @@ impl Config {
         for p in &self.pools {
             let name = p.name.as_str();
             let provider = match &p.provider {
-                ProviderConfig::Avd(c) => avd::build(name, c),
-                ProviderConfig::WvdClassic(c) => wvd_classic::build(name, c),
+                ProviderConfig::Avd(c) => avd::build_paced(name, c, &pacer),
+                ProviderConfig::WvdClassic(c) => wvd_classic::build_paced(name, c, &pacer),
                 ProviderConfig::Rds(c) => winrm::build_rds(name, c),
                 ProviderConfig::Multipoint(c) => winrm::build_multipoint(name, c),
             }?;

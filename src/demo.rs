@@ -3,7 +3,7 @@
 
 use crate::{
     auth::apikey,
-    cli::{DemoArgs, EmulateCommand, EmulatorArgs},
+    cli::{ArmThrottleArgs, DemoArgs, EmulateCommand, EmulatorArgs, OidcArgs},
     config::Config,
     emulator::{arm, common::EmulatorTls, winrm, wvd_classic},
 };
@@ -66,11 +66,57 @@ pub const MPS_HOST: &str = "mps-01.contoso.test";
 
 /// Emulators started for the demo, kept alive while it runs.
 pub struct DemoBackends {
+    /// The Entra-style issuer `[auth.oidc]` trusts (what `emulate oidc` runs).
+    pub oidc: crate::emulator::oidc::TestIssuer,
+    /// The demo user (a UPN with sessions in the ARM pool) and its password at the issuer.
+    pub demo_user: String,
+    pub demo_password: String,
     pub arm: arm::ArmEmulator,
     pub classic: wvd_classic::ClassicEmulator,
     pub rds: winrm::WinRmEmulator,
     pub multipoint: winrm::WinRmEmulator,
     pub values: HashMap<&'static str, String>,
+}
+
+/// The demo's Entra tenant, API (audience) and public client of the OIDC emulator.
+const DEMO_TENANT: &str = "11111111-2222-4333-8444-666666666666";
+pub const DEMO_AUDIENCE: &str = "api://sessiongate-demo";
+pub const DEMO_CLIENT_ID: &str = "cccccccc-dddd-4eee-8fff-000000000001";
+/// Lifetime of the demo user's tokens: short, a fresh one is one curl away.
+pub const DEMO_TOKEN_LIFETIME_SECS: u32 = 3600;
+
+impl DemoBackends {
+    /// Signs the demo user in at the OIDC emulator's token endpoint (password grant, as a
+    /// public client would) and returns the access token.
+    pub async fn demo_user_token(&self) -> Result<String, String> {
+        let mut b = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10));
+        for c in reqwest::Certificate::from_pem_bundle(self.oidc.ca_pem().as_bytes())
+            .map_err(|e| e.to_string())?
+        {
+            b = b.add_root_certificate(c);
+        }
+        let http = b.build().map_err(|e| e.to_string())?;
+        let scope = format!("{DEMO_AUDIENCE}/.default");
+        let v: serde_json::Value = http
+            .post(self.oidc.token_url())
+            .form(&[
+                ("grant_type", "password"),
+                ("client_id", DEMO_CLIENT_ID),
+                ("username", self.demo_user.as_str()),
+                ("password", self.demo_password.as_str()),
+                ("scope", scope.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(|e| format!("token request: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("token answer: {e}"))?;
+        v["access_token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("no token from the OIDC emulator: {v}"))
+    }
 }
 
 /// Starts every emulator and returns the placeholder values for `config/demo.toml`.
@@ -171,7 +217,41 @@ pub async fn start_backends(data_dir: &Path) -> Result<DemoBackends, String> {
         .endpoint(MPS_HOST)
         .ok_or_else(|| format!("the WinRM emulator did not start host {MPS_HOST}"))?;
     values.insert("MPS_1_URL", url);
+
+    // Entra ID, emulated: the gateway's [auth.oidc] trusts it; the demo user signs in with the
+    // password grant at its token endpoint.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("binding the OIDC emulator: {e}"))?;
+    let oidc = crate::emulator::oidc::TestIssuer::start_on(listener, tls.clone(), DEMO_TENANT)
+        .await
+        .map_err(|e| format!("starting the OIDC emulator: {e}"))?;
+    // The last seeded user: the printed examples act on the first host's sessions.
+    let demo_user = arm_emu
+        .state()
+        .sessions("hp-demo")
+        .last()
+        .map(|s| s.user.clone())
+        .ok_or("the ARM emulator seeded no session")?;
+    let demo_password = random_secret();
+    oidc.set_token_endpoint(crate::emulator::oidc::TokenEndpoint {
+        audience: DEMO_AUDIENCE.into(),
+        client_id: DEMO_CLIENT_ID.into(),
+        client_secret: random_secret(),
+        client_roles: Vec::new(),
+        users: vec![(
+            demo_user.clone(),
+            demo_password.clone(),
+            vec!["Reader".into()],
+        )],
+        lifetime_secs: DEMO_TOKEN_LIFETIME_SECS,
+    });
+    values.insert("OIDC_ISSUER", oidc.issuer().to_string());
+    values.insert("OIDC_AUDIENCE", DEMO_AUDIENCE.to_string());
     Ok(DemoBackends {
+        oidc,
+        demo_user,
+        demo_password,
         arm: arm_emu,
         classic,
         rds,
@@ -326,7 +406,14 @@ pub async fn run(args: DemoArgs) -> u8 {
             return 1;
         }
     };
-    print_banner(&addr, &keys, &backends, &data_dir, &cfg_path);
+    let token = match backends.demo_user_token().await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: signing the demo user in at the OIDC emulator: {e}");
+            return 1;
+        }
+    };
+    print_banner(&addr, &keys, &backends, &data_dir, &cfg_path, &token);
     match crate::app::serve(app, listener, crate::app::shutdown_signal()).await {
         Ok(()) => 0,
         Err(e) => {
@@ -336,7 +423,14 @@ pub async fn run(args: DemoArgs) -> u8 {
     }
 }
 
-fn print_banner(addr: &str, keys: &DemoKeys, b: &DemoBackends, data_dir: &Path, cfg: &Path) {
+fn print_banner(
+    addr: &str,
+    keys: &DemoKeys,
+    b: &DemoBackends,
+    data_dir: &Path,
+    cfg: &Path,
+    token: &str,
+) {
     let url = format!("http://{addr}");
     let state = b.arm.state();
     let hosts = state.hosts("hp-demo");
@@ -393,6 +487,13 @@ Try:
   # verify the audit log's hash chains (also after the demo stopped)
   sessiongate audit verify --config {cfg_arg}
 
+Entra ID (emulated: `sessiongate emulate oidc`) token of demo user {user}
+(app role Reader, valid {mins} min):
+  export TOKEN={token}
+  curl -s -H "Authorization: Bearer $TOKEN" $SG/hostpools/avd-demo/sessions
+  # a fresh token (password grant at the emulator's Entra-style v2 token endpoint)
+  curl -s --cacert {ca} -d grant_type=password -d client_id={client} -d username={user} -d password={password} -d scope={scope} {token_url}
+
 Stop with Ctrl-C.
 "#,
         data_dir = data_dir.display(),
@@ -402,14 +503,22 @@ Stop with Ctrl-C.
         admin = keys.admin,
         auditor = keys.auditor,
         mps = MPS_HOST,
+        user = b.demo_user,
+        mins = DEMO_TOKEN_LIFETIME_SECS / 60,
+        ca = shell_word(&data_dir.join("emulator-ca.pem").display().to_string()),
+        client = DEMO_CLIENT_ID,
+        password = shell_word(&b.demo_password),
+        scope = shell_word(&format!("{DEMO_AUDIENCE}/.default")),
+        token_url = b.oidc.token_url(),
     );
 }
 
 pub async fn emulate(which: EmulateCommand) -> u8 {
     crate::telemetry::init(false, "warn");
     let res = match which {
-        EmulateCommand::Avd(args) => emulate_avd(args).await,
+        EmulateCommand::Avd { args, throttle } => emulate_avd(args, throttle).await,
         EmulateCommand::WvdClassic(args) => emulate_classic(args).await,
+        EmulateCommand::Oidc(args) => emulate_oidc(args).await,
         EmulateCommand::Winrm {
             args,
             flavour,
@@ -447,7 +556,7 @@ fn write_ca(tls: &EmulatorTls, out: Option<PathBuf>) -> Result<PathBuf, String> 
     Ok(path)
 }
 
-async fn emulate_avd(args: EmulatorArgs) -> Result<(), String> {
+async fn emulate_avd(args: EmulatorArgs, throttle: ArmThrottleArgs) -> Result<(), String> {
     let tls = EmulatorTls::generate().map_err(|e| e.to_string())?;
     let ca = write_ca(&tls, args.ca_out)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -457,6 +566,7 @@ async fn emulate_avd(args: EmulatorArgs) -> Result<(), String> {
         hosts_per_pool: args.hosts,
         sessions_per_host: args.sessions_per_host,
         faults: args.faults.settings(),
+        throttling: throttle.settings(),
         ..arm::ArmEmulatorOptions::default()
     };
     let mut emu = arm::start(listener, &tls, opts)
@@ -466,6 +576,80 @@ async fn emulate_avd(args: EmulatorArgs) -> Result<(), String> {
     println!(
         "{}",
         serde_json::to_string(&emu.info()).map_err(|e| e.to_string())?
+    );
+    crate::app::shutdown_signal().await;
+    Ok(())
+}
+
+/// What `sessiongate emulate oidc` prints (one JSON line).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct OidcEmulatorInfo {
+    pub issuer: String,
+    pub discovery_url: String,
+    pub jwks_uri: String,
+    pub token_url: String,
+    pub tenant: String,
+    pub audience: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub users: Vec<String>,
+    pub password: String,
+    pub token_lifetime_secs: u32,
+    pub ca_pem_path: String,
+}
+
+fn random_secret() -> String {
+    use base64::Engine;
+    use rand::Rng;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::rng().random::<[u8; 24]>())
+}
+
+async fn emulate_oidc(args: OidcArgs) -> Result<(), String> {
+    if !args.listen.ip().is_loopback() {
+        return Err(format!(
+            "--listen {}: the OIDC emulator mints tokens and listens on loopback only",
+            args.listen
+        ));
+    }
+    let tls = EmulatorTls::generate().map_err(|e| e.to_string())?;
+    let ca = write_ca(&tls, args.ca_out)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let issuer = crate::emulator::oidc::TestIssuer::start_on(listener, tls, &args.tenant)
+        .await
+        .map_err(|e| e.to_string())?;
+    let client_secret = args.client_secret.unwrap_or_else(random_secret);
+    let password = args.password.unwrap_or_else(random_secret);
+    issuer.set_token_endpoint(crate::emulator::oidc::TokenEndpoint {
+        audience: args.audience.clone(),
+        client_id: args.client_id.clone(),
+        client_secret: client_secret.clone(),
+        client_roles: args.client_roles,
+        users: args
+            .users
+            .iter()
+            .map(|u| (u.clone(), password.clone(), args.user_roles.clone()))
+            .collect(),
+        lifetime_secs: args.token_lifetime_secs,
+    });
+    let info = OidcEmulatorInfo {
+        issuer: issuer.issuer().to_string(),
+        discovery_url: issuer.discovery_url(),
+        jwks_uri: issuer.jwks_url(),
+        token_url: issuer.token_url(),
+        tenant: args.tenant,
+        audience: args.audience,
+        client_id: args.client_id,
+        client_secret,
+        users: args.users,
+        password,
+        token_lifetime_secs: args.token_lifetime_secs,
+        ca_pem_path: ca.display().to_string(),
+    };
+    println!(
+        "{}",
+        serde_json::to_string(&info).map_err(|e| e.to_string())?
     );
     crate::app::shutdown_signal().await;
     Ok(())

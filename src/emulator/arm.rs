@@ -370,6 +370,8 @@ pub struct ArmState {
     world: Mutex<World>,
     settings: Mutex<Settings>,
     calls: Mutex<BTreeMap<ArmOp, u64>>,
+    /// Requests refused by the token buckets (429 `SubscriptionRequestsThrottled`).
+    throttled: std::sync::atomic::AtomicU64,
     messages: Mutex<Vec<DeliveredMessage>>,
 }
 
@@ -467,6 +469,11 @@ impl ArmState {
         w.pool(pool)
             .and_then(|p| p.host(host))
             .map(|h| h.allow_new_session)
+    }
+
+    /// How many requests the token buckets refused (429) so far.
+    pub fn throttled_answers(&self) -> u64 {
+        self.throttled.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many requests for `op` reached the emulator's routing (including ones then
@@ -668,6 +675,7 @@ pub async fn start(
             reject_state_filter: false,
         }),
         calls: Mutex::new(BTreeMap::new()),
+        throttled: std::sync::atomic::AtomicU64::new(0),
         messages: Mutex::new(Vec::new()),
     });
 
@@ -1085,6 +1093,8 @@ fn handle(
         match bucket.take() {
             Ok(left) => remaining_header = Some((hname, left)),
             Err(t) => {
+                st.throttled
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut r = arm_error(
                     StatusCode::TOO_MANY_REQUESTS,
                     "SubscriptionRequestsThrottled",

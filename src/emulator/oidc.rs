@@ -5,6 +5,13 @@
 //! - `GET /{tenant}/discovery/v2.0/keys` (JWKS: one RSA key for RS256 and one P-256 key for
 //!   ES256, each with a `kid`; like Entra, the RSA key carries `use` but no `alg`).
 //!
+//! - `POST /{tenant}/oauth2/v2.0/token` (Entra's v2 token endpoint): `client_credentials`
+//!   for the configured client (an app token, `idtyp: app`) and `password` (resource owner
+//!   password credentials) for the configured users (a user token with `upn`,
+//!   `preferred_username` and the user's app `roles`). `scope` must be `{audience}/.default`;
+//!   failures answer Entra's error body (`error`, `error_description` with its AADSTS code,
+//!   `error_codes`, `timestamp`, `trace_id`, `correlation_id`).
+//!
 //! It mints access tokens with arbitrary claims, algorithm and `kid`, rotates its keys (new
 //! `kid`s, old ones removed from the JWKS), and mints the forgeries a verifier must refuse:
 //! signed by a key not in the JWKS, `alg: none`, and HS256 keyed with the RSA public key.
@@ -53,6 +60,35 @@ struct IssuerState {
     keys: Mutex<Keys>,
     jwks_hits: AtomicU64,
     keys_failing: AtomicBool,
+    grants: Mutex<Grants>,
+}
+
+/// Who the token endpoint issues tokens to, and for what.
+#[derive(Debug, Clone, Default)]
+struct Grants {
+    audience: String,
+    client_id: String,
+    client_secret: String,
+    /// App roles of the client's own (client-credentials) tokens.
+    client_roles: Vec<String>,
+    /// UPN (lower case) → (password, app roles).
+    users: std::collections::BTreeMap<String, (String, Vec<String>)>,
+    lifetime_secs: i64,
+}
+
+/// What the token endpoint accepts (see [`TestIssuer::set_token_endpoint`]).
+#[derive(Debug, Clone)]
+pub struct TokenEndpoint {
+    /// The resource tokens are issued for (`aud`); `scope` must be `{audience}/.default`.
+    pub audience: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// App roles in the client's own tokens.
+    pub client_roles: Vec<String>,
+    /// `(upn, password, app roles)` of the users the `password` grant signs in.
+    pub users: Vec<(String, String, Vec<String>)>,
+    /// `expires_in` of issued tokens.
+    pub lifetime_secs: u32,
 }
 
 /// A running test issuer. Dropping it stops the server.
@@ -116,8 +152,25 @@ impl TestIssuer {
     /// Starts an issuer for `tenant`, serving with `tls` (share one CA among emulators).
     pub async fn start_with(tls: EmulatorTls, tenant: &str) -> Result<Self, BoxError> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let issuer = format!("https://127.0.0.1:{port}/{tenant}/v2.0");
+        Self::start_on(listener, tls, tenant).await
+    }
+
+    /// [`TestIssuer::start_with`] on a listener of the caller's (`emulate oidc --listen`).
+    pub async fn start_on(
+        listener: TcpListener,
+        tls: EmulatorTls,
+        tenant: &str,
+    ) -> Result<Self, BoxError> {
+        let addr = listener.local_addr()?;
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else if addr.is_ipv6() {
+            format!("[{}]", addr.ip())
+        } else {
+            addr.ip().to_string()
+        };
+        let port = addr.port();
+        let issuer = format!("https://{host}:{port}/{tenant}/v2.0");
         let state = Arc::new(IssuerState {
             tenant: tenant.to_string(),
             issuer,
@@ -127,6 +180,7 @@ impl TestIssuer {
             }),
             jwks_hits: AtomicU64::new(0),
             keys_failing: AtomicBool::new(false),
+            grants: Mutex::new(Grants::default()),
         });
         let router = Router::new()
             .route(
@@ -134,6 +188,10 @@ impl TestIssuer {
                 get(discovery),
             )
             .route("/{tenant}/discovery/v2.0/keys", get(jwks))
+            .route(
+                "/{tenant}/oauth2/v2.0/token",
+                axum::routing::post(token_endpoint),
+            )
             .with_state(state.clone());
         let faults = Faults::new(Default::default());
         let running = serve_tls(listener, &tls, router, faults.clone(), server_error)?;
@@ -173,6 +231,40 @@ impl TestIssuer {
     pub fn set_keys_failing(&self, failing: bool) {
         self.state.keys_failing.store(failing, Ordering::Relaxed);
     }
+    /// Opens the token endpoint for this client and these users (closed until then: every
+    /// request is refused as from an unknown client).
+    pub fn set_token_endpoint(&self, t: TokenEndpoint) {
+        let mut g = self.state.grants.lock().unwrap_or_else(|p| p.into_inner());
+        *g = Grants {
+            audience: t.audience,
+            client_id: t.client_id,
+            client_secret: t.client_secret,
+            client_roles: t.client_roles,
+            users: t
+                .users
+                .into_iter()
+                .map(|(u, pw, roles)| (u.to_ascii_lowercase(), (pw, roles)))
+                .collect(),
+            lifetime_secs: i64::from(t.lifetime_secs.max(1)),
+        };
+    }
+
+    /// `{base}/{tenant}/oauth2/v2.0/token`.
+    pub fn token_url(&self) -> String {
+        format!(
+            "{}/oauth2/v2.0/token",
+            self.state.issuer.trim_end_matches("/v2.0")
+        )
+    }
+
+    /// `{base}/{tenant}/discovery/v2.0/keys`.
+    pub fn jwks_url(&self) -> String {
+        format!(
+            "{}/{}/discovery/v2.0/keys",
+            self.running.base_url, self.state.tenant
+        )
+    }
+
     /// How many times the JWKS was requested.
     pub fn jwks_fetches(&self) -> u64 {
         self.state.jwks_hits.load(Ordering::Relaxed)
@@ -315,6 +407,192 @@ async fn jwks(State(s): State<Arc<IssuerState>>, Path(tenant): Path<String>) -> 
         o.insert("issuer".into(), Value::String(s.issuer.clone()));
     }
     Json(json!({ "keys": [rsa, k.ec.jwk.clone()] })).into_response()
+}
+
+/// Entra's error body for a token request: `status`, `error`, and `AADSTS{code}: {text}`.
+fn token_error(status: StatusCode, error: &str, code: u32, text: &str) -> Response {
+    let trace = uuid::Uuid::new_v4();
+    let corr = uuid::Uuid::new_v4();
+    let ts = time::OffsetDateTime::now_utc();
+    let stamp = format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}Z",
+        ts.year(),
+        u8::from(ts.month()),
+        ts.day(),
+        ts.hour(),
+        ts.minute(),
+        ts.second()
+    );
+    (
+        status,
+        Json(json!({
+            "error": error,
+            "error_description": format!("AADSTS{code}: {text} Trace ID: {trace} Correlation ID: {corr} Timestamp: {stamp}"),
+            "error_codes": [code],
+            "timestamp": stamp,
+            "trace_id": trace.to_string(),
+            "correlation_id": corr.to_string(),
+        })),
+    )
+        .into_response()
+}
+
+/// A stable object id for a name (the same user gets the same `oid` in every token).
+fn object_id(name: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(name.to_ascii_lowercase().as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h[..16]);
+    uuid::Builder::from_random_bytes(b)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
+/// `POST /{tenant}/oauth2/v2.0/token` (form-encoded, like Entra's).
+async fn token_endpoint(
+    State(s): State<Arc<IssuerState>>,
+    Path(tenant): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if tenant != s.tenant {
+        return entra_not_found(&tenant);
+    }
+    let form: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(&body).into_owned().collect();
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    for k in ["grant_type", "client_id", "scope"] {
+        if field(k).is_empty() {
+            return token_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                900144,
+                &format!("The request body must contain the following parameter: '{k}'."),
+            );
+        }
+    }
+    let g = s.grants.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if g.client_id.is_empty() || field("client_id") != g.client_id {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            &format!(
+                "Application with identifier '{}' was not found in the directory '{}'.",
+                field("client_id").chars().take(64).collect::<String>(),
+                s.tenant
+            ),
+        );
+    }
+    let want_scope = format!("{}/.default", g.audience);
+    let scopes: Vec<&str> = field("scope")
+        .split(' ')
+        .filter(|x| !x.is_empty())
+        .collect();
+    if !scopes.contains(&want_scope.as_str())
+        || scopes.iter().any(|x| {
+            *x != want_scope && !["openid", "profile", "email", "offline_access"].contains(x)
+        })
+    {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            70011,
+            &format!(
+                "The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid. The scope {} is not valid.",
+                field("scope").chars().take(200).collect::<String>()
+            ),
+        );
+    }
+    let t = now();
+    let mut claims = json!({
+        "aud": g.audience,
+        "iss": s.issuer,
+        "iat": t,
+        "nbf": t,
+        "exp": t + g.lifetime_secs,
+        "azp": g.client_id,
+        "azpacr": "1",
+        "tid": s.tenant,
+        "ver": "2.0",
+    });
+    match field("grant_type") {
+        "client_credentials" => {
+            if field("client_secret") != g.client_secret {
+                return token_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    7000215,
+                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app.",
+                );
+            }
+            let oid = object_id(&format!("app:{}", g.client_id));
+            claims["oid"] = json!(oid);
+            claims["sub"] = json!(oid);
+            claims["idtyp"] = json!("app");
+            if !g.client_roles.is_empty() {
+                claims["roles"] = json!(g.client_roles);
+            }
+        }
+        "password" => {
+            // A public client sends no secret; a confidential one must send the right one.
+            if form.contains_key("client_secret") && field("client_secret") != g.client_secret {
+                return token_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    7000215,
+                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app.",
+                );
+            }
+            let upn = field("username").to_ascii_lowercase();
+            let Some((_, roles)) = g.users.get(&upn).filter(|(pw, _)| pw == field("password"))
+            else {
+                return token_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    50126,
+                    "Error validating credentials due to invalid username or password.",
+                );
+            };
+            let oid = object_id(&upn);
+            claims["oid"] = json!(oid);
+            claims["sub"] = json!(object_id(&format!("sub:{upn}")));
+            claims["upn"] = json!(upn);
+            claims["preferred_username"] = json!(upn);
+            claims["name"] = json!(upn.split('@').next().unwrap_or(&upn));
+            claims["scp"] = json!("user_impersonation");
+            if !roles.is_empty() {
+                claims["roles"] = json!(roles);
+            }
+        }
+        other => {
+            return token_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                70003,
+                &format!(
+                    "The app requested an unsupported grant type '{}'.",
+                    other.chars().take(64).collect::<String>()
+                ),
+            );
+        }
+    }
+    let keys = s.keys.lock().unwrap_or_else(|p| p.into_inner());
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = Some(keys.rsa.kid.clone());
+    h.typ = Some("JWT".into());
+    let token = match jsonwebtoken::encode(&h, &claims, &keys.rsa.enc) {
+        Ok(t) => t,
+        Err(_) => return server_error(),
+    };
+    drop(keys);
+    Json(json!({
+        "token_type": "Bearer",
+        "expires_in": g.lifetime_secs,
+        "ext_expires_in": g.lifetime_secs,
+        "access_token": token,
+    }))
+    .into_response()
 }
 
 fn entra_not_found(tenant: &str) -> Response {

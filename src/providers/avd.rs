@@ -15,7 +15,9 @@ use crate::domain::{
     ActionKind, Capabilities, HostName, ProviderKind, Session, SessionHost, SessionId,
     SessionState, StateFilter,
 };
-use crate::upstream::{self, CallPolicy, CredentialToken, Page, Repeat, Reply, Upstream, Verdict};
+use crate::upstream::{
+    self, CallPolicy, CredentialToken, Page, Repeat, Reply, Upstream, Verdict, pace::Pacer,
+};
 use async_trait::async_trait;
 use azure_core::{
     cloud::{CloudConfiguration, CustomConfiguration},
@@ -79,6 +81,11 @@ pub struct AvdPoolConfig {
     /// Longest ARM response body read; a longer one fails with `response_too_large`.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: u64,
+    /// Overrides of `[pacing.arm]` for this pool (`pacing = { deletes = { size = 200,
+    /// refill_per_sec = 100 } }`). Pools with the same endpoint, subscription and credential
+    /// share their buckets and must agree on them.
+    #[serde(default)]
+    pub pacing: upstream::pace::ArmPacingOverride,
 }
 
 /// Which Azure cloud: `"public"`, `"us-gov"`, `"china"`, or a custom
@@ -143,7 +150,39 @@ pub fn build(
     pool_name: &str,
     cfg: &AvdPoolConfig,
 ) -> Result<Arc<dyn SessionProvider>, ConfigError> {
-    Ok(Arc::new(AvdProvider::new(pool_name, cfg)?))
+    build_paced(pool_name, cfg, &Pacer::default())
+}
+
+/// [`build`], taking the pool's ARM buckets from `pacer` (shared with the other pools of the
+/// same endpoint, subscription and credential).
+pub fn build_paced(
+    pool_name: &str,
+    cfg: &AvdPoolConfig,
+    pacer: &Pacer,
+) -> Result<Arc<dyn SessionProvider>, ConfigError> {
+    Ok(Arc::new(AvdProvider::new_paced(pool_name, cfg, pacer)?))
+}
+
+impl AvdCredentialConfig {
+    /// Who ARM meters: the principal this credential signs in as (no secret in it).
+    fn principal(&self) -> String {
+        match self {
+            AvdCredentialConfig::ClientSecret {
+                tenant_id,
+                client_id,
+                ..
+            }
+            | AvdCredentialConfig::WorkloadIdentity {
+                tenant_id,
+                client_id,
+                ..
+            } => format!("{tenant_id}/{client_id}"),
+            AvdCredentialConfig::ManagedIdentity { client_id } => {
+                format!("mi/{}", client_id.as_deref().unwrap_or("system"))
+            }
+            AvdCredentialConfig::AzureCli => "azure-cli".into(),
+        }
+    }
 }
 
 /// The AVD adapter for one host pool.
@@ -219,6 +258,16 @@ impl AvdPoolConfig {
             )));
         }
         self.call_policy(key)?;
+        for (name, shape) in [
+            ("reads", self.pacing.reads),
+            ("writes", self.pacing.writes),
+            ("deletes", self.pacing.deletes),
+        ] {
+            if let Some(s) = shape {
+                s.check()
+                    .map_err(|(f, why)| key.field("pacing").field(name).field(f).err(why))?;
+            }
+        }
         if let AvdCloud::Custom(c) = &self.cloud {
             https_url(&key.field("cloud").field("arm_endpoint"), &c.arm_endpoint)?;
             https_url(
@@ -247,6 +296,15 @@ impl AvdProvider {
     /// Validates `cfg` ([`AvdPoolConfig::validate`]), reads its CA bundle and credential
     /// secret, and builds the client. No connection is made.
     pub fn new(pool_name: &str, cfg: &AvdPoolConfig) -> Result<Self, ConfigError> {
+        Self::new_paced(pool_name, cfg, &Pacer::default())
+    }
+
+    /// [`AvdProvider::new`] with the ARM buckets from `pacer`.
+    pub fn new_paced(
+        pool_name: &str,
+        cfg: &AvdPoolConfig,
+        pacer: &Pacer,
+    ) -> Result<Self, ConfigError> {
         let pool_key = Key::pool(pool_name);
         let key = |k: &str| pool_key.field(k);
         cfg.validate(&pool_key)?;
@@ -302,6 +360,28 @@ impl AvdProvider {
             }),
         );
 
+        let mut upstream = Upstream::new("ARM", http, policy, Some(Arc::new(token)));
+        let pacing = pacer.arm_defaults().with(&cfg.pacing);
+        if pacing.enabled {
+            let bucket_key = format!(
+                "{}|{}|{}",
+                arm_endpoint.as_str().to_ascii_lowercase(),
+                cfg.subscription_id.to_ascii_lowercase(),
+                cfg.credential.principal().to_ascii_lowercase()
+            );
+            let buckets = pacer.arm(&bucket_key, &pacing).map_err(|have| {
+                key("pacing").err(format!(
+                    "another pool with the same subscription and credential shares its ARM buckets and paces them differently (reads {}/{}, writes {}/{}, deletes {}/{}); give both pools the same pacing",
+                    have.reads.size,
+                    have.reads.refill_per_sec,
+                    have.writes.size,
+                    have.writes.refill_per_sec,
+                    have.deletes.size,
+                    have.deletes.refill_per_sec
+                ))
+            })?;
+            upstream = upstream.with_buckets(buckets);
+        }
         Ok(Self {
             pool_name: pool_name.to_string(),
             subscription: cfg.subscription_id.clone(),
@@ -310,7 +390,7 @@ impl AvdProvider {
             api_version: cfg.api_version.clone(),
             arm_endpoint,
             scope,
-            upstream: Upstream::new("ARM", http, policy, Some(Arc::new(token))),
+            upstream,
         })
     }
 }

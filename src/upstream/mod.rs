@@ -9,6 +9,12 @@
 //!   [`CallPolicy::default_retry_after`] when absent) as long as the wait ends within the
 //!   call's [`CallPolicy::retry_budget`], for every call (a 429 is refused before it runs);
 //!   otherwise the call ends at once with [`UpstreamError::Throttled`].
+//! - **Pacing.** With ARM-style buckets ([`pace`], [`Upstream::with_buckets`]) every attempt
+//!   first waits for a token of its kind (GET reads, DELETE deletes, others write), believing
+//!   the service's `x-ms-ratelimit-remaining-*` headers over its own count and holding the
+//!   bucket for a 429's `Retry-After`; with a concurrency bound ([`Upstream::with_limit`]) it
+//!   waits for a slot. A wait that cannot end within the retry budget fails the call at once
+//!   with [`UpstreamError::Throttled`].
 //! - **Backoff.** Answers the classifier calls [`Verdict::Transient`] (typically 5xx), timeouts
 //!   and broken connections are retried up to [`CallPolicy::max_retries`] times, waiting the
 //!   answer's `Retry-After` (e.g. a 503's) or a jittered exponential backoff, within the budget —
@@ -35,6 +41,7 @@
 //! `max_response_bytes` (default [`DEFAULT_MAX_RESPONSE_BYTES`]).
 
 mod encode;
+pub mod pace;
 mod paging;
 mod token;
 
@@ -216,6 +223,10 @@ pub struct Upstream {
     http: reqwest::Client,
     policy: CallPolicy,
     token: Option<Arc<dyn TokenSource>>,
+    /// ARM-style token buckets taken before each attempt (see [`pace`]).
+    buckets: Option<Arc<pace::ArmBuckets>>,
+    /// At most this many attempts in flight (shared with other pools of the same upstream).
+    limit: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -250,6 +261,72 @@ impl Upstream {
             http,
             policy,
             token,
+            buckets: None,
+            limit: None,
+        }
+    }
+
+    /// Paces every attempt through these buckets (one token of the request's kind each).
+    pub fn with_buckets(mut self, buckets: Arc<pace::ArmBuckets>) -> Self {
+        self.buckets = Some(buckets);
+        self
+    }
+
+    /// Bounds the attempts in flight by this semaphore.
+    pub fn with_limit(mut self, limit: Arc<tokio::sync::Semaphore>) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Waits for a token of `kind` and a concurrency slot, within `deadline`.
+    async fn pace(
+        &self,
+        kind: pace::OpKind,
+        deadline: Instant,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, UpstreamError> {
+        if let Some(b) = &self.buckets
+            && let Err(wait) = b.bucket(kind).acquire(deadline).await
+        {
+            tracing::warn!(
+                upstream.service = self.service,
+                upstream.wait_ms = wait.as_millis() as u64,
+                "no pacing token within the call's budget"
+            );
+            return Err(UpstreamError::Throttled {
+                retry_after: wait.max(Duration::from_secs(1)),
+            });
+        }
+        match &self.limit {
+            None => Ok(None),
+            Some(s) => {
+                let at = tokio::time::Instant::from_std(deadline);
+                match tokio::time::timeout_at(at, s.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => Ok(Some(p)),
+                    // The semaphore is never closed; treat it as a full one.
+                    Ok(Err(_)) | Err(_) => {
+                        tracing::warn!(
+                            upstream.service = self.service,
+                            "no concurrency slot within the call's budget"
+                        );
+                        Err(UpstreamError::Throttled {
+                            retry_after: Duration::from_secs(1),
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    /// Believes the service's own count of tokens left (`x-ms-ratelimit-remaining-*`).
+    fn observe(&self, kind: pace::OpKind, headers: &HeaderMap) {
+        if let Some(b) = &self.buckets
+            && b.honours_remaining_headers()
+            && let Some(n) = headers
+                .get(kind.remaining_header())
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u32>().ok())
+        {
+            b.bucket(kind).observe_remaining(n);
         }
     }
 
@@ -327,9 +404,15 @@ impl Upstream {
             if let Some(t) = &self.token {
                 req = req.bearer_auth(t.token().await?);
             }
-            let (err, again, hint, status, what) = match self.attempt(req).await {
+            let req = req.build().map_err(|e| self.transport_error(&e))?;
+            let kind = pace::OpKind::of(req.method());
+            let permit = self.pace(kind, deadline).await?;
+            let outcome = self.attempt(req).await;
+            drop(permit);
+            let (err, again, hint, status, what) = match outcome {
                 Ok(reply) => {
                     let status = reply.status;
+                    self.observe(kind, &reply.headers);
                     if status == StatusCode::UNAUTHORIZED
                         && !refreshed
                         && let Some(t) = &self.token
@@ -345,6 +428,9 @@ impl Upstream {
                     let hint = retry_after(&reply.headers);
                     if status == StatusCode::TOO_MANY_REQUESTS {
                         let wait = hint.unwrap_or(self.policy.default_retry_after);
+                        if let Some(b) = &self.buckets {
+                            b.bucket(kind).hold(wait);
+                        }
                         throttled += 1;
                         tally.throttles = throttled;
                         if Instant::now() + wait > deadline || throttled > MAX_THROTTLE_WAITS {
@@ -361,7 +447,10 @@ impl Upstream {
                             upstream.retry_after_secs = wait.as_secs(),
                             "throttled; waiting Retry-After"
                         );
-                        tokio::time::sleep(wait).await;
+                        // Paced calls wait in the bucket (held until then), in turn.
+                        if self.buckets.is_none() {
+                            tokio::time::sleep(wait).await;
+                        }
                         continue;
                     }
                     match classify(reply) {
@@ -429,10 +518,10 @@ impl Upstream {
     }
 
     /// Sends once and reads the body within the cap, all within the per-call timeout.
-    async fn attempt(&self, req: reqwest::RequestBuilder) -> Result<Reply, (UpstreamError, Again)> {
+    async fn attempt(&self, req: reqwest::Request) -> Result<Reply, (UpstreamError, Again)> {
         let limit = self.policy.max_response_bytes;
         let exchange = async {
-            let mut resp = req.send().await.map_err(|e| {
+            let mut resp = self.http.execute(req).await.map_err(|e| {
                 let again = if e.is_connect() {
                     Again::Always
                 } else if e.is_builder() {

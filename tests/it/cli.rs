@@ -130,6 +130,43 @@ async fn demo_prints_working_keys_and_commands() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // The demo user's Entra-style token, as printed, is accepted; its user has sessions there.
+    let token = lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("export TOKEN="))
+        .expect("the demo prints a token")
+        .to_string();
+    let user = lines
+        .iter()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Entra ID (emulated: `sessiongate emulate oidc`) token of demo user ")
+        })
+        .expect("the demo names its user")
+        .to_string();
+    let r = http
+        .get(format!("{base}/hostpools/avd-demo/sessions"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(v.to_string().contains(&user), "{user} has a session: {v}");
+    let claims = jwt_claims(&token);
+    assert_eq!(claims["preferred_username"], user.as_str());
+    let life = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+    assert!((60..=3600).contains(&life), "short-lived: {life} s");
+    let mut forged = token.clone();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    let r = http
+        .get(format!("{base}/hostpools"))
+        .bearer_auth(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a tampered token is refused");
     // The audit log the demo wrote verifies, with the command the demo printed, run as printed
     // (after the demo stopped: the config it wrote needs no running emulator).
     drop(k);
@@ -670,6 +707,253 @@ fn emulate_winrm_prints_one_json_line_with_host_endpoints() {
         assert!(v.get(f).is_some_and(|x| !x.is_null()), "{f} in {v}");
     }
     assert_eq!(v["cbt_hardening"], "strict", "{v}");
+}
+
+/// The ARM throttle is shaped from the command line: `--delete-bucket 3 --delete-refill 1`
+/// lets three log-offs through (each answer counting down
+/// `x-ms-ratelimit-remaining-subscription-deletes`), then answers 429 with `Retry-After` and
+/// ARM's error body; reads have their own bucket; `--no-throttle` meters nothing.
+#[tokio::test]
+async fn emulate_avd_throttle_flags_shape_the_buckets() {
+    async fn token(http: &reqwest::Client, v: &serde_json::Value) -> String {
+        crate::support::client_credentials_token(
+            http,
+            v["token_url"].as_str().unwrap(),
+            v["client_id"].as_str().unwrap(),
+            v["client_secret"].as_str().unwrap(),
+            &format!("{}/.default", v["base_url"].as_str().unwrap()),
+        )
+        .await
+    }
+    fn session_url(v: &serde_json::Value) -> String {
+        format!(
+            "{}/subscriptions/{}/resourceGroups/{}/providers/Microsoft.DesktopVirtualization/hostPools/{}/sessionHosts/nohost.contoso.com/userSessions/7?api-version=2025-10-10",
+            v["base_url"].as_str().unwrap(),
+            v["subscription"].as_str().unwrap(),
+            v["resource_group"].as_str().unwrap(),
+            v["host_pools"][0].as_str().unwrap()
+        )
+    }
+    let (_k, v, http) = emulate_avd_with(&[
+        "--delete-bucket",
+        "3",
+        "--delete-refill",
+        "1",
+        "--read-bucket",
+        "1000",
+    ]);
+    let tok = token(&http, &v).await;
+    let url = session_url(&v);
+    for left in ["2", "1", "0"] {
+        let r = http.delete(&url).bearer_auth(&tok).send().await.unwrap();
+        assert_ne!(r.status(), 429);
+        assert_eq!(
+            r.headers()["x-ms-ratelimit-remaining-subscription-deletes"],
+            left
+        );
+    }
+    let r = http.delete(&url).bearer_auth(&tok).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+    assert_eq!(
+        r.headers()["x-ms-ratelimit-remaining-subscription-deletes"],
+        "0"
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body["error"]["code"], "SubscriptionRequestsThrottled",
+        "{body}"
+    );
+    let r = http.get(&url).bearer_auth(&tok).send().await.unwrap();
+    assert_ne!(r.status(), 429, "reads have their own bucket");
+    assert_eq!(
+        r.headers()["x-ms-ratelimit-remaining-subscription-reads"],
+        "999"
+    );
+
+    let (_k, v, http) = emulate_avd_with(&["--no-throttle"]);
+    let tok = token(&http, &v).await;
+    let url = session_url(&v);
+    for _ in 0..250 {
+        let r = http.delete(&url).bearer_auth(&tok).send().await.unwrap();
+        assert_ne!(r.status(), 429);
+        assert!(
+            !r.headers()
+                .contains_key("x-ms-ratelimit-remaining-subscription-deletes")
+        );
+    }
+}
+
+/// The claims of a JWT (not verified: the gateway does that).
+fn jwt_claims(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url payload");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+/// `emulate oidc`: discovery, JWKS and an Entra-shaped v2 token endpoint (password and
+/// client-credentials grants, Entra's error bodies); it refuses to listen beyond loopback.
+#[tokio::test]
+async fn emulate_oidc_serves_discovery_jwks_and_a_token_endpoint() {
+    let child = Command::new(BIN)
+        .args([
+            "emulate",
+            "oidc",
+            "--user",
+            "bob@contoso.com",
+            "--user-role",
+            "Operator",
+            "--token-lifetime-secs",
+            "600",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut k = Killer(child);
+    let lines = read_until(&mut k.0, |l| l.starts_with('{'));
+    let v: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    let pem = std::fs::read(v["ca_pem_path"].as_str().unwrap()).unwrap();
+    let mut b = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    for c in reqwest::Certificate::from_pem_bundle(&pem).unwrap() {
+        b = b.add_root_certificate(c);
+    }
+    let http = b.build().unwrap();
+    let s = |k: &str| v[k].as_str().unwrap().to_string();
+    let disc: serde_json::Value = http
+        .get(s("discovery_url"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(disc["issuer"], v["issuer"]);
+    assert_eq!(disc["token_endpoint"], v["token_url"]);
+    assert_eq!(disc["jwks_uri"], v["jwks_uri"]);
+    let jwks: serde_json::Value = http
+        .get(s("jwks_uri"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let scope = format!("{}/.default", s("audience"));
+    let ask = |form: Vec<(&'static str, String)>| {
+        let http = http.clone();
+        let url = s("token_url");
+        async move {
+            let r = http.post(url).form(&form).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let user_form = |password: String| {
+        vec![
+            ("grant_type", "password".to_string()),
+            ("client_id", s("client_id")),
+            ("username", "Bob@contoso.com".to_string()),
+            ("password", password),
+            ("scope", scope.clone()),
+        ]
+    };
+    let (status, t) = ask(user_form(s("password"))).await;
+    assert_eq!(status, 200, "{t}");
+    assert_eq!(t["token_type"], "Bearer");
+    assert_eq!(t["expires_in"], 600);
+    let token = t["access_token"].as_str().unwrap();
+    let c = jwt_claims(token);
+    assert_eq!(c["iss"], v["issuer"]);
+    assert_eq!(c["aud"], v["audience"]);
+    assert_eq!(c["upn"], "bob@contoso.com");
+    assert_eq!(c["roles"], serde_json::json!(["Operator"]));
+    assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 600);
+    let header: serde_json::Value = {
+        use base64::Engine;
+        let h = token.split('.').next().unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(h)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == header["kid"]),
+        "the token's kid is published"
+    );
+    let (status, e) = ask(user_form("wrong".into())).await;
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{e}"
+    );
+    assert_eq!(e["error_codes"][0], 50126);
+    assert!(
+        e["error_description"]
+            .as_str()
+            .unwrap()
+            .starts_with("AADSTS50126:")
+    );
+    let app_form = |secret: String| {
+        vec![
+            ("grant_type", "client_credentials".to_string()),
+            ("client_id", s("client_id")),
+            ("client_secret", secret),
+            ("scope", scope.clone()),
+        ]
+    };
+    let (status, t) = ask(app_form(s("client_secret"))).await;
+    assert_eq!(status, 200, "{t}");
+    assert_eq!(
+        jwt_claims(t["access_token"].as_str().unwrap())["idtyp"],
+        "app"
+    );
+    let (status, e) = ask(app_form("wrong".into())).await;
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (401, Some("invalid_client")),
+        "{e}"
+    );
+    let mut bad_scope = app_form(s("client_secret"));
+    bad_scope[3].1 = "https://graph.microsoft.com/.default".into();
+    let (status, e) = ask(bad_scope).await;
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (400, Some("invalid_scope")),
+        "{e}"
+    );
+    let mut bad_grant = app_form(s("client_secret"));
+    bad_grant[0].1 = "implicit".into();
+    let (status, e) = ask(bad_grant).await;
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (400, Some("unsupported_grant_type")),
+        "{e}"
+    );
+    drop(k);
+
+    let out = Command::new(BIN)
+        .args(["emulate", "oidc", "--listen", "0.0.0.0:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
 }
 
 /// `completions bash|zsh|fish` prints a script for that shell naming the commands and flags;

@@ -107,6 +107,14 @@ pub struct ClassicPoolConfig {
     /// Longest broker response body read; a longer one fails with `response_too_large`.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: u64,
+    /// Calls in flight to the broker at most, shared by every pool on the same `broker_url`
+    /// (which must then agree on it); more wait for a slot within the retry budget.
+    #[serde(default = "default_max_concurrency_per_broker")]
+    pub max_concurrency_per_broker: usize,
+}
+
+fn default_max_concurrency_per_broker() -> usize {
+    16
 }
 
 impl ClassicPoolConfig {
@@ -127,6 +135,7 @@ impl ClassicPoolConfig {
             retry_budget_secs: default_retry_budget_secs(),
             max_retries: default_max_retries(),
             max_response_bytes: default_max_response_bytes(),
+            max_concurrency_per_broker: default_max_concurrency_per_broker(),
         }
     }
 }
@@ -164,6 +173,11 @@ impl ClassicPoolConfig {
         self.call_policy(key)?;
         if self.page_size == 0 {
             return Err(key.field("page_size").err("must be at least 1"));
+        }
+        if !(1..=1024).contains(&self.max_concurrency_per_broker) {
+            return Err(key
+                .field("max_concurrency_per_broker")
+                .err("must be 1-1024"));
         }
         reqwest::header::HeaderValue::from_str(&self.client_api_version).map_err(|_| {
             key.field("client_api_version")

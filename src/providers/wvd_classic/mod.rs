@@ -61,7 +61,29 @@ pub fn build(
     pool_name: &str,
     cfg: &ClassicPoolConfig,
 ) -> Result<Arc<dyn SessionProvider>, ConfigError> {
-    Ok(Arc::new(ClassicProvider::new(pool_name, cfg)?))
+    build_paced(pool_name, cfg, &crate::upstream::pace::Pacer::default())
+}
+
+/// [`build`], taking the broker's concurrency bound from `pacer` (shared by the pools of the
+/// same broker).
+pub fn build_paced(
+    pool_name: &str,
+    cfg: &ClassicPoolConfig,
+    pacer: &crate::upstream::pace::Pacer,
+) -> Result<Arc<dyn SessionProvider>, ConfigError> {
+    let mut p = ClassicProvider::new(pool_name, cfg)?;
+    let broker = p.broker.as_str().trim_end_matches('/').to_ascii_lowercase();
+    let limit = pacer
+        .concurrency(&broker, cfg.max_concurrency_per_broker)
+        .map_err(|have| {
+            Key::pool(pool_name)
+                .field("max_concurrency_per_broker")
+                .err(format!(
+                    "another pool on the same broker sets {have}; pools sharing a broker must agree"
+                ))
+        })?;
+    p.upstream = p.upstream.with_limit(limit);
+    Ok(Arc::new(p))
 }
 
 impl ClassicProvider {

@@ -61,6 +61,7 @@ impl Env {
             max_retries: 3,
             retry_budget_secs: 10,
             max_response_bytes: sessiongate::upstream::DEFAULT_MAX_RESPONSE_BYTES,
+            pacing: Default::default(),
         }
     }
 
