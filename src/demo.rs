@@ -242,7 +242,8 @@ pub async fn start_backends(data_dir: &Path) -> Result<DemoBackends, String> {
         users: vec![(
             demo_user.clone(),
             demo_password.clone(),
-            vec!["Reader".into()],
+            // No role: the demo user reaches its own sessions through self-service only.
+            Vec::new(),
         )],
         lifetime_secs: DEMO_TOKEN_LIFETIME_SECS,
     });
@@ -441,8 +442,16 @@ fn print_banner(
         .find(|s| s.host.eq_ignore_ascii_case(&first_host))
         .map(|s| s.id)
         .unwrap_or(2);
+    // A second session (another one than the first), for the Idempotency-Key example.
+    let (host2, sid2) = state
+        .sessions("hp-demo")
+        .into_iter()
+        .find(|s| !(s.host.eq_ignore_ascii_case(&first_host) && s.id == sid))
+        .map(|s| (s.host, s.id))
+        .unwrap_or_else(|| (first_host.clone(), 3));
     let op = &keys.operator;
     let session = format!("{url}/hostpools/avd-demo/sessionhosts/{first_host}/sessions/{sid}");
+    let session2 = format!("{url}/hostpools/avd-demo/sessionhosts/{host2}/sessions/{sid2}");
     println!(
         r#"
 sessiongate demo is running at {url}
@@ -482,15 +491,25 @@ Try:
   # fleet: every session of one host (needs the admin key; protected users are skipped)
   curl -s -X POST -H "Authorization: Bearer {admin}" -H "Content-Type: application/json" \
     -d '{{"all": true, "dry_run": true}}' $SG/hostpools/rds-demo/sessionhosts/rdsh-01.contoso.test/sessions/logoff
+  # fleet as a durable job: 202 with Location: /jobs/{{id}}; then watch it (state, counts, items)
+  curl -s -i -X POST -H "Authorization: Bearer $KEY" "$SG/users/user1@contoso.com/logoff?async=true"
+  curl -s -H "Authorization: Bearer $KEY" "$SG/jobs?limit=1"
+  curl -s -H "Authorization: Bearer $KEY" $SG/jobs/<id from Location>
+  # retry safely: send this twice; the second answer is the first one replayed
+  # (Idempotency-Replayed: true) and nothing is sent to the backend again
+  curl -s -i -X POST -H "Authorization: Bearer $KEY" -H "Idempotency-Key: demo-retry-1" {session2}/disconnect
   # the auditor reads the audit log
   curl -s -H "Authorization: Bearer {auditor}" "$SG/audit?limit=5"
   # verify the audit log's hash chains (also after the demo stopped)
   sessiongate audit verify --config {cfg_arg}
 
 Entra ID (emulated: `sessiongate emulate oidc`) token of demo user {user}
-(app role Reader, valid {mins} min):
+(no role: self-service, `auth.self_service = true`; valid {mins} min):
   export TOKEN={token}
-  curl -s -H "Authorization: Bearer $TOKEN" $SG/hostpools/avd-demo/sessions
+  # the user's own sessions, in every pool; then disconnect them (dry run first)
+  curl -s -H "Authorization: Bearer $TOKEN" $SG/me/sessions
+  curl -s -X POST -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \
+    -d '{{"dry_run": true}}' $SG/me/sessions/disconnect
   # a fresh token (password grant at the emulator's Entra-style v2 token endpoint)
   curl -s --cacert {ca} -d grant_type=password -d client_id={client} -d username={user} -d password={password} -d scope={scope} {token_url}
 

@@ -144,15 +144,29 @@ async fn demo_prints_working_keys_and_commands() {
         })
         .expect("the demo names its user")
         .to_string();
+    // Self-service (the demo turns it on): the user's own sessions, in every pool…
     let r = http
-        .get(format!("{base}/hostpools/avd-demo/sessions"))
+        .get(format!("{base}/me/sessions"))
         .bearer_auth(&token)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
-    assert!(v.to_string().contains(&user), "{user} has a session: {v}");
+    let sessions = v["sessions"].as_array().unwrap();
+    assert!(!sessions.is_empty(), "{user} has a session: {v}");
+    assert!(
+        sessions.iter().all(|s| s.to_string().contains(&user)),
+        "only {user}'s own sessions: {v}"
+    );
+    // …and nothing else: the token carries no role.
+    let r = http
+        .get(format!("{base}/hostpools/avd-demo/sessions"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 200, "a token without a role reads no pool");
     let claims = jwt_claims(&token);
     assert_eq!(claims["preferred_username"], user.as_str());
     let life = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
