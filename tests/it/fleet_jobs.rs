@@ -377,3 +377,67 @@ async fn cancel_stops_items_not_started_and_counts_upstream_calls() {
     )
     .await;
 }
+
+/// The user-everywhere and whole-host routes run as jobs too (`?async=true`): the job's kind
+/// names the route, its items are the sessions found, and each is logged off upstream once. A
+/// user with no session is answered at once (200, no job).
+#[tokio::test]
+async fn user_and_host_calls_run_as_jobs_with_async() {
+    let app = TestApp::start().await;
+    let arm = app.arm();
+    let hosts = arm.hosts(ARM_POOL);
+    for h in hosts.iter().take(2) {
+        arm.add_session(ARM_POOL, h, "everywhere@contoso.com")
+            .expect("add session");
+    }
+    let before = arm.calls(ArmOp::Logoff);
+    let r = app
+        .post(
+            &app.keys.operator,
+            &format!("{}/users/everywhere@contoso.com/logoff?async=true", app.url),
+            Some(json!({"reason": "leaver"})),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let j: Value = r.json().await.unwrap();
+    assert_eq!(j["kind"], "user.logoff", "{j}");
+    assert_eq!(j["counts"]["total"], 2, "{j}");
+    let id = j["id"].as_str().unwrap().to_string();
+    let j = wait_job(&app, &app.keys.operator, &id, ended).await;
+    assert_eq!(j["state"], "succeeded", "{j}");
+    assert_eq!(j["counts"]["done"], 2, "{j}");
+    assert_eq!(arm.calls(ArmOp::Logoff), before + 2);
+
+    // Nobody to act on: answered at once, no job.
+    let r = app
+        .post(
+            &app.keys.operator,
+            &format!("{}/users/nobody@contoso.com/logoff?async=true", app.url),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["results"].as_array().unwrap().len(), 0, "{v}");
+
+    // Whole host, by ids, as a job.
+    let host = hosts[0].clone();
+    let a = arm.add_session(ARM_POOL, &host, "h1@contoso.com").unwrap();
+    let b = arm.add_session(ARM_POOL, &host, "h2@contoso.com").unwrap();
+    let r = app
+        .post(
+            &app.keys.operator,
+            &format!(
+                "{}/hostpools/{AVD_POOL}/sessionhosts/{host}/sessions/disconnect?async=true",
+                app.url
+            ),
+            Some(json!({"ids": [a.to_string(), b.to_string()]})),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let j: Value = r.json().await.unwrap();
+    assert_eq!(j["kind"], "host.disconnect", "{j}");
+    let id = j["id"].as_str().unwrap().to_string();
+    let j = wait_job(&app, &app.keys.operator, &id, ended).await;
+    assert_eq!(j["counts"]["done"], 2, "{j}");
+}
