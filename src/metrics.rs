@@ -80,8 +80,13 @@ struct Metrics {
     audit_commit: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
     audit_queue: Gauge,
     auth_failures: Family<ReasonLabels, Counter>,
-    // Jobs by state (`sessiongate_jobs{state}`, a gauge family) go here once jobs exist:
-    // registered below with the others and set by the job runner.
+    jobs_running: Gauge,
+    jobs_finished: Family<StateLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
 }
 
 impl Metrics {
@@ -135,8 +140,22 @@ impl Metrics {
             "Requests refused authentication, by reason",
             auth_failures.clone(),
         );
+        let jobs_running = Gauge::default();
+        registry.register(
+            "sessiongate_jobs_running",
+            "Jobs this process is running now",
+            jobs_running.clone(),
+        );
+        let jobs_finished = Family::<StateLabels, Counter>::default();
+        registry.register(
+            "sessiongate_jobs_finished",
+            "Jobs this process ran to an end, by final state (succeeded, completed_with_errors, failed, cancelled)",
+            jobs_finished.clone(),
+        );
         Self {
             registry,
+            jobs_running,
+            jobs_finished,
             http_duration,
             upstream_calls,
             upstream_retries,
@@ -155,6 +174,19 @@ pub fn render() -> Result<String, std::fmt::Error> {
     let mut out = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut out, &METRICS.registry)?;
     Ok(out)
+}
+
+/// A job run started (+1) or stopped (-1) in this process.
+pub fn job_running(delta: i64) {
+    METRICS.jobs_running.inc_by(delta);
+}
+
+/// A job this process ran reached its final `state`.
+pub fn job_finished(state: &'static str) {
+    METRICS
+        .jobs_finished
+        .get_or_create(&StateLabels { state })
+        .inc();
 }
 
 /// The method label: the standard methods as sent, anything else `_OTHER` (as the

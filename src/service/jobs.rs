@@ -642,7 +642,9 @@ impl Gateway {
                 }
             })
         };
+        crate::metrics::job_running(1);
         let r = self.run_items(&work, &job, &ctx, &lost).await;
+        crate::metrics::job_running(-1);
         renewer.abort();
         let stopped = r?;
         if stopped || lost.load(std::sync::atomic::Ordering::Relaxed) {
@@ -664,6 +666,7 @@ impl Gateway {
             .map_err(store_err)?
         {
             tracing::info!(job.state = state.as_str(), "job finished");
+            crate::metrics::job_finished(state.as_str());
         }
         Ok(())
     }

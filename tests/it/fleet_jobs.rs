@@ -440,4 +440,18 @@ async fn user_and_host_calls_run_as_jobs_with_async() {
     let id = j["id"].as_str().unwrap().to_string();
     let j = wait_job(&app, &app.keys.operator, &id, ended).await;
     assert_eq!(j["counts"]["done"], 2, "{j}");
+
+    // Jobs by state in the metrics: the two jobs this process ran, none running now.
+    let m = app
+        .get(&app.keys.auditor, "/metrics")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.lines()
+            .any(|l| l == "sessiongate_jobs_finished_total{state=\"succeeded\"} 2"),
+        "{m}"
+    );
+    assert!(m.lines().any(|l| l == "sessiongate_jobs_running 0"), "{m}");
 }
