@@ -301,6 +301,7 @@ pub async fn run_items(
     unreachable: Option<Vec<Unreachable>>,
     q: &AsyncQuery,
     job_kind: &str,
+    one_host: bool,
 ) -> Response {
     if let Err(e) = check_count_max(items.len(), st.gateway.limits()) {
         return e.into_response();
@@ -325,7 +326,11 @@ pub async fn run_items(
         .iter()
         .filter_map(|p| p.as_ref().ok().cloned())
         .collect();
-    let mut ran = st.gateway.act_batch(ctx, batch_id, runnable).await;
+    let mut ran = if one_host {
+        st.gateway.act_whole_host(ctx, batch_id, runnable).await
+    } else {
+        st.gateway.act_batch(ctx, batch_id, runnable).await
+    };
     let mut it = std::mem::take(&mut ran.results).into_iter();
     let results: Vec<ItemResult> = items
         .into_iter()
@@ -468,6 +473,7 @@ async fn bulk(
         None,
         &q,
         &format!("pool.{}", kind.as_str()),
+        false,
     )
     .await
 }
@@ -833,6 +839,7 @@ async fn whole_host(
         None,
         &q,
         &format!("host.{}", kind.as_str()),
+        true,
     )
     .await
 }
@@ -1169,7 +1176,16 @@ pub async fn user_call(
         Reach::Own => format!("me.{}", kind.as_str()),
         _ => format!("user.{}", kind.as_str()),
     };
-    run_items(&st, &ctx, items, Some(found.unreachable), &q, &job_kind).await
+    run_items(
+        &st,
+        &ctx,
+        items,
+        Some(found.unreachable),
+        &q,
+        &job_kind,
+        false,
+    )
+    .await
 }
 
 fn session_item(

@@ -157,6 +157,25 @@ pub trait SessionProvider: Send + Sync {
         id: SessionId,
         force: bool,
     ) -> Result<ActionEffect, ProviderError>;
+    /// Whether [`Self::logoff_many`] sends the ids of one host upstream in one call (the
+    /// service then runs a whole-host logoff as one upstream call instead of one per session).
+    fn native_logoff_many(&self) -> bool {
+        false
+    }
+    /// Logs off several sessions of one host: one result per id, in the order given. The
+    /// default makes one [`Self::logoff`] per id, in turn.
+    async fn logoff_many(
+        &self,
+        host: &HostName,
+        ids: &[SessionId],
+        force: bool,
+    ) -> Vec<Result<ActionEffect, ProviderError>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.logoff(host, *id, force).await);
+        }
+        out
+    }
     async fn disconnect(
         &self,
         host: &HostName,

@@ -89,9 +89,32 @@ fn with_intent_id(mut params: serde_json::Value, intent_id: &str) -> serde_json:
     }
 }
 
+/// An action whose intent is recorded and whose outcome is still to be recorded.
+pub(super) struct Pending {
+    intent_id: String,
+    target: Target,
+    params: serde_json::Value,
+    user: Option<String>,
+    state: Option<SessionState>,
+}
+
+fn unaudited(error: ServiceError) -> ActionError {
+    ActionError {
+        error,
+        audited: false,
+    }
+}
+
+fn audited(error: ServiceError) -> ActionError {
+    ActionError {
+        error,
+        audited: true,
+    }
+}
+
 /// What an action came to, before it is recorded.
 #[derive(Debug, Clone, Copy)]
-struct Ran {
+pub(super) struct Ran {
     outcome: ActionOutcome,
     /// The backend said the session was gone only when the gateway repeated a call whose
     /// earlier attempt may have reached it (audited as `params.after_retry`).
@@ -165,14 +188,26 @@ impl Gateway {
         ctx: &CallContext,
         req: &ActionRequest,
     ) -> Result<ActionResult, ActionError> {
-        let unaudited = |error| ActionError {
-            error,
-            audited: false,
+        let pool = self.admit(ctx, req)?;
+        let found = pool.provider.get_session(&req.host, req.id).await;
+        let session = self.resolved(pool, req, found)?;
+        let pending = self.open_intent(ctx, req, session.as_ref()).await?;
+        let result = match self.checks(ctx, req, session.as_ref()) {
+            Ok(Some(concluded)) => Ok(concluded),
+            Ok(None) => self.call(req, pool).await,
+            Err(e) => Err(e),
         };
-        let audited = |error| ActionError {
-            error,
-            audited: true,
-        };
+        self.close_outcome(ctx, req, pending, result).await
+    }
+
+    /// The checks made before anything goes upstream (none of them audited: no intent yet):
+    /// the rate limit (single calls), the pool and the caller's role on it (or self-service),
+    /// the action's support by the provider, the host's inventory, and the audit store's health.
+    pub(super) fn admit(
+        &self,
+        ctx: &CallContext,
+        req: &ActionRequest,
+    ) -> Result<&Pool, ActionError> {
         if req.batch_id.is_none()
             && let Err(retry_after) = self.limiter.check(&ctx.principal.id)
         {
@@ -208,25 +243,39 @@ impl Gateway {
                 "the audit store is failing (last write or heartbeat failed)".into(),
             )));
         }
+        Ok(pool)
+    }
 
-        // Resolve: ids are reused by Windows, and protection depends on the user.
-        let session: Option<Session> = match pool.provider.get_session(&req.host, req.id).await {
-            Ok(s) => Some(s),
-            Err(ProviderError::SessionNotFound) if req.kind == ActionKind::Logoff => None,
-            Err(e) => {
-                return Err(unaudited(self.provider_err(
-                    pool,
-                    req.kind.as_str(),
-                    Some(&req.host),
-                    Some(req.id),
-                    e,
-                )));
-            }
-        };
-        let user = session
-            .as_ref()
-            .and_then(|s| s.user.clone().or_else(|| s.ad_user.clone()));
-        let state = session.as_ref().map(|s| s.state);
+    /// Resolve: ids are reused by Windows, and protection depends on the user. `found` is the
+    /// backend's answer for the session (a logoff of a session that is gone is `None`).
+    pub(super) fn resolved(
+        &self,
+        pool: &Pool,
+        req: &ActionRequest,
+        found: Result<Session, ProviderError>,
+    ) -> Result<Option<Session>, ActionError> {
+        match found {
+            Ok(s) => Ok(Some(s)),
+            Err(ProviderError::SessionNotFound) if req.kind == ActionKind::Logoff => Ok(None),
+            Err(e) => Err(unaudited(self.provider_err(
+                pool,
+                req.kind.as_str(),
+                Some(&req.host),
+                Some(req.id),
+                e,
+            ))),
+        }
+    }
+
+    /// Records the action's intent (committed before anything is sent upstream).
+    pub(super) async fn open_intent(
+        &self,
+        ctx: &CallContext,
+        req: &ActionRequest,
+        session: Option<&Session>,
+    ) -> Result<Pending, ActionError> {
+        let user = session.and_then(|s| s.user.clone().or_else(|| s.ad_user.clone()));
+        let state = session.map(|s| s.state);
         let target = Target {
             pool: Some(req.pool.to_string()),
             host: Some(req.host.to_string()),
@@ -234,7 +283,6 @@ impl Gateway {
             user: user.clone(),
         };
         let params = req.params();
-
         let mut intent = ctx.event(req.kind.as_str(), target.clone());
         intent.kind = Some(EventKind::Intent);
         intent.params = params.clone();
@@ -244,12 +292,33 @@ impl Gateway {
             .record(intent)
             .await
             .map_err(|e| unaudited(ServiceError::AuditUnavailable(e.to_string())))?;
+        Ok(Pending {
+            intent_id: intent.id,
+            target,
+            params,
+            user,
+            state,
+        })
+    }
 
-        let result = self.decide_and_run(ctx, req, pool, session.as_ref()).await;
-
+    /// Records the outcome that closes `pending` and answers the action's result.
+    pub(super) async fn close_outcome(
+        &self,
+        ctx: &CallContext,
+        req: &ActionRequest,
+        pending: Pending,
+        result: Result<Ran, ServiceError>,
+    ) -> Result<ActionResult, ActionError> {
+        let Pending {
+            intent_id,
+            target,
+            params,
+            user,
+            state,
+        } = pending;
         let mut outcome = ctx.event(req.kind.as_str(), target);
         outcome.kind = Some(EventKind::Outcome);
-        outcome.params = with_intent_id(params, &intent.id);
+        outcome.params = with_intent_id(params, &intent_id);
         outcome.duration_ms = Some(ctx.started.elapsed().as_millis() as u64);
         match &result {
             Ok(ran) => {
@@ -281,7 +350,7 @@ impl Gateway {
                 return Err(audited(ServiceError::OutcomeNotRecorded {
                     outcome: outcome.outcome,
                     error_code: outcome.error_code,
-                    intent_event_id: intent.id,
+                    intent_event_id: intent_id,
                 }));
             }
         };
@@ -325,16 +394,18 @@ impl Gateway {
         }
     }
 
-    async fn decide_and_run(
+    /// The checks made after the intent is recorded: `Ok(Some(_))` concludes the action
+    /// without any upstream call (the session is already gone, or a dry run), `Ok(None)` lets
+    /// it go upstream, `Err` refuses it (expected user, protection).
+    pub(super) fn checks(
         &self,
         ctx: &CallContext,
         req: &ActionRequest,
-        pool: &Pool,
         session: Option<&Session>,
-    ) -> Result<Ran, ServiceError> {
+    ) -> Result<Option<Ran>, ServiceError> {
         let Some(session) = session else {
             // Logoff of a session that has already ended.
-            return Ok(ActionOutcome::AlreadyGone.into());
+            return Ok(Some(ActionOutcome::AlreadyGone.into()));
         };
         if let Some(expected) = &req.expected_user
             && !session.user_matches(expected)
@@ -385,8 +456,13 @@ impl Gateway {
             }
         }
         if req.dry_run {
-            return Ok(ActionOutcome::WouldDo.into());
+            return Ok(Some(ActionOutcome::WouldDo.into()));
         }
+        Ok(None)
+    }
+
+    /// The provider call of one action that passed its checks.
+    async fn call(&self, req: &ActionRequest, pool: &Pool) -> Result<Ran, ServiceError> {
         let p = &pool.provider;
         let effect = match req.kind {
             ActionKind::Logoff => p.logoff(&req.host, req.id, req.force).await,
@@ -402,6 +478,16 @@ impl Gateway {
                     .map(|()| ActionEffect::Done)
             }
         };
+        self.effect(pool, req, effect)
+    }
+
+    /// What a provider's answer to one action comes to.
+    pub(super) fn effect(
+        &self,
+        pool: &Pool,
+        req: &ActionRequest,
+        effect: Result<ActionEffect, ProviderError>,
+    ) -> Result<Ran, ServiceError> {
         match effect {
             Ok(ActionEffect::Done) => Ok(Ran::done()),
             Ok(ActionEffect::DoneAfterRetry) => Ok(Ran {

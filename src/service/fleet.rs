@@ -7,8 +7,8 @@
 use super::{ActionRequest, ActionResult, ActionTarget, CallContext, Gateway, Pool, ServiceError};
 use crate::{
     auth::Permission,
-    domain::{ActionOutcome, HostName, PoolName, Session},
-    providers::SessionFilter,
+    domain::{ActionKind, ActionOutcome, HostName, PoolName, Session, SessionId},
+    providers::{ProviderError, SessionFilter},
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -172,15 +172,19 @@ impl Pool {
     }
 }
 
+fn target_of(req: &ActionRequest) -> ActionTarget {
+    ActionTarget {
+        pool: req.pool.to_string(),
+        host: req.host.to_string(),
+        session_id: req.id,
+    }
+}
+
 impl Gateway {
     /// Runs one item of a batch (its `batch_id` must be set): waits for a slot of the item's
     /// pool (`fleet.pool_concurrency`), then acts exactly as the single route would.
     pub async fn act_item(self: &Arc<Self>, ctx: CallContext, req: ActionRequest) -> ItemResult {
-        let target = ActionTarget {
-            pool: req.pool.to_string(),
-            host: req.host.to_string(),
-            session_id: req.id,
-        };
+        let target = target_of(&req);
         let slot = match self.pool_slots.get(&req.pool) {
             Some(s) => s.clone().acquire_owned().await.ok(),
             None => None,
@@ -209,6 +213,153 @@ impl Gateway {
             results,
             unreachable: None,
         }
+    }
+
+    /// A whole-host call: logoffs on a pool whose provider logs off many sessions of a host
+    /// in one upstream call ([`crate::providers::SessionProvider::native_logoff_many`]) go
+    /// through [`Self::act_host_logoff`]; anything else runs as [`Self::act_batch`] does.
+    pub async fn act_whole_host(
+        self: &Arc<Self>,
+        ctx: &CallContext,
+        batch_id: String,
+        items: Vec<ActionRequest>,
+    ) -> BatchResult {
+        let one_call = items.first().is_some_and(|first| {
+            self.pools
+                .get(&first.pool)
+                .is_some_and(|p| p.provider.native_logoff_many())
+                && items.iter().all(|r| {
+                    r.kind == ActionKind::Logoff
+                        && r.pool == first.pool
+                        && r.host == first.host
+                        && r.force == first.force
+                })
+        });
+        if !one_call {
+            return self.act_batch(ctx, batch_id, items).await;
+        }
+        let items: Vec<ActionRequest> = items
+            .into_iter()
+            .map(|mut r| {
+                r.batch_id = Some(batch_id.clone());
+                r
+            })
+            .collect();
+        let me = self.clone();
+        let c = ctx.clone();
+        let targets: Vec<ActionTarget> = items.iter().map(target_of).collect();
+        // Its own task, as a single action: a caller that hangs up cannot cut the batch
+        // between the upstream call and the outcomes.
+        let task = self
+            .tasks
+            .spawn(async move { me.act_host_logoff(&c, &items).await });
+        let results = match task.await {
+            Ok(r) => r,
+            Err(e) => targets
+                .into_iter()
+                .map(|t| {
+                    ItemResult::from_action(
+                        t,
+                        Err(super::ActionError {
+                            error: ServiceError::AuditUnavailable(format!(
+                                "batch task ended abnormally: {e}"
+                            )),
+                            audited: false,
+                        }),
+                    )
+                })
+                .collect(),
+        };
+        BatchResult {
+            batch_id,
+            summary: BatchSummary::of(&results),
+            results,
+            unreachable: None,
+        }
+    }
+
+    /// Logoffs of sessions of ONE host (same pool, host and `force`, `batch_id` set). Each
+    /// item gets the single pipeline's steps and audit records (admission, resolve, intent,
+    /// checks, outcome), but the host is read once for the resolves and the items that pass
+    /// their checks go upstream in one `logoff_many` call, after all their intents are
+    /// committed. Answers one result per item, in the order given.
+    #[tracing::instrument(skip_all, fields(count = items.len(), request_id = %ctx.request_id))]
+    async fn act_host_logoff(&self, ctx: &CallContext, items: &[ActionRequest]) -> Vec<ItemResult> {
+        let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
+        let mut admitted = Vec::new();
+        for (i, req) in items.iter().enumerate() {
+            match self.admit(ctx, req) {
+                Ok(pool) => admitted.push((i, pool)),
+                Err(e) => results[i] = Some(ItemResult::from_action(target_of(req), Err(e))),
+            }
+        }
+        if let Some(&(first, pool)) = admitted.first() {
+            let host = &items[first].host;
+            let slot = match self.pool_slots.get(&items[first].pool) {
+                Some(s) => s.clone().acquire_owned().await.ok(),
+                None => None,
+            };
+            let listing = pool.provider.list_host_sessions(host).await;
+            let mut upstream = Vec::new();
+            for (i, pool) in admitted {
+                let req = &items[i];
+                let found = match &listing {
+                    Ok(list) => list
+                        .iter()
+                        .find(|s| s.id == req.id)
+                        .cloned()
+                        .ok_or(ProviderError::SessionNotFound),
+                    Err(e) => Err(e.clone()),
+                };
+                let session = match self.resolved(pool, req, found) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        results[i] = Some(ItemResult::from_action(target_of(req), Err(e)));
+                        continue;
+                    }
+                };
+                let pending = match self.open_intent(ctx, req, session.as_ref()).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        results[i] = Some(ItemResult::from_action(target_of(req), Err(e)));
+                        continue;
+                    }
+                };
+                let concluded = match self.checks(ctx, req, session.as_ref()) {
+                    Ok(None) => {
+                        upstream.push((i, pending));
+                        continue;
+                    }
+                    Ok(Some(ran)) => Ok(ran),
+                    Err(e) => Err(e),
+                };
+                let r = self.close_outcome(ctx, req, pending, concluded).await;
+                results[i] = Some(ItemResult::from_action(target_of(req), r));
+            }
+            if !upstream.is_empty() {
+                let ids: Vec<SessionId> = upstream.iter().map(|(i, _)| items[*i].id).collect();
+                let effects = pool
+                    .provider
+                    .logoff_many(host, &ids, items[first].force)
+                    .await;
+                let mut effects = effects.into_iter();
+                for (i, pending) in upstream {
+                    let req = &items[i];
+                    let effect = effects.next().unwrap_or_else(|| {
+                        Err(ProviderError::Upstream {
+                            status: None,
+                            code: "bad_provider_output".into(),
+                            message: format!("{host}: no result for session {}", req.id),
+                        })
+                    });
+                    let ran = self.effect(pool, req, effect);
+                    let r = self.close_outcome(ctx, req, pending, ran).await;
+                    results[i] = Some(ItemResult::from_action(target_of(req), r));
+                }
+            }
+            drop(slot);
+        }
+        results.into_iter().flatten().collect()
     }
 
     /// A fleet call is rate-checked once, as a whole (its items are not, one by one).

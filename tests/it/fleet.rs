@@ -742,3 +742,116 @@ async fn self_service_is_off_by_default() {
     problem(r, 404, "self_service_disabled").await;
     assert_eq!(app.arm().calls(ArmOp::Logoff), 0);
 }
+
+/// Whole-host logoff on a MultiPoint pool: the items that pass their checks go upstream in ONE
+/// `Close-WmsSession -SessionId a,b,c` (after one listing for the resolves), each item still
+/// audited on its own; a protected (administrator's) session is refused and not sent; a dry
+/// run sends no close at all.
+#[tokio::test]
+async fn whole_host_logoff_on_multipoint_is_one_remote_close() {
+    use sessiongate::demo::MPS_HOST;
+    use sessiongate::providers::winrm::scripts::Template;
+    const MPS: &str = "multipoint-demo";
+    let app = TestApp::start().await;
+    let st = app.backends.multipoint.state();
+    for (id, name) in [(31, "mp.ann"), (32, "mp.bob"), (33, "mp.cid")] {
+        st.add_session(MPS_HOST, id, EmuSession::user(name, "MPS01", true));
+    }
+    let mut adm = EmuSession::user("mp.admin", "MPS01", true);
+    adm.admin = true;
+    st.add_session(MPS_HOST, 34, adm);
+    let url = format!(
+        "{}/hostpools/{MPS}/sessionhosts/{MPS_HOST}/sessions/logoff",
+        app.url
+    );
+    let count = |t: Template| {
+        st.scripts()
+            .iter()
+            .filter(|s| s.host.eq_ignore_ascii_case(MPS_HOST) && s.template == Some(t))
+            .count()
+    };
+
+    // Dry run: the blast radius, and nothing closed.
+    let closes = count(Template::MpClose);
+    let v = ok_json(
+        app.post(
+            &app.keys.operator,
+            &url,
+            Some(json!({"ids": [31, 32, 33, 34], "dry_run": true})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        v["summary"],
+        json!({"done": 0, "already_gone": 0, "would_do": 3, "refused": 1, "failed": 0}),
+        "{v}"
+    );
+    assert_eq!(v["results"][1]["user"], "MPS01\\mp.bob", "{v}");
+    assert_eq!(count(Template::MpClose), closes);
+    assert!(
+        [31, 32, 33, 34]
+            .iter()
+            .all(|i| st.sessions(MPS_HOST).contains_key(i))
+    );
+
+    // For real: three ids in one remote close, the administrator's session refused, not sent.
+    let lists = count(Template::MpList);
+    let r = app
+        .post(
+            &app.keys.operator,
+            &url,
+            Some(json!({"ids": [31, 34, 32, 33], "reason": "host drain", "ticket": "INC12"})),
+        )
+        .await;
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let v = ok_json(r).await;
+    assert_eq!(
+        outcomes(&v),
+        [
+            ("done".into(), "".into()),
+            ("refused".into(), "session_protected".into()),
+            ("done".into(), "".into()),
+            ("done".into(), "".into()),
+        ],
+        "{v}"
+    );
+    assert_eq!(count(Template::MpClose), closes + 1, "one remote close");
+    assert_eq!(
+        count(Template::MpList),
+        lists + 1,
+        "one listing for the resolves"
+    );
+    let sent: Vec<_> = st
+        .scripts()
+        .into_iter()
+        .filter(|s| s.template == Some(Template::MpClose))
+        .collect();
+    assert_eq!(sent.last().unwrap().slots["IDS"], "31,32,33");
+    let left = st.sessions(MPS_HOST);
+    assert!(left.contains_key(&34) && ![31, 32, 33].iter().any(|i| left.contains_key(i)));
+
+    // Each item: its own intent and outcome with the batch id, the outcome naming its intent.
+    let batch = v["batch_id"].as_str().unwrap();
+    let evs = events_of(&app, &rid).await;
+    let of = |kind: &str| -> Vec<&Value> { evs.iter().filter(|e| e["kind"] == kind).collect() };
+    let (intents, outs) = (of("intent"), of("outcome"));
+    assert_eq!((intents.len(), outs.len()), (4, 4), "{evs:?}");
+    for e in intents.iter().chain(outs.iter()) {
+        assert_eq!(e["params"]["batch_id"], batch, "{e}");
+        assert_eq!(e["params"]["ticket"], "INC12", "{e}");
+    }
+    for id in [31, 32, 33, 34] {
+        let i = intents
+            .iter()
+            .find(|e| e["target"]["session_id"] == id)
+            .unwrap_or_else(|| panic!("intent of {id}: {evs:?}"));
+        let o = outs
+            .iter()
+            .find(|e| e["target"]["session_id"] == id)
+            .unwrap_or_else(|| panic!("outcome of {id}: {evs:?}"));
+        assert_eq!(o["params"]["intent_id"], i["id"], "{o}");
+        let want = if id == 34 { "refused" } else { "done" };
+        assert_eq!(o["outcome"], want, "{o}");
+    }
+}

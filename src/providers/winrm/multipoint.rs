@@ -269,6 +269,31 @@ impl SessionProvider for MultiPointProvider {
             .unwrap_or(Err(ProviderError::SessionNotFound))
     }
 
+    fn native_logoff_many(&self) -> bool {
+        true
+    }
+
+    /// One `Close-WmsSession -SessionId a,b,c` for all the ids (MultiPoint has no forced
+    /// logoff: `force` changes nothing); the answers come back in the order of `ids`.
+    async fn logoff_many(
+        &self,
+        host: &HostName,
+        ids: &[SessionId],
+        _force: bool,
+    ) -> Vec<Result<ActionEffect, ProviderError>> {
+        let got = MultiPointProvider::logoff_many(self, host, ids).await;
+        ids.iter()
+            .map(|id| match got.iter().find(|(i, _)| i == id) {
+                Some((_, r)) => r.clone(),
+                None => Err(ProviderError::Upstream {
+                    status: None,
+                    code: "bad_script_output".into(),
+                    message: format!("{host}: no result for session {}", id.0),
+                }),
+            })
+            .collect()
+    }
+
     #[tracing::instrument(skip_all, fields(pool = %self.core.pool, host = %host, session.id = id.0))]
     async fn disconnect(
         &self,
