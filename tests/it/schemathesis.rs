@@ -88,6 +88,13 @@ async fn schemathesis_finds_no_failure_with_all_checks() {
         dropped >= 7,
         "the action routes declare Idempotency-Key ({dropped})"
     );
+    // The self-service routes answer only a caller whose Entra ID token names a user; schemathesis
+    // calls with the admin API key, which they rightly refuse (403 `self_service_needs_token`),
+    // so the copy leaves them out; `fleet::self_service_*` tests them with tokens.
+    let paths = doc["paths"].as_object_mut().expect("paths");
+    let n = paths.len();
+    paths.retain(|p, _| !p.starts_with("/me/"));
+    assert_eq!(paths.len() + 2, n, "the document has the two /me routes");
     let spec_text = serde_json::to_string_pretty(&doc).expect("the document as JSON");
     let operations = operation_count(&doc);
     assert!(operations >= 10, "the document has {operations} operations");
