@@ -122,6 +122,42 @@ pub const TARGETS: [(&str, Target); 7] = [
 mod tests {
     use super::TARGETS;
 
+    /// `name version` of every package in a `Cargo.lock`.
+    fn locked(path: &str) -> std::collections::BTreeSet<String> {
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let mut out = std::collections::BTreeSet::new();
+        let mut name = None;
+        for line in text.lines() {
+            if let Some(n) = line.strip_prefix("name = ") {
+                name = Some(n.trim_matches('"').to_string());
+            } else if let (Some(v), Some(n)) = (line.strip_prefix("version = "), name.take()) {
+                out.insert(format!("{n} {}", v.trim_matches('"')));
+            }
+        }
+        out
+    }
+
+    /// `fuzz/` builds with `--locked` (CI's last step): its lock file must pin every package
+    /// the gateway's lock pins, at the same version, or the CI fuzz build stops. Only the
+    /// gateway's dev-dependencies may be missing. After `cargo update` or a new dependency, run
+    /// `cp Cargo.lock fuzz/ && (cd fuzz && cargo metadata --format-version 1 >/dev/null)`.
+    #[test]
+    fn the_fuzz_lock_file_follows_the_main_one() {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let main = locked(&format!("{root}/Cargo.lock"));
+        let fuzz = locked(&format!("{root}/fuzz/Cargo.lock"));
+        let dev_only = ["fastrand ", "tempfile ", "rustix ", "linux-raw-sys "];
+        let missing: Vec<&String> = main
+            .difference(&fuzz)
+            .filter(|p| !dev_only.iter().any(|d| p.starts_with(d)))
+            .filter(|p| !p.starts_with("sessiongate "))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "fuzz/Cargo.lock lacks {missing:?}: cp Cargo.lock fuzz/ && (cd fuzz && cargo metadata --format-version 1 >/dev/null)"
+        );
+    }
+
     /// Every committed corpus file (seeds and inputs that once crashed) goes through its
     /// target: the regression test for fuzzer findings, run by the normal test command.
     #[test]
