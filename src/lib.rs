@@ -23,3 +23,4 @@ pub mod run;
 pub mod service;
 pub mod telemetry;
 pub mod upstream;
+pub mod webhooks;

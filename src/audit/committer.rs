@@ -369,8 +369,19 @@ impl AuditLog {
     /// Records one event durably. Also emits it as one structured log line on the
     /// `sessiongate::audit` tracing target.
     pub async fn record(&self, ev: NewEvent) -> Result<AuditEvent, AuditError> {
+        self.record_within(ev, self.inner.write_timeout).await
+    }
+
+    /// [`Self::record`] with a caller-chosen wait instead of `write_timeout_ms`: start-up
+    /// writes (interrupted actions, the start event) have no caller waiting and would rather
+    /// wait out a slow disk at boot than refuse to start.
+    pub async fn record_within(
+        &self,
+        ev: NewEvent,
+        wait: Duration,
+    ) -> Result<AuditEvent, AuditError> {
         let inner = &self.inner;
-        let deadline = tokio::time::Instant::now() + inner.write_timeout;
+        let deadline = tokio::time::Instant::now() + wait;
         let result = match &inner.tx {
             Some(q) => {
                 let (reply, rx) = oneshot::channel();
@@ -379,7 +390,7 @@ impl AuditLog {
                     Ok(()) => match tokio::time::timeout_at(deadline, rx).await {
                         Err(_) => Err(AuditError::Unavailable(format!(
                             "no durable commit within {} ms",
-                            inner.write_timeout.as_millis()
+                            wait.as_millis()
                         ))),
                         Ok(Err(_)) => {
                             Err(AuditError::Unavailable("audit committer stopped".into()))

@@ -20,6 +20,9 @@ impl Gateway {
     /// Closes intents left without an outcome since the previous start of this chain, then
     /// records a start marker. Returns how many actions were marked `interrupted`.
     pub async fn close_interrupted_actions(&self) -> Result<usize, AuditError> {
+        // Ten times the write timeout, at least 30 s, for the whole start-up's writes.
+        let deadline = tokio::time::Instant::now()
+            + (self.audit.write_timeout() * 10).max(std::time::Duration::from_secs(30));
         let chain = self.audit.chain();
         // Intent ids closed by an outcome; request ids closed by an outcome without intent id.
         let mut closed: HashSet<String> = HashSet::new();
@@ -81,10 +84,10 @@ impl Gateway {
             } else {
                 ev.params = serde_json::json!({ INTENT_ID: intent_id });
             }
-            self.audit.record(ev).await?;
+            self.record_at_start(ev, deadline).await?;
         }
-        self.audit
-            .record(NewEvent {
+        self.record_at_start(
+            NewEvent {
                 kind: Some(EventKind::Request),
                 request_id: uuid::Uuid::now_v7().to_string(),
                 actor: Actor {
@@ -100,8 +103,32 @@ impl Gateway {
                 }),
                 outcome: "ok".into(),
                 ..NewEvent::default()
-            })
-            .await?;
+            },
+            deadline,
+        )
+        .await?;
         Ok(n)
+    }
+
+    /// Records a start-up event, waiting up to `deadline` (no caller is waiting at start, so a
+    /// store slower than `write_timeout_ms` at boot delays the start instead of failing it). A
+    /// write the store refused (locked, busy) is tried again; one that timed out is not (it may
+    /// still commit), the deadline being spent by then.
+    async fn record_at_start(
+        &self,
+        ev: NewEvent,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), AuditError> {
+        loop {
+            let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.audit.record_within(ev.clone(), wait).await {
+                Ok(_) => return Ok(()),
+                Err(AuditError::Unavailable(e)) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "audit store refused a start-up write; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }

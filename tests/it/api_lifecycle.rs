@@ -6,6 +6,7 @@ use sessiongate::{
     audit::{AuditQuery, AuditStore, EventKind},
     emulator::common::FaultSettings,
 };
+use std::time::Duration;
 
 #[tokio::test]
 async fn graceful_shutdown_lets_in_flight_actions_finish_and_be_audited() {
@@ -20,7 +21,7 @@ async fn graceful_shutdown_lets_in_flight_actions_finish_and_be_audited() {
     let http = app.http.clone();
     let key = app.keys.operator.clone();
     let call = tokio::spawn(async move { http.post(url).bearer_auth(key).send().await });
-    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
     app.stop().await;
     let resp = call
         .await
@@ -81,6 +82,79 @@ async fn probes_need_no_key_and_carry_request_ids() {
     let rid = r.headers()["x-request-id"].to_str().unwrap();
     assert_ne!(rid, "bad id with spaces");
     assert!(uuid::Uuid::parse_str(rid).is_ok());
+}
+
+/// Start-up writes (the interrupted actions' outcomes, the start event) have no caller waiting:
+/// a store that is slow for longer than `write_timeout_ms` at boot delays the start instead of
+/// failing it (CI saw a start refused by "no durable commit within 3000 ms" under load).
+#[tokio::test]
+async fn start_up_waits_out_a_store_slower_than_the_write_timeout() {
+    use sessiongate::audit::{NewEvent, Target};
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = sessiongate::config::Config::from_toml_with_env(
+        &format!(
+            "[server]\ndata_dir = {:?}\n[audit]\nurl = \"sqlite://audit.db\"\nwrite_timeout_ms = 300\n",
+            dir.path().display().to_string()
+        ),
+        std::iter::empty(),
+    )
+    .unwrap();
+    let audit = sessiongate::audit::open(&cfg.audit, &cfg.server.data_dir)
+        .await
+        .unwrap();
+    audit
+        .record(NewEvent {
+            kind: Some(EventKind::Intent),
+            request_id: "req-slow-start".into(),
+            action: "logoff".into(),
+            target: Target {
+                pool: Some("p".into()),
+                host: Some("h".into()),
+                session_id: Some(4),
+                user: Some("u@contoso.com".into()),
+            },
+            outcome: "pending".into(),
+            ..NewEvent::default()
+        })
+        .await
+        .unwrap();
+    // Another writer holds the store for 2 s, well past the 300 ms write timeout.
+    let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+    let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let holder = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    });
+    let started = std::time::Instant::now();
+    let built = sessiongate::app::build_app_with_audit(&cfg, audit.clone()).await;
+    holder.await.unwrap();
+    assert!(
+        built.is_ok(),
+        "start-up failed: {:?}",
+        built.err().map(|e| e.to_string())
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    let page = audit
+        .query(&AuditQuery {
+            request_id: Some("req-slow-start".into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        page.events.iter().any(|e| e.event.outcome == "interrupted"),
+        "{:?}",
+        page.events
+    );
 }
 
 #[tokio::test]
