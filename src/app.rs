@@ -6,6 +6,7 @@ use crate::{
     auth::{Authenticator, RateLimiter},
     config::{Config, ConfigError, ValidatedConfig},
     service::{Gateway, Limits},
+    tls::TlsServer,
 };
 use axum::Router;
 use std::{sync::Arc, time::Duration};
@@ -20,6 +21,8 @@ pub struct App {
     pub header_read_timeout: Duration,
     /// `[metrics] listen` and the router to serve there ([`serve_metrics`]).
     pub metrics: Option<(std::net::SocketAddr, Router)>,
+    /// `[server.tls]`: both listeners serve HTTPS with it ([`serve`], [`serve_metrics_with`]).
+    pub tls: Option<Arc<TlsServer>>,
 }
 
 /// Why the application could not start.
@@ -63,7 +66,7 @@ async fn build_validated_with_audit(
     let authenticator = Authenticator::new(&v.auth)
         .await
         .map_err(StartError::Auth)?;
-    let (cfg, pools, protected) = v.into_parts();
+    let (cfg, pools, protected, tls) = v.into_parts();
     let gateway = Arc::new(Gateway::new(
         pools,
         audit,
@@ -115,6 +118,7 @@ async fn build_validated_with_audit(
         shutdown_grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
         header_read_timeout: Duration::from_millis(cfg.server.header_read_timeout_ms),
         metrics,
+        tls,
     })
 }
 
@@ -126,7 +130,10 @@ async fn build_validated_with_audit(
 /// `server.header_read_timeout_ms`, and hyper starts that timer whenever it waits for a
 /// request, so a keep-alive connection left idle is closed after the same time. hyper's own
 /// answers to heads it cannot parse (400, 414, 431) are made problem+json by
-/// [`crate::edge_io::EdgeIo`].
+/// [`crate::edge_io::EdgeIo`]. With `[server.tls]`, each connection first completes a TLS
+/// handshake (bounded by the same timeout) with the certificate current at that moment
+/// ([`TlsServer`], reloaded while serving); a verified client certificate travels with each
+/// request of the connection as an extension for the authenticator.
 pub async fn serve(
     app: App,
     listener: TcpListener,
@@ -134,49 +141,14 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let grace = app.shutdown_grace;
     let gateway = app.gateway.clone();
-    let mut builder =
-        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(app.header_read_timeout);
+    let reloader = app.tls.as_ref().map(TlsServer::spawn_reloader);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let router = app.router;
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, do not spin.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let router = router.clone();
-        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let mut req = req.map(axum::body::Body::new);
-            req.extensions_mut()
-                .insert(axum::extract::ConnectInfo(peer));
-            tower::ServiceExt::oneshot(router.clone(), req)
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(
-                hyper_util::rt::TokioIo::new(crate::edge_io::EdgeIo::new(tcp)),
-                svc,
-            )
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
-    }
+    let conns = Connections::new(app.router, app.tls, app.header_read_timeout);
+    conns.accept_until(&listener, &graceful, shutdown).await;
     drop(listener);
+    if let Some(r) = reloader {
+        r.abort();
+    }
     tracing::info!(
         grace_secs = grace.as_secs(),
         "shutting down: draining in-flight requests"
@@ -193,13 +165,125 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves the separate metrics address (`[metrics] listen`) until the task is dropped.
+/// How one listener serves its connections: the router, TLS or not, the HTTP builder.
+#[derive(Clone)]
+struct Connections {
+    router: Router,
+    tls: Option<Arc<TlsServer>>,
+    handshake_timeout: Duration,
+    builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+}
+
+impl Connections {
+    fn new(router: Router, tls: Option<Arc<TlsServer>>, header_read_timeout: Duration) -> Self {
+        let mut builder =
+            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_read_timeout);
+        Self {
+            router,
+            tls,
+            handshake_timeout: header_read_timeout,
+            builder: Arc::new(builder),
+        }
+    }
+
+    /// Accepts until `shutdown` resolves; each connection runs in its own task, watched by
+    /// `graceful`.
+    async fn accept_until(
+        &self,
+        listener: &TcpListener,
+        graceful: &hyper_util::server::graceful::GracefulShutdown,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait, do not spin.
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let me = self.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move { me.connection(tcp, peer, watcher).await });
+        }
+    }
+
+    async fn connection(
+        self,
+        tcp: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) {
+        match &self.tls {
+            None => self.http(tcp, peer, None, watcher).await,
+            Some(tls) => match tls.accept(tcp, self.handshake_timeout).await {
+                Ok((stream, cert)) => self.http(stream, peer, cert, watcher).await,
+                Err(e) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+            },
+        }
+    }
+
+    async fn http<I>(
+        &self,
+        io: I,
+        peer: std::net::SocketAddr,
+        cert: Option<Arc<crate::auth::PeerCert>>,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let router = self.router.clone();
+        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            if let Some(c) = &cert {
+                req.extensions_mut().insert(c.clone());
+            }
+            tower::ServiceExt::oneshot(router.clone(), req)
+        });
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(
+                hyper_util::rt::TokioIo::new(crate::edge_io::EdgeIo::new(io)),
+                svc,
+            )
+            .into_owned();
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// Serves the separate metrics address (`[metrics] listen`) over plain HTTP until the task is
+/// dropped.
 pub async fn serve_metrics(router: Router, listener: TcpListener) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .await
+    serve_metrics_with(router, listener, None, Duration::from_secs(10)).await
+}
+
+/// Serves the separate metrics address until the task is dropped: over TLS with the API's
+/// certificate (and client-certificate policy) when `tls` is set.
+pub async fn serve_metrics_with(
+    router: Router,
+    listener: TcpListener,
+    tls: Option<Arc<TlsServer>>,
+    header_read_timeout: Duration,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    Connections::new(router, tls, header_read_timeout)
+        .accept_until(&listener, &graceful, std::future::pending::<()>())
+        .await;
+    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -13,9 +13,10 @@ use crate::{
         wvd_classic::{self, ClassicPoolConfig},
     },
     service::Pool,
+    tls::{ClientAuth, TlsServer},
 };
 use serde::Deserialize;
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +234,8 @@ pub struct ServerConfig {
     pub message_title_max: usize,
     /// Upper bound for a message body (characters).
     pub message_body_max: usize,
+    /// `[server.tls]`: serve HTTPS (and `[metrics] listen` too). Absent: plain HTTP.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -248,6 +251,7 @@ impl Default for ServerConfig {
             log_filter: "info".into(),
             message_title_max: 256,
             message_body_max: 4096,
+            tls: None,
         }
     }
 }
@@ -354,6 +358,8 @@ pub struct ValidatedConfig {
     config: Config,
     pools: Vec<Pool>,
     protected: ProtectedSessions,
+    /// `[server.tls]` with its files loaded.
+    tls: Option<Arc<TlsServer>>,
 }
 
 impl std::fmt::Debug for ValidatedConfig {
@@ -376,8 +382,15 @@ impl ValidatedConfig {
         &self.config
     }
 
-    pub(crate) fn into_parts(self) -> (Config, Vec<Pool>, ProtectedSessions) {
-        (self.config, self.pools, self.protected)
+    /// Not errors, but worth telling the operator (an expired server certificate).
+    pub fn warnings(&self) -> Vec<String> {
+        self.tls.as_ref().map(|t| t.warnings()).unwrap_or_default()
+    }
+
+    pub(crate) fn into_parts(
+        self,
+    ) -> (Config, Vec<Pool>, ProtectedSessions, Option<Arc<TlsServer>>) {
+        (self.config, self.pools, self.protected, self.tls)
     }
 }
 
@@ -421,6 +434,21 @@ impl Config {
         self.audit.validate()?;
         self.audit.validate_location(&self.server.data_dir)?;
         self.auth.validate()?;
+        let tls = match &self.server.tls {
+            Some(t) => Some(Arc::new(TlsServer::new(t)?)),
+            None => None,
+        };
+        if !self.auth.client_certs.is_empty()
+            && self
+                .server
+                .tls
+                .as_ref()
+                .is_none_or(|t| t.client_auth == ClientAuth::None)
+        {
+            return Err(Key::root("auth").field("client_certs").err(
+                "needs [server.tls] with client_auth = \"optional\" or \"required\" and a client_ca_file",
+            ));
+        }
         self.fleet.validate()?;
         self.jobs.validate()?;
         self.idempotency.validate()?;
@@ -474,6 +502,7 @@ impl Config {
             config: self.clone(),
             pools,
             protected,
+            tls,
         })
     }
 }

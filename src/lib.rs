@@ -22,5 +22,6 @@ pub mod providers;
 pub mod run;
 pub mod service;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod webhooks;

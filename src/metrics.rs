@@ -82,6 +82,8 @@ struct Metrics {
     auth_failures: Family<ReasonLabels, Counter>,
     jobs_running: Gauge,
     jobs_finished: Family<StateLabels, Counter>,
+    tls_reloads: Family<OutcomeLabels, Counter>,
+    tls_not_after: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -152,8 +154,22 @@ impl Metrics {
             "Jobs this process ran to an end, by final state (succeeded, completed_with_errors, failed, cancelled)",
             jobs_finished.clone(),
         );
+        let tls_reloads = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "sessiongate_tls_reloads",
+            "Reloads of the TLS certificate, key and client CA files after they changed (ok), or attempts that kept the previous ones (error)",
+            tls_reloads.clone(),
+        );
+        let tls_not_after = Gauge::default();
+        registry.register(
+            "sessiongate_tls_certificate_expiry_timestamp_seconds",
+            "When the served TLS certificate expires (Unix time; 0 without [server.tls])",
+            tls_not_after.clone(),
+        );
         Self {
             registry,
+            tls_reloads,
+            tls_not_after,
             jobs_running,
             jobs_finished,
             http_duration,
@@ -286,6 +302,21 @@ pub fn auth_failure(reason: &'static str) {
         .auth_failures
         .get_or_create(&ReasonLabels { reason })
         .inc();
+}
+
+/// A changed set of TLS files was loaded (`ok`) or refused, keeping the previous (`error`).
+pub fn tls_reload(ok: bool) {
+    METRICS
+        .tls_reloads
+        .get_or_create(&OutcomeLabels {
+            outcome: if ok { "ok" } else { "error" },
+        })
+        .inc();
+}
+
+/// The served certificate's expiry (Unix seconds).
+pub fn tls_certificate_not_after(unix_secs: i64) {
+    METRICS.tls_not_after.set(unix_secs);
 }
 
 #[cfg(test)]

@@ -96,9 +96,11 @@ pub async fn serve_config(cfg: ValidatedConfig) -> u8 {
     if let Some((addr, router)) = app.metrics.clone() {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
-                tracing::info!(listen = %addr, "metrics listening");
+                tracing::info!(listen = %addr, tls = app.tls.is_some(), "metrics listening");
+                let tls = app.tls.clone();
+                let timeout = app.header_read_timeout;
                 tokio::spawn(async move {
-                    if let Err(e) = app::serve_metrics(router, l).await {
+                    if let Err(e) = app::serve_metrics_with(router, l, tls, timeout).await {
                         tracing::error!(error = %e, "the metrics listener stopped");
                     }
                 });
@@ -110,7 +112,7 @@ pub async fn serve_config(cfg: ValidatedConfig) -> u8 {
             }
         }
     }
-    tracing::info!(listen = %listen, pools, "sessiongate listening");
+    tracing::info!(listen = %listen, pools, tls = app.tls.is_some(), "sessiongate listening");
     match app::serve(app, listener, app::shutdown_signal()).await {
         Ok(()) => 0,
         Err(e) => {
@@ -129,6 +131,9 @@ fn config_check(path: &Path, output: Output) -> u8 {
     if output == Output::Text {
         return match load_validated(path) {
             Ok(c) => {
+                for w in c.warnings() {
+                    eprintln!("warning: {w}");
+                }
                 println!(
                     "ok: {} ({} pool(s), {} API key(s))",
                     path.display(),
@@ -147,6 +152,7 @@ fn config_check(path: &Path, output: Output) -> u8 {
                 "file": path.display().to_string(),
                 "pools": c.pools.len(),
                 "api_keys": c.auth.api_keys.len(),
+                "warnings": c.warnings(),
             }));
             0
         }

@@ -6,7 +6,7 @@ use super::{
     problem::{ApiError, RequestError},
 };
 use crate::{
-    auth::{AuthError, Presented, Principal},
+    auth::{AuthError, PeerCert, Presented, Principal},
     domain::{SessionId, truncate_for_display},
     service::{Caller, RequestOutcome, RequestRecord},
 };
@@ -234,9 +234,15 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// Authentication for every route except the probes: inserts the [`Principal`] into the
-/// request (for handlers) and the response (for the audit record).
+/// request (for handlers) and the response (for the audit record). Over TLS with client
+/// certificates, the verified certificate arrives as a request extension (`crate::tls`).
 pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
-    match st.authenticator.authenticate(req.headers()).await {
+    let peer = req.extensions().get::<std::sync::Arc<PeerCert>>().cloned();
+    match st
+        .authenticator
+        .authenticate_with_cert(req.headers(), peer.as_deref())
+        .await
+    {
         Ok(p) => {
             req.extensions_mut().insert(p.clone());
             let mut resp = next.run(req).await;

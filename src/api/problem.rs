@@ -530,10 +530,14 @@ mod tests {
             AuthError::Missing,
             AuthError::Invalid("x".into()),
             AuthError::Expired,
+            AuthError::ClientCertUnmapped,
         ];
         for e in &all {
             match e {
-                AuthError::Missing | AuthError::Invalid(_) | AuthError::Expired => {}
+                AuthError::Missing
+                | AuthError::Invalid(_)
+                | AuthError::Expired
+                | AuthError::ClientCertUnmapped => {}
             }
         }
         all

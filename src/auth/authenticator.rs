@@ -1,6 +1,8 @@
-//! Turns request headers into a [`Principal`]: API keys and OIDC bearer tokens.
+//! Turns request headers into a [`Principal`]: API keys and OIDC bearer tokens; with neither
+//! header, the connection's verified TLS client certificate ([`PeerCert`]).
 
 use super::apikey::{ApiKeys, KEY_PREFIX};
+use super::clientcert::{ClientCerts, PeerCert};
 use super::config::AuthConfig;
 use super::jwt::{OidcVerifier, sanitize, token_hint};
 use super::{AuthError, AuthMethod, Presented, Principal};
@@ -16,6 +18,7 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 pub struct Authenticator {
     api_keys: Arc<ApiKeys>,
     oidc: Option<Arc<OidcVerifier>>,
+    client_certs: Arc<ClientCerts>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -23,6 +26,7 @@ impl std::fmt::Debug for Authenticator {
         f.debug_struct("Authenticator")
             .field("api_keys", &!self.api_keys.is_empty())
             .field("oidc", &self.oidc.is_some())
+            .field("client_certs", &!self.client_certs.is_empty())
             .finish()
     }
 }
@@ -45,11 +49,17 @@ impl Authenticator {
     pub async fn new(cfg: &AuthConfig) -> Result<Self, String> {
         cfg.validate().map_err(|e| e.to_string())?;
         let api_keys = Arc::new(ApiKeys::new(&cfg.api_keys).map_err(|e| e.to_string())?);
+        let client_certs =
+            Arc::new(ClientCerts::new(&cfg.client_certs).map_err(|e| e.to_string())?);
         let oidc = match &cfg.oidc {
             Some(o) => Some(OidcVerifier::start(o).await?),
             None => None,
         };
-        Ok(Self { api_keys, oidc })
+        Ok(Self {
+            api_keys,
+            oidc,
+            client_certs,
+        })
     }
 
     /// Whether bearer JWTs are accepted.
@@ -63,6 +73,26 @@ impl Authenticator {
         &self,
         headers: &HeaderMap,
     ) -> Result<Principal, (AuthError, Presented)> {
+        self.authenticate_with_cert(headers, None).await
+    }
+
+    /// [`Authenticator::authenticate`], or, when the request has neither header, from `peer`:
+    /// the client certificate the TLS handshake verified, mapped by `[[auth.client_certs]]`.
+    /// A header always wins: a bad one fails even with a certificate.
+    pub async fn authenticate_with_cert(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<&PeerCert>,
+    ) -> Result<Principal, (AuthError, Presented)> {
+        if let Some(cert) = peer
+            && !headers.contains_key(header::AUTHORIZATION)
+            && !headers.contains_key(API_KEY_HEADER)
+        {
+            return self
+                .client_certs
+                .authenticate(cert)
+                .map_err(|e| (e, cert.presented()));
+        }
         let (cred, presented) = match Self::credential(headers) {
             Ok(c) => c,
             Err(e) => return Err(e),
@@ -168,7 +198,9 @@ fn api_key_presented(k: &str) -> Presented {
 /// presented, `invalid_token` otherwise.
 pub fn www_authenticate(err: &AuthError) -> String {
     match err {
-        AuthError::Missing => r#"Bearer realm="sessiongate""#.to_string(),
+        AuthError::Missing | AuthError::ClientCertUnmapped => {
+            r#"Bearer realm="sessiongate""#.to_string()
+        }
         AuthError::Expired => {
             r#"Bearer realm="sessiongate", error="invalid_token", error_description="The credentials expired""#
                 .to_string()

@@ -42,6 +42,9 @@ use std::{collections::BTreeMap, path::PathBuf};
 pub struct AuthConfig {
     /// `[[auth.api_keys]]`: hashed API keys for automation.
     pub api_keys: Vec<ApiKeyConfig>,
+    /// `[[auth.client_certs]]`: verified TLS client certificates mapped to principals
+    /// (needs `[server.tls]` with `client_auth` `optional` or `required`).
+    pub client_certs: Vec<super::ClientCertConfig>,
     /// `[auth.oidc]`: Entra ID (or any OIDC issuer) bearer tokens. Absent = JWTs are refused.
     pub oidc: Option<OidcConfig>,
     /// `[auth.protected]`: sessions only an admin may act on.
@@ -301,6 +304,10 @@ impl AuthConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let key = Key::root("auth");
         ApiKeys::new(&self.api_keys)?;
+        super::clientcert::ClientCerts::new(&self.client_certs)?;
+        for (i, c) in self.client_certs.iter().enumerate() {
+            validate_pools(&c.pools, &key.field("client_certs").index(i).field("pools"))?;
+        }
         for (i, k) in self.api_keys.iter().enumerate() {
             let kk = key.field("api_keys").index(i);
             validate_pools(&k.pools, &kk.field("pools"))?;

@@ -5,6 +5,7 @@
 
 pub mod apikey;
 mod authenticator;
+pub mod clientcert;
 pub mod config;
 mod cors;
 mod jwt;
@@ -14,6 +15,7 @@ pub mod policy;
 mod ratelimit;
 
 pub use authenticator::{API_KEY_HEADER, Authenticator, www_authenticate};
+pub use clientcert::{ClientCertConfig, PeerCert};
 pub use config::{
     AuthConfig, CorsConfig, GrantConfig, OidcConfig, ProtectedConfig, RateLimitConfig,
 };
@@ -89,6 +91,8 @@ pub enum AuthMethod {
     ApiKey,
     Jwt,
     Webhook,
+    /// A TLS client certificate mapped by `[[auth.client_certs]]`.
+    ClientCert,
 }
 
 impl AuthMethod {
@@ -97,6 +101,7 @@ impl AuthMethod {
             AuthMethod::ApiKey => "api_key",
             AuthMethod::Jwt => "jwt",
             AuthMethod::Webhook => "webhook",
+            AuthMethod::ClientCert => "client_cert",
         }
     }
 }
@@ -105,7 +110,8 @@ impl AuthMethod {
 /// as the creator after a restart).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
-    /// Stable id: the API key's id, or the token's `oid`/`sub`.
+    /// Stable id: `apikey:<id>`, `cert:<id>` (a mapped client certificate), or the token's
+    /// `oid`/`sub`.
     pub id: String,
     pub display: Option<String>,
     pub method: AuthMethod,
@@ -186,6 +192,9 @@ pub enum AuthError {
     Invalid(String),
     #[error("credentials expired")]
     Expired,
+    /// A verified TLS client certificate that no `[[auth.client_certs]]` entry maps.
+    #[error("the client certificate is not mapped to a principal")]
+    ClientCertUnmapped,
 }
 
 impl AuthError {
@@ -194,6 +203,7 @@ impl AuthError {
             AuthError::Missing => "unauthenticated",
             AuthError::Invalid(_) => "invalid_credentials",
             AuthError::Expired => "credentials_expired",
+            AuthError::ClientCertUnmapped => "client_cert_unmapped",
         }
     }
 }
