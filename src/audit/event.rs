@@ -45,10 +45,10 @@ impl EventKind {
 /// Who made the call.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Actor {
-    /// Principal id (`apikey:NAME`, a token's `oid`), or `anonymous` when authentication failed.
+    /// Principal id (`apikey:NAME`, `cert:NAME`, a token's `oid`), or `anonymous` when authentication failed.
     pub id: String,
     pub display: Option<String>,
-    /// `api_key`, `jwt`, `webhook`, or what was presented when authentication failed.
+    /// `api_key`, `jwt`, `webhook`, `client_cert`, or what was presented when authentication failed.
     pub auth_method: Option<String>,
     pub roles: Vec<String>,
 }
