@@ -563,6 +563,15 @@ fn broken_configs_are_refused_by_check_and_serve_naming_the_same_key() {
         (vec![("server.log_filter", r#""sessiongate=loud""#.into())], "server.log_filter"),
         (vec![("server.data_dir", not_pem_lit.clone())], "server.data_dir"),
         (vec![("server.listen_addr", r#""127.0.0.1:1""#.into())], "server.listen_addr"),
+        // [server.tls]
+        (
+            vec![("server.tls", format!("{{ cert_file = {not_pem_lit}, key_file = {not_pem_lit} }}"))],
+            "server.tls.cert_file",
+        ),
+        (
+            vec![("server.tls", format!("{{ cert_file = {not_pem_lit}, key_file = {not_pem_lit}, min_version = \"1.1\" }}"))],
+            "server.tls.min_version",
+        ),
         // [audit]
         (vec![("audit.max_batch", "0".into())], "audit.max_batch"),
         (vec![("audit.write_timeout_ms", "0".into())], "audit.write_timeout_ms"),
@@ -590,6 +599,10 @@ fn broken_configs_are_refused_by_check_and_serve_naming_the_same_key() {
         (vec![("auth.protected.users", r#"['adm@contoso\x']"#.into())], "auth.protected.users[0]"),
         (vec![("auth.service_accounts", r#"[" "]"#.into())], "auth.service_accounts[0]"),
         (vec![("auth.cors.allowed_origins", r#"["*"]"#.into())], "auth.cors.allowed_origins[0]"),
+        (
+            vec![("auth.client_certs", r#"[{ id = "snow", subject_cn = "mid", roles = ["operator"] }]"#.into())],
+            "auth.client_certs",
+        ),
         // pools: AVD (ARM name rules, credential files)
         (vec![("pools.0.host_pool", r#""hp/prod""#.into())], "pools[avd-prod].host_pool"),
         (vec![("pools.0.resource_group", r#""rg.""#.into())], "pools[avd-prod].resource_group"),

@@ -683,6 +683,30 @@ fn config_validation_names_the_key_and_the_file() {
     let e = check(&text(&files.cert, &files.key, "ciphers = []\n")).unwrap_err();
     assert_eq!(e.key, "server.tls.ciphers");
 
+    // An expired certificate is served, with a warning (`config check` prints it).
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    p.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(30);
+    p.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let expired = p.self_signed(&key).unwrap();
+    let (old_cert, old_key) = (dir.path().join("old.pem"), dir.path().join("old-key.pem"));
+    std::fs::write(&old_cert, expired.pem()).unwrap();
+    std::fs::write(&old_key, key.serialize_pem()).unwrap();
+    let v = Config::from_toml_with_env(&text(&old_cert, &old_key, ""), vec![])
+        .unwrap()
+        .validate()
+        .expect("an expired certificate is not an error");
+    let w = v.warnings();
+    assert!(
+        w.len() == 1 && w[0].contains("expired") && w[0].contains("old.pem"),
+        "{w:?}"
+    );
+    let v = Config::from_toml_with_env(&text(&files.cert, &files.key, ""), vec![])
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert!(v.warnings().is_empty());
+
     // Client certificate mappings need client certificates.
     let mapping =
         "[[auth.client_certs]]\nid = \"snow\"\nsubject_cn = \"mid\"\nroles = [\"operator\"]\n";
