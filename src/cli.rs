@@ -51,6 +51,10 @@ pub enum Command {
     Probe {
         #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
         url: String,
+        /// Extra CA certificates (PEM) to trust for an https:// URL (a private CA's `[server.tls]`
+        /// certificate).
+        #[arg(long)]
+        ca_file: Option<std::path::PathBuf>,
     },
     /// Print a shell completion script, e.g. `sessiongate completions bash > /etc/bash_completion.d/sessiongate`.
     Completions {

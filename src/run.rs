@@ -30,7 +30,7 @@ pub async fn run(cmd: Command) -> u8 {
                 },
         } => apikey_new(&id, &roles, &pools, expires.as_deref(), output.output),
         Command::Audit { cmd } => audit(cmd).await,
-        Command::Probe { url } => probe(&url).await,
+        Command::Probe { url, ca_file } => probe(&url, ca_file.as_deref()).await,
         Command::Completions { shell } => {
             crate::cli::write_completions(shell, &mut std::io::stdout());
             0
@@ -262,8 +262,18 @@ async fn audit(cmd: AuditCommand) -> u8 {
     }
 }
 
-async fn probe(url: &str) -> u8 {
-    let client = match crate::httpclient::build_client(None, std::time::Duration::from_secs(3)) {
+async fn probe(url: &str, ca_file: Option<&Path>) -> u8 {
+    let ca = match ca_file.map(crate::httpclient::read_ca_bundle).transpose() {
+        Ok(ca) => ca,
+        Err(e) => {
+            eprintln!("error: --ca-file: {e}");
+            return 1;
+        }
+    };
+    let client = match crate::httpclient::build_client(
+        ca.as_deref().map(|pem| ("--ca-file", pem)),
+        std::time::Duration::from_secs(3),
+    ) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

@@ -729,3 +729,33 @@ fn config_validation_names_the_key_and_the_file() {
     .unwrap_err();
     assert_eq!(e.key, "auth.client_certs[0].sha256");
 }
+
+#[tokio::test]
+async fn probe_checks_an_https_server_trusting_its_ca() {
+    let ca = Ca::new("private CA");
+    let server = ca.server("gateway");
+    let (app, files, _dir) = start(&server, &ca, ClientAuth::None, 10, vec![]).await;
+    let url = format!("https://localhost:{}/healthz", addr(&app).port());
+    let ca_file = files.cert.with_file_name("server-ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let probe = |extra: Vec<String>| {
+        let url = url.clone();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_sessiongate"))
+                .args(["probe", "--url", &url])
+                .args(extra)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let ok = probe(vec!["--ca-file".into(), ca_file.display().to_string()]).await;
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let untrusted = probe(vec![]).await;
+    assert_eq!(untrusted.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&untrusted.stderr).contains("unhealthy"));
+}
