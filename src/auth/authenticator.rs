@@ -79,6 +79,12 @@ impl Authenticator {
     /// [`Authenticator::authenticate`], or, when the request has neither header, from `peer`:
     /// the client certificate the TLS handshake verified, mapped by `[[auth.client_certs]]`.
     /// A header always wins: a bad one fails even with a certificate.
+    ///
+    /// A certificate is an ambient credential: a browser holding one presents it on any
+    /// request to this server, including a form another site posts (cross-site request
+    /// forgery). Certificates therefore authenticate machine clients only: a request that
+    /// carries an `Origin` header (browsers send one with every cross-origin request and every
+    /// POST) must send a credential header instead.
     pub async fn authenticate_with_cert(
         &self,
         headers: &HeaderMap,
@@ -88,6 +94,15 @@ impl Authenticator {
             && !headers.contains_key(header::AUTHORIZATION)
             && !headers.contains_key(API_KEY_HEADER)
         {
+            if headers.contains_key(header::ORIGIN) {
+                return Err((
+                    AuthError::Invalid(
+                        "a client certificate does not authenticate a browser request (one with an Origin header); send an API key or token"
+                            .into(),
+                    ),
+                    cert.presented(),
+                ));
+            }
             return self
                 .client_certs
                 .authenticate(cert)

@@ -477,6 +477,32 @@ async fn a_mapped_client_certificate_acts_as_its_principal_and_an_unmapped_one_i
     let r = http.get(format!("{}/audit", app.url)).send().await.unwrap();
     problem(r, 403, "forbidden").await;
 
+    // Not for browsers: with an Origin header (a form another site posts) the certificate
+    // authenticates nothing, and nothing is done.
+    let (host2, id2, _) = app
+        .arm()
+        .sessions(ARM_POOL)
+        .into_iter()
+        .map(|s| (s.host, s.id, s.user))
+        .next()
+        .expect("another session");
+    let r = http
+        .post(format!("{}/logoff", app.session_url(AVD_POOL, &host2, id2)))
+        .header("origin", "https://evil.example")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("x=1")
+        .send()
+        .await
+        .unwrap();
+    problem(r, 401, "invalid_credentials").await;
+    assert!(
+        app.arm()
+            .sessions(ARM_POOL)
+            .iter()
+            .any(|s| s.host == host2 && s.id == id2),
+        "no logoff on a cross-site form post"
+    );
+
     // A header still wins over the certificate, a bad one fails.
     let r = http
         .get(format!("{}/hostpools", app.url))
