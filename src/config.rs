@@ -41,6 +41,9 @@ pub struct Config {
     pub pacing: PacingConfig,
     #[serde(default)]
     pub pools: Vec<PoolConfig>,
+    /// `[webhooks]`: ticketing and generic webhook sources (`POST /webhooks/{source}`).
+    #[serde(default)]
+    pub webhooks: crate::webhooks::WebhooksConfig,
 }
 
 /// `[pacing]`: how calls to the backends are spaced so a large run waits for the backend's
@@ -354,6 +357,7 @@ pub struct ValidatedConfig {
     config: Config,
     pools: Vec<Pool>,
     protected: ProtectedSessions,
+    webhooks: crate::webhooks::Sources,
 }
 
 impl std::fmt::Debug for ValidatedConfig {
@@ -376,8 +380,15 @@ impl ValidatedConfig {
         &self.config
     }
 
-    pub(crate) fn into_parts(self) -> (Config, Vec<Pool>, ProtectedSessions) {
-        (self.config, self.pools, self.protected)
+    pub(crate) fn into_parts(
+        self,
+    ) -> (
+        Config,
+        Vec<Pool>,
+        ProtectedSessions,
+        crate::webhooks::Sources,
+    ) {
+        (self.config, self.pools, self.protected, self.webhooks)
     }
 }
 
@@ -470,10 +481,17 @@ impl Config {
                 upn_domains,
             });
         }
+        let pool_names: Vec<String> = self.pools.iter().map(|p| p.name.to_string()).collect();
+        let webhooks = self.webhooks.build(
+            &pool_names,
+            self.auth.oidc.is_some(),
+            self.server.body_limit_bytes,
+        )?;
         Ok(ValidatedConfig {
             config: self.clone(),
             pools,
             protected,
+            webhooks,
         })
     }
 }
