@@ -43,6 +43,11 @@ pub struct WebhookAccepted {
     pub delivery_id: String,
 }
 
+/// A delivery's body: the sender's JSON object, read through the source's mapping.
+#[derive(Debug, ToSchema)]
+#[schema(value_type = Object)]
+pub struct WebhookPayload(pub serde_json::Value);
+
 /// Headers kept with a stored answer.
 const KEPT_HEADERS: [HeaderName; 2] = [header::CONTENT_TYPE, header::LOCATION];
 
@@ -64,7 +69,7 @@ const NOT_STORED: [&str; 5] = [
 /// `Webhook-Replayed: true`), never 409.
 #[utoipa::path(post, path = "/webhooks/{source}", tag = "webhooks",
     params(("source" = String, Path, description = "A configured `[[webhooks.sources]]` name", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]{1,64}$")),
-    request_body(content = Object, description = "The sender's JSON, exactly as signed (at most `webhooks.max_body_bytes`)"),
+    request_body(content = WebhookPayload, description = "The sender's JSON, exactly as signed (at most `webhooks.max_body_bytes`)"),
     responses((status = 202, description = "Accepted: a job (`Location: /jobs/{id}`)", body = WebhookAccepted),
               (status = 200, description = "Nothing to act on (the user has no session): an empty fleet result", body = crate::service::BatchResult),
               (status = 401, description = "webhook_unauthenticated (`reason` holds the stable reason code)", body = Problem, content_type = "application/problem+json"),

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod mapping;
+pub mod sign;
 pub mod signature;
 pub mod verify;
 
