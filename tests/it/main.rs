@@ -40,6 +40,7 @@ mod ops_metrics;
 mod pacing;
 mod resilience_faults;
 mod schemathesis;
+mod webhooks;
 mod winrm_bench;
 mod winrm_cbt;
 mod winrm_injection;
