@@ -75,8 +75,7 @@ const NOT_STORED: [&str; 5] = [
               (status = 401, description = "webhook_unauthenticated (`reason` holds the stable reason code)", body = Problem, content_type = "application/problem+json"),
               (status = 404, description = "webhook_source_not_found", body = Problem, content_type = "application/problem+json"),
               (status = 422, description = "webhook_mapping_failed (`field`) | webhook_guard_refused (`guard`)", body = Problem, content_type = "application/problem+json"),
-              (status = 503, description = "webhook_in_progress (a duplicate of a delivery still being handled) | audit_unavailable", body = Problem, content_type = "application/problem+json")),
-    security(()))]
+              (status = 503, description = "webhook_in_progress (a duplicate of a delivery still being handled) | audit_unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn receive(
     State(st): State<AppState>,
     name: Result<Path<String>, PathRejection>,

@@ -456,9 +456,12 @@ mod tests {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), format!("{SECRET}\n")).unwrap();
         let f = file.path().display().to_string();
-        let ok = format!(
-            "[[sources]]\nname = \"gen\"\nkind = \"generic\"\nroles = [\"operator\"]\nsecrets = [{{ file = {f:?} }}]\n"
-        );
+        let src = |extra: &str, mapping: &str| {
+            format!(
+                "[[sources]]\nname = \"gen\"\nkind = \"generic\"\nroles = [\"operator\"]\nsecrets = [{{ file = {f:?} }}]\n{extra}[sources.mapping]\n{mapping}\n"
+            )
+        };
+        let ok = src("", "user = \"/user\"");
         let s = build(&ok).unwrap();
         assert_eq!(s.sources[0].keys.len(), 1);
         assert_eq!(s.sources[0].principal.id, "webhook:gen");
@@ -495,15 +498,16 @@ mod tests {
                 "webhooks.sources[0].entra",
             ),
             (
-                &format!("{ok}pools = [\"nope\"]\n"),
+                &src("pools = [\"nope\"]\n", "user = \"/user\""),
                 "webhooks.sources[0].pools[0]",
             ),
             (
-                &format!("{ok}[sources.mapping]\nuser = \"no-slash\"\n"),
+                &src("", "user = \"no-slash\""),
                 "webhooks.sources[0].mapping.user",
             ),
+            (&src("", ""), "webhooks.sources[0].mapping.user"),
             (
-                &format!("{ok}[sources.mapping]\nallowed_pools = [\"zz\"]\n"),
+                &src("", "user = \"/u\"\nallowed_pools = [\"zz\"]"),
                 "webhooks.sources[0].mapping.allowed_pools[0]",
             ),
         ];
