@@ -708,3 +708,101 @@ async fn duplicates_across_replicas_on_postgres() {
     b.stop().await;
     drop(db);
 }
+
+/// `sessiongate webhook sign`: the published Standard Webhooks vector with `--kind`, and a
+/// configured jira source's headers (which the receiver accepts, see above) with `--config`.
+#[test]
+fn webhook_sign_prints_the_headers_to_send() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let bin = env!("CARGO_BIN_EXE_sessiongate");
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write(dir.path(), "s", GEN_OLD);
+    let body = br#"{"email":"test@example.com","username":"test_user"}"#;
+    let run = |args: &[&str]| {
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(body).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run(&[
+        "webhook",
+        "sign",
+        "--source",
+        "any",
+        "--kind",
+        "generic",
+        "--secret-file",
+        &secret,
+        "--id",
+        "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk",
+        "--timestamp",
+        "1649367553",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "webhook-id: msg_27UH4WbU6Z5A5EzD8u03UvzRbpk\nwebhook-timestamp: 1649367553\n\
+         webhook-signature: v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=\n"
+    );
+    // From a config: the source's kind and headers.
+    let cfg = dir.path().join("c.toml");
+    let mut text = String::new();
+    for line in webhooks_toml(dir.path()).lines() {
+        text.push_str(
+            &line
+                .replace("[[sources]]", "[[webhooks.sources]]")
+                .replace("[sources.mapping]", "[webhooks.sources.mapping]"),
+        );
+        text.push('\n');
+    }
+    std::fs::write(&cfg, text).unwrap();
+    let jira = write(dir.path(), "j", JIRA_SECRET);
+    let cfg_s = cfg.display().to_string();
+    let out = run(&[
+        "webhook",
+        "sign",
+        "--source",
+        "jira",
+        "--config",
+        &cfg_s,
+        "--secret-file",
+        &jira,
+        "--id",
+        "jira-9",
+        "--output",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "jira");
+    assert_eq!(
+        v["headers"]["X-Hub-Signature"],
+        hub_sign(JIRA_SECRET.as_bytes(), body)
+    );
+    assert_eq!(v["headers"]["x-atlassian-webhook-identifier"], "jira-9");
+    let out = run(&[
+        "webhook",
+        "sign",
+        "--source",
+        "nope",
+        "--config",
+        &cfg_s,
+        "--secret-file",
+        &jira,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
