@@ -633,6 +633,23 @@ mod tests {
         }
         let a = ApiError::internal("test");
         out.push((a.code.to_string(), a.status.as_u16(), "internal".into()));
+        for e in [
+            WebhookError::SourceNotFound,
+            WebhookError::Unauthenticated { reason: "x" },
+            WebhookError::MappingFailed {
+                field: "user".into(),
+                detail: String::new(),
+            },
+            WebhookError::GuardRefused {
+                guard: "require[0]".into(),
+                detail: String::new(),
+            },
+            WebhookError::InProgress,
+        ] {
+            let what = format!("{e:?}");
+            let a = ApiError::from(e);
+            out.push((a.code.to_string(), a.status.as_u16(), what));
+        }
         for (code, status) in crate::edge_io::every_edge_answer() {
             out.push((code, status, "edge_io (below the router)".into()));
         }
