@@ -806,3 +806,92 @@ fn webhook_sign_prints_the_headers_to_send() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The deliveries' statements on PostgreSQL's SQL: the first answer with its job, the
+/// write-back queue (only once the job has ended), an attempt recorded, the prune.
+#[tokio::test]
+async fn delivery_rows_and_write_back_queue_on_postgres() {
+    use crate::support::pg::PgDb;
+    use sessiongate::audit::{
+        sql::Db,
+        work::{AnswerTable, DeliveryDone, NewItem, NewJob, WorkStore},
+    };
+    let Some(db) = PgDb::create("webhook_rows").await else {
+        return;
+    };
+    // Open (and migrate) the store once through the gateway's own start-up.
+    let demo = crate::support::app::Demo::start_unthrottled().await;
+    let cfg = demo.config("127.0.0.1:0", Some(&db.url), Some("gw-r"));
+    let mut gw = InProc::start(&cfg).await;
+    gw.stop().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let w = WorkStore::new(Db::Postgres(pool.clone()));
+    w.insert_job(&NewJob {
+        id: "job-1".into(),
+        kind: "webhook.logoff".into(),
+        created_by: "webhook:sn".into(),
+        context: "{}".into(),
+        created_us: 10,
+        items: vec![NewItem {
+            request: "null".into(),
+            answered: Some(("done".into(), "{}".into())),
+        }],
+    })
+    .await
+    .unwrap();
+    let t = AnswerTable::Webhooks;
+    assert!(
+        w.answer_insert(t, "sn", "d-1", "delivery", 20)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !w.answer_insert(t, "sn", "d-1", "delivery", 21)
+            .await
+            .unwrap()
+    );
+    w.delivery_complete(&DeliveryDone {
+        source: "sn",
+        delivery_id: "d-1",
+        created_us: 20,
+        status: 202,
+        headers: "[]",
+        body: b"{}",
+        job_id: Some("job-1"),
+        ticket: Some("INC1"),
+        ticket_id: Some("abc"),
+        write_back: "pending",
+        now_us: 22,
+    })
+    .await
+    .unwrap();
+    let row = w.answer_get(t, "sn", "d-1").await.unwrap().unwrap();
+    assert_eq!((row.state.as_str(), row.status), ("done", Some(202)));
+    // The job is still queued: nothing to write back yet.
+    assert!(w.pending_write_backs(10).await.unwrap().is_empty());
+    let claimed = w.claim("r1", i64::MAX / 2, 30).await.unwrap().unwrap();
+    assert_eq!(claimed.id, "job-1");
+    assert!(w.finish_job("job-1", "r1", "succeeded", 40).await.unwrap());
+    let pending = w.pending_write_backs(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].ticket_id.as_deref(), Some("abc"));
+    assert!(
+        w.record_write_back("sn", "d-1", "failed", Some("403 ACL"), 50)
+            .await
+            .unwrap()
+    );
+    assert!(w.pending_write_backs(10).await.unwrap().is_empty());
+    let d = w.delivery_of_job("job-1").await.unwrap().unwrap();
+    assert_eq!(
+        (d.write_back.as_str(), d.write_back_attempts),
+        ("failed", 1)
+    );
+    assert_eq!(w.answer_prune(t, 21).await.unwrap(), 1);
+    assert!(w.delivery("sn", "d-1").await.unwrap().is_none());
+    pool.close().await;
+    drop(db);
+}
