@@ -131,10 +131,11 @@ fn config_check(path: &Path, output: Output) -> u8 {
         return match load_validated(path) {
             Ok(c) => {
                 println!(
-                    "ok: {} ({} pool(s), {} API key(s))",
+                    "ok: {} ({} pool(s), {} API key(s), {} webhook source(s))",
                     path.display(),
                     c.pools.len(),
-                    c.auth.api_keys.len()
+                    c.auth.api_keys.len(),
+                    c.webhooks.sources.len()
                 );
                 0
             }
@@ -148,6 +149,7 @@ fn config_check(path: &Path, output: Output) -> u8 {
                 "file": path.display().to_string(),
                 "pools": c.pools.len(),
                 "api_keys": c.auth.api_keys.len(),
+                "webhook_sources": c.webhooks.sources.len(),
             }));
             0
         }
