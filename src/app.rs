@@ -66,7 +66,13 @@ async fn build_validated_with_audit(
     let authenticator = Authenticator::new(&v.auth)
         .await
         .map_err(StartError::Auth)?;
-    let (cfg, pools, protected, tls) = v.into_parts();
+    let crate::config::ConfigParts {
+        config: cfg,
+        pools,
+        protected,
+        tls,
+        webhooks,
+    } = v.into_parts();
     let gateway = Arc::new(Gateway::new(
         pools,
         audit,
@@ -79,6 +85,7 @@ async fn build_validated_with_audit(
             jobs: cfg.jobs.clone(),
             idempotency: cfg.idempotency.clone(),
             self_service: cfg.auth.self_service,
+            webhook_dedup_hours: cfg.webhooks.dedup_hours,
         },
     ));
     match gateway.close_interrupted_actions().await {
@@ -101,6 +108,7 @@ async fn build_validated_with_audit(
             public: cfg.metrics.public,
         },
         docs_public: cfg.docs.public,
+        webhooks: Arc::new(webhooks),
     };
     let metrics = match cfg.metrics.listen {
         Some(addr) if cfg.metrics.enabled => {

@@ -1,4 +1,5 @@
-//! Command line: `serve`, `demo`, `emulate`, `config check`, `apikey new`, `audit`, `openapi`,
+//! Command line: `serve`, `demo`, `emulate`, `config check`, `apikey new`, `webhook sign`,
+//! `audit`, `openapi`,
 //! `probe`, `completions`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -39,6 +40,11 @@ pub enum Command {
     Apikey {
         #[command(subcommand)]
         cmd: ApikeyCommand,
+    },
+    /// Webhook tools.
+    Webhook {
+        #[command(subcommand)]
+        cmd: WebhookCommand,
     },
     /// Audit log tools.
     Audit {
@@ -351,6 +357,38 @@ pub enum ApikeyCommand {
         /// Expiry (RFC 3339), e.g. 2027-01-01T00:00:00Z.
         #[arg(long)]
         expires: Option<String>,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Print the headers a source would send with the body on stdin (curl users, testing a
+    /// source): `webhook-id`, `webhook-timestamp`, `webhook-signature` (generic);
+    /// `X-Hub-Signature` and `X-Atlassian-Webhook-Identifier` (jira); the HMAC header (servicenow).
+    Sign {
+        /// The source's name in `[[webhooks.sources]]` (its kind and headers come from --config).
+        #[arg(long)]
+        source: String,
+        /// File holding the secret (a `whsec_` secret for generic sources).
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// Configuration file naming the source.
+        #[arg(long, short, env = "SESSIONGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// The source's kind, when no configuration is given: generic, jira, servicenow.
+        #[arg(long)]
+        kind: Option<String>,
+        /// servicenow without --config: the HMAC header to sign in.
+        #[arg(long)]
+        hmac_header: Option<String>,
+        /// Delivery id (default: a fresh one).
+        #[arg(long)]
+        id: Option<String>,
+        /// Unix seconds (default: now).
+        #[arg(long)]
+        timestamp: Option<i64>,
         #[command(flatten)]
         output: OutputArg,
     },

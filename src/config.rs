@@ -42,6 +42,9 @@ pub struct Config {
     pub pacing: PacingConfig,
     #[serde(default)]
     pub pools: Vec<PoolConfig>,
+    /// `[webhooks]`: ticketing and generic webhook sources (`POST /webhooks/{source}`).
+    #[serde(default)]
+    pub webhooks: crate::webhooks::WebhooksConfig,
 }
 
 /// `[pacing]`: how calls to the backends are spaced so a large run waits for the backend's
@@ -360,6 +363,8 @@ pub struct ValidatedConfig {
     protected: ProtectedSessions,
     /// `[server.tls]` with its files loaded.
     tls: Option<Arc<TlsServer>>,
+    /// `[webhooks]` sources, built (secrets read, mappings checked).
+    webhooks: crate::webhooks::Sources,
 }
 
 impl std::fmt::Debug for ValidatedConfig {
@@ -377,6 +382,15 @@ impl std::ops::Deref for ValidatedConfig {
     }
 }
 
+/// What a validated config is made of, handed to the application at start.
+pub(crate) struct ConfigParts {
+    pub config: Config,
+    pub pools: Vec<Pool>,
+    pub protected: ProtectedSessions,
+    pub tls: Option<Arc<TlsServer>>,
+    pub webhooks: crate::webhooks::Sources,
+}
+
 impl ValidatedConfig {
     pub fn config(&self) -> &Config {
         &self.config
@@ -387,10 +401,14 @@ impl ValidatedConfig {
         self.tls.as_ref().map(|t| t.warnings()).unwrap_or_default()
     }
 
-    pub(crate) fn into_parts(
-        self,
-    ) -> (Config, Vec<Pool>, ProtectedSessions, Option<Arc<TlsServer>>) {
-        (self.config, self.pools, self.protected, self.tls)
+    pub(crate) fn into_parts(self) -> ConfigParts {
+        ConfigParts {
+            config: self.config,
+            pools: self.pools,
+            protected: self.protected,
+            tls: self.tls,
+            webhooks: self.webhooks,
+        }
     }
 }
 
@@ -498,11 +516,18 @@ impl Config {
                 upn_domains,
             });
         }
+        let pool_names: Vec<String> = self.pools.iter().map(|p| p.name.to_string()).collect();
+        let webhooks = self.webhooks.build(
+            &pool_names,
+            self.auth.oidc.is_some(),
+            self.server.body_limit_bytes,
+        )?;
         Ok(ValidatedConfig {
             config: self.clone(),
             pools,
             protected,
             tls,
+            webhooks,
         })
     }
 }

@@ -4,7 +4,7 @@ use crate::audit::AuditConfig;
 use crate::{
     app,
     auth::apikey,
-    cli::{ApikeyCommand, AuditCommand, Command, ConfigCommand, Output},
+    cli::{ApikeyCommand, AuditCommand, Command, ConfigCommand, Output, WebhookCommand},
     config::{Config, ConfigError, ValidatedConfig},
     telemetry,
 };
@@ -29,6 +29,7 @@ pub async fn run(cmd: Command) -> u8 {
                     output,
                 },
         } => apikey_new(&id, &roles, &pools, expires.as_deref(), output.output),
+        Command::Webhook { cmd } => webhook(cmd),
         Command::Audit { cmd } => audit(cmd).await,
         Command::Probe { url, ca_file } => probe(&url, ca_file.as_deref()).await,
         Command::Completions { shell } => {
@@ -135,10 +136,11 @@ fn config_check(path: &Path, output: Output) -> u8 {
                     eprintln!("warning: {w}");
                 }
                 println!(
-                    "ok: {} ({} pool(s), {} API key(s))",
+                    "ok: {} ({} pool(s), {} API key(s), {} webhook source(s))",
                     path.display(),
                     c.pools.len(),
-                    c.auth.api_keys.len()
+                    c.auth.api_keys.len(),
+                    c.webhooks.sources.len()
                 );
                 0
             }
@@ -153,6 +155,7 @@ fn config_check(path: &Path, output: Output) -> u8 {
                 "pools": c.pools.len(),
                 "api_keys": c.auth.api_keys.len(),
                 "warnings": c.warnings(),
+                "webhook_sources": c.webhooks.sources.len(),
             }));
             0
         }
@@ -224,6 +227,89 @@ fn apikey_new(
     }
     println!("API key (give it to the client; only its hash is kept):\n  {key}\n");
     println!("Paste into the config:\n\n{snippet}");
+    0
+}
+
+fn webhook(cmd: WebhookCommand) -> u8 {
+    use crate::webhooks::{SourceKind, sign};
+    let WebhookCommand::Sign {
+        source,
+        secret_file,
+        config,
+        kind,
+        hmac_header,
+        id,
+        timestamp,
+        output,
+    } = cmd;
+    let fail = |what: String| {
+        match output.output {
+            Output::Text => eprintln!("error: {what}"),
+            Output::Json => print_json(&serde_json::json!({ "ok": false, "error": what })),
+        }
+        2
+    };
+    let (kind, hmac, id_header) = match (&config, kind.as_deref()) {
+        (Some(path), _) => {
+            let cfg = match load(path) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match cfg.webhooks.sources.iter().find(|s| s.name == source) {
+                Some(s) => sign::from_config(s),
+                None => return fail(format!("{}: no webhook source '{source}'", path.display())),
+            }
+        }
+        (None, Some(k)) => {
+            match serde_json::from_value::<SourceKind>(serde_json::Value::String(k.into())) {
+                Ok(k) => (
+                    k,
+                    hmac_header.clone(),
+                    k.default_delivery_id().map(str::to_string),
+                ),
+                Err(_) => return fail(format!("--kind {k}: must be generic, jira or servicenow")),
+            }
+        }
+        (None, None) => return fail("give --config (naming the source) or --kind".into()),
+    };
+    let secret = match std::fs::read_to_string(&secret_file) {
+        Ok(s) => s.trim_end_matches(['\r', '\n']).to_string(),
+        Err(e) => return fail(format!("--secret-file {}: {e}", secret_file.display())),
+    };
+    let mut body = Vec::new();
+    if let Err(e) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut body) {
+        return fail(format!("reading the body from stdin: {e}"));
+    }
+    let id = id.unwrap_or_else(|| format!("msg_{}", uuid::Uuid::now_v7().simple()));
+    let timestamp = timestamp.unwrap_or_else(|| OffsetDateTime::now_utc().unix_timestamp());
+    let headers = match sign::sign(&sign::SignRequest {
+        kind,
+        secret: &secret,
+        hmac_header: hmac.as_deref(),
+        delivery_id_header: id_header.as_deref(),
+        id,
+        timestamp,
+        body: &body,
+    }) {
+        Ok(h) => h,
+        Err(e) => return fail(e),
+    };
+    match output.output {
+        Output::Json => {
+            let map: serde_json::Map<String, serde_json::Value> = headers
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect();
+            print_json(
+                &serde_json::json!({ "source": source, "kind": kind.as_str(), "headers": map }),
+            );
+        }
+        Output::Text => {
+            for (k, v) in headers {
+                println!("{k}: {v}");
+            }
+        }
+    }
     0
 }
 

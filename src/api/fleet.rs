@@ -257,6 +257,7 @@ impl FleetOptions {
             batch_id: None,
             skip_protected: false,
             self_service: false,
+            origin: None,
         }
     }
 }
@@ -346,7 +347,7 @@ pub async fn run_items(
 }
 
 /// The bound of `fleet.max_targets` alone (user and host calls may resolve to no session).
-fn check_count_max(n: usize, lim: &Limits) -> Result<(), ApiError> {
+pub fn check_count_max(n: usize, lim: &Limits) -> Result<(), ApiError> {
     if n > lim.fleet.max_targets {
         return Err(RequestError::TooManyTargets(format!(
             "{n} targets; one call may act on at most {} sessions (fleet.max_targets)",
@@ -1188,7 +1189,7 @@ pub async fn user_call(
     .await
 }
 
-fn session_item(
+pub(crate) fn session_item(
     s: &Session,
     upn: &str,
     kind: ActionKind,

@@ -407,6 +407,7 @@ pub async fn logoff(
         batch_id: None,
         skip_protected: false,
         self_service: false,
+        origin: None,
     };
     run_action(&st, ctx, req).await
 }
@@ -435,6 +436,7 @@ async fn simple_action(
         batch_id: None,
         skip_protected: false,
         self_service: false,
+        origin: None,
     };
     run_action(&st, ctx, req).await
 }
@@ -523,6 +525,7 @@ pub async fn message(
         batch_id: None,
         skip_protected: false,
         self_service: false,
+        origin: None,
     };
     run_action(&st, ctx, req).await
 }

@@ -31,6 +31,11 @@ pub struct ActionAudited;
 #[derive(Debug, Clone)]
 pub struct BatchId(pub String);
 
+/// Extra `params` for a call's audit record (a webhook delivery's source, delivery id and
+/// refusal reason), set on the response by its handler.
+#[derive(Debug, Clone, Default)]
+pub struct AuditParams(pub serde_json::Map<String, serde_json::Value>);
+
 /// Why authentication failed, for the audit record (never the secret).
 #[derive(Debug, Clone)]
 pub struct AuthFailure {
@@ -178,6 +183,11 @@ fn request_record(
         http_status: status.as_u16(),
         duration: started.elapsed(),
         batch_id: resp.extensions().get::<BatchId>().map(|b| b.0.clone()),
+        params: resp
+            .extensions()
+            .get::<AuditParams>()
+            .map(|p| p.0.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -204,6 +214,7 @@ fn action_name(method: &axum::http::Method, route: Option<&str>, path: &str) -> 
             a @ ("logoff" | "disconnect" | "message" | "lock" | "unlock") => a.to_string(),
             _ => "unknown_action".into(),
         },
+        ("POST", "{source}") if r.starts_with("/webhooks/") => "webhook".into(),
         ("POST", a) => a.to_string(),
         (m, _) => format!("{} {r}", m.to_ascii_lowercase()),
     }

@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod ops;
 pub mod problem;
 pub mod router;
+pub mod webhooks;
 
 use crate::{auth::Authenticator, service::Gateway};
 use std::{sync::Arc, time::Duration};
@@ -27,4 +28,6 @@ pub struct AppState {
     pub metrics: ops::MetricsAccess,
     /// `/docs` and `/openapi.yaml` without a credential.
     pub docs_public: bool,
+    /// `[webhooks]` sources (`POST /webhooks/{source}`).
+    pub webhooks: Arc<crate::webhooks::Sources>,
 }

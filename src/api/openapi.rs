@@ -32,6 +32,7 @@ use utoipa::{
         (name = "fleet", description = "Actions on many sessions: one result per item, each item audited"),
         (name = "audit", description = "The audit log"),
         (name = "health", description = "Probes (no authentication)"),
+        (name = "webhooks", description = "Deliveries from ticketing systems and Standard Webhooks senders (authenticated by each source's own scheme)"),
         (name = "meta", description = "This document"),
     )
 )]

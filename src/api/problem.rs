@@ -300,6 +300,73 @@ impl From<RequestError> for ApiError {
     }
 }
 
+/// Answers of `POST /webhooks/{source}` that no other route gives.
+#[derive(Debug, Clone)]
+pub enum WebhookError {
+    /// No such source is configured.
+    SourceNotFound,
+    /// The delivery did not authenticate; `reason` is the stable reason code (the only
+    /// detail told to the sender).
+    Unauthenticated { reason: &'static str },
+    /// The body could not be mapped to an action (`field` names the mapping field).
+    MappingFailed { field: String, detail: String },
+    /// A guard of the source refused the delivery (`guard` names it).
+    GuardRefused { guard: String, detail: String },
+    /// The first delivery with this id is still being handled.
+    InProgress,
+}
+
+impl From<WebhookError> for ApiError {
+    fn from(e: WebhookError) -> Self {
+        use StatusCode as S;
+        match e {
+            WebhookError::SourceNotFound => ApiError::new(
+                S::NOT_FOUND,
+                "webhook_source_not_found",
+                "Webhook source not found",
+                "No webhook source of this name is configured.",
+            ),
+            WebhookError::Unauthenticated { reason } => {
+                let mut a = ApiError::new(
+                    S::UNAUTHORIZED,
+                    "webhook_unauthenticated",
+                    "Unauthenticated",
+                    format!("The delivery was not authenticated ({reason})."),
+                );
+                a.extra = Some(serde_json::json!({ "reason": reason }));
+                a
+            }
+            WebhookError::MappingFailed { field, detail } => {
+                let mut a = ApiError::new(
+                    S::UNPROCESSABLE_ENTITY,
+                    "webhook_mapping_failed",
+                    "Delivery cannot be mapped",
+                    detail,
+                );
+                a.extra = Some(serde_json::json!({ "field": field }));
+                a
+            }
+            WebhookError::GuardRefused { guard, detail } => {
+                let mut a = ApiError::new(
+                    S::UNPROCESSABLE_ENTITY,
+                    "webhook_guard_refused",
+                    "Delivery refused by a guard",
+                    detail,
+                );
+                a.extra = Some(serde_json::json!({ "guard": guard }));
+                a
+            }
+            WebhookError::InProgress => ApiError::new(
+                S::SERVICE_UNAVAILABLE,
+                "webhook_in_progress",
+                "Delivery still being handled",
+                "The first delivery with this id is still being handled; retry after the delay to get its answer.",
+            )
+            .with_retry_after(Duration::from_secs(1)),
+        }
+    }
+}
+
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         use StatusCode as S;
@@ -570,6 +637,23 @@ mod tests {
         }
         let a = ApiError::internal("test");
         out.push((a.code.to_string(), a.status.as_u16(), "internal".into()));
+        for e in [
+            WebhookError::SourceNotFound,
+            WebhookError::Unauthenticated { reason: "x" },
+            WebhookError::MappingFailed {
+                field: "user".into(),
+                detail: String::new(),
+            },
+            WebhookError::GuardRefused {
+                guard: "require[0]".into(),
+                detail: String::new(),
+            },
+            WebhookError::InProgress,
+        ] {
+            let what = format!("{e:?}");
+            let a = ApiError::from(e);
+            out.push((a.code.to_string(), a.status.as_u16(), what));
+        }
         for (code, status) in crate::edge_io::every_edge_answer() {
             out.push((code, status, "edge_io (below the router)".into()));
         }

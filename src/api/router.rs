@@ -80,6 +80,8 @@ where
         .routes(routes!(super::jobs::cancel_job));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(h::healthz))
+        // Authenticated by each source's own scheme (signature, key header or token), inside.
+        .routes(routes!(super::webhooks::receive))
         .routes(routes!(h::readyz))
         .merge((g.docs)(docs))
         .merge((g.metrics)(metrics))

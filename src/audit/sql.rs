@@ -318,6 +318,56 @@ CREATE TABLE idempotency_keys (
 CREATE INDEX idempotency_keys_created ON idempotency_keys (created_us);
 "#,
     ),
+    (
+        4,
+        "webhook deliveries (dedup, first answer, ticket, write-back state)",
+        r#"
+CREATE TABLE webhook_deliveries (
+    source TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL,
+    status BIGINT,
+    headers TEXT,
+    body BLOB,
+    created_us BIGINT NOT NULL,
+    job_id TEXT,
+    ticket TEXT,
+    ticket_id TEXT,
+    write_back TEXT NOT NULL DEFAULT 'none',
+    write_back_detail TEXT,
+    write_back_attempts BIGINT NOT NULL DEFAULT 0,
+    write_back_updated_us BIGINT,
+    PRIMARY KEY (source, delivery_id)
+);
+CREATE INDEX webhook_deliveries_created ON webhook_deliveries (created_us);
+CREATE INDEX webhook_deliveries_job ON webhook_deliveries (job_id);
+CREATE INDEX webhook_deliveries_write_back ON webhook_deliveries (write_back, created_us);
+"#,
+        r#"
+CREATE TABLE webhook_deliveries (
+    source TEXT COLLATE "C" NOT NULL,
+    delivery_id TEXT COLLATE "C" NOT NULL,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL,
+    status BIGINT,
+    headers TEXT,
+    body BYTEA,
+    created_us BIGINT NOT NULL,
+    job_id TEXT COLLATE "C",
+    ticket TEXT,
+    ticket_id TEXT,
+    write_back TEXT NOT NULL DEFAULT 'none',
+    write_back_detail TEXT,
+    write_back_attempts BIGINT NOT NULL DEFAULT 0,
+    write_back_updated_us BIGINT,
+    PRIMARY KEY (source, delivery_id)
+);
+CREATE INDEX webhook_deliveries_created ON webhook_deliveries (created_us);
+CREATE INDEX webhook_deliveries_job ON webhook_deliveries (job_id);
+CREATE INDEX webhook_deliveries_write_back ON webhook_deliveries (write_back, created_us);
+"#,
+    ),
 ];
 
 /// The heartbeat write of [`AuditStore::probe`] (and of the SQLite writer's probe): a real,
@@ -349,7 +399,7 @@ pub(crate) fn heartbeat_pad() -> Vec<u8> {
 }
 
 /// The newest schema version this binary knows.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// A bind value for dynamically built queries.
 enum Arg {

@@ -1,5 +1,5 @@
 //! Durable work kept beside the audit events, in the same database (one backup, one replica
-//! story): jobs and their items, and idempotency keys. Plain rows; the service layer
+//! story): jobs and their items, idempotency keys and webhook deliveries. Plain rows; the service layer
 //! (`service::jobs`, `service::idempotency`) gives them meaning. The SQL text is shared by
 //! SQLite and PostgreSQL (`$N` placeholders); the only difference is the job claim, which on
 //! PostgreSQL skips rows another replica holds (`FOR UPDATE SKIP LOCKED`).
@@ -139,6 +139,27 @@ macro_rules! item_from_row {
             state: r.try_get("state").map_err(db_err)?,
             bucket: r.try_get("bucket").map_err(db_err)?,
             result: r.try_get("result").map_err(db_err)?,
+        }
+    }};
+}
+
+macro_rules! delivery_from_row {
+    ($r:expr) => {{
+        use sqlx::Row as _;
+        let r = $r;
+        DeliveryRow {
+            source: r.try_get("source").map_err(db_err)?,
+            delivery_id: r.try_get("delivery_id").map_err(db_err)?,
+            state: r.try_get("state").map_err(db_err)?,
+            status: r.try_get("status").map_err(db_err)?,
+            created_us: r.try_get("created_us").map_err(db_err)?,
+            job_id: r.try_get("job_id").map_err(db_err)?,
+            ticket: r.try_get("ticket").map_err(db_err)?,
+            ticket_id: r.try_get("ticket_id").map_err(db_err)?,
+            write_back: r.try_get("write_back").map_err(db_err)?,
+            write_back_detail: r.try_get("write_back_detail").map_err(db_err)?,
+            write_back_attempts: r.try_get("write_back_attempts").map_err(db_err)?,
+            write_back_updated_us: r.try_get("write_back_updated_us").map_err(db_err)?,
         }
     }};
 }
@@ -564,48 +585,58 @@ impl WorkStore {
         })
     }
 
-    // ---- idempotency keys ----
+    // ---- first answers: idempotency keys and webhook deliveries ----
+    //
+    // Both tables keep "the first answer wins" records keyed by (owner, key): the principal
+    // and its `Idempotency-Key`, or the webhook source and its delivery id. One set of
+    // statements serves both ([`AnswerTable`]).
 
-    /// Inserts a `running` record; false when one exists for this principal and key.
-    pub async fn idem_insert(
+    /// Inserts a `running` record; false when one exists for this owner and key.
+    pub async fn answer_insert(
         &self,
-        principal: &str,
+        t: AnswerTable,
+        owner: &str,
         key: &str,
         fingerprint: &str,
         now_us: i64,
     ) -> Result<bool, AuditError> {
+        let (table, o, k) = t.names();
+        let sql = format!(
+            "INSERT INTO {table} ({o}, {k}, fingerprint, state, created_us) \
+             VALUES ($1, $2, $3, 'running', $4) ON CONFLICT ({o}, {k}) DO NOTHING"
+        );
         with_db!(&self.db, p => {
-            let r = sqlx::query(
-                "INSERT INTO idempotency_keys (principal, idem_key, fingerprint, state, created_us) \
-                 VALUES ($1, $2, $3, 'running', $4) ON CONFLICT (principal, idem_key) DO NOTHING",
-            )
-            .bind(principal)
-            .bind(key)
-            .bind(fingerprint)
-            .bind(now_us)
-            .execute(p)
-            .await
-            .map_err(db_err)?;
+            let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(owner)
+                .bind(key)
+                .bind(fingerprint)
+                .bind(now_us)
+                .execute(p)
+                .await
+                .map_err(db_err)?;
             Ok(r.rows_affected() == 1)
         })
     }
 
-    pub async fn idem_get(
+    pub async fn answer_get(
         &self,
-        principal: &str,
+        t: AnswerTable,
+        owner: &str,
         key: &str,
     ) -> Result<Option<IdemRow>, AuditError> {
+        let (table, o, k) = t.names();
+        let sql = format!(
+            "SELECT fingerprint, state, status, headers, body, created_us \
+             FROM {table} WHERE {o} = $1 AND {k} = $2"
+        );
         with_db!(&self.db, p => {
             use sqlx::Row as _;
-            let row = sqlx::query(
-                "SELECT fingerprint, state, status, headers, body, created_us \
-                 FROM idempotency_keys WHERE principal = $1 AND idem_key = $2",
-            )
-            .bind(principal)
-            .bind(key)
-            .fetch_optional(p)
-            .await
-            .map_err(db_err)?;
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(owner)
+                .bind(key)
+                .fetch_optional(p)
+                .await
+                .map_err(db_err)?;
             match row {
                 None => Ok(None),
                 Some(r) => Ok(Some(IdemRow {
@@ -622,56 +653,131 @@ impl WorkStore {
 
     /// Takes over a `running` record created at `created_us` (its request died); false when
     /// it changed meanwhile.
-    pub async fn idem_take_over(
+    pub async fn answer_take_over(
         &self,
-        principal: &str,
+        t: AnswerTable,
+        owner: &str,
         key: &str,
         created_us: i64,
         now_us: i64,
     ) -> Result<bool, AuditError> {
+        let (table, o, k) = t.names();
+        let sql = format!(
+            "UPDATE {table} SET created_us = $4 WHERE {o} = $1 \
+             AND {k} = $2 AND state = 'running' AND created_us = $3"
+        );
         with_db!(&self.db, p => {
-            let r = sqlx::query(
-                "UPDATE idempotency_keys SET created_us = $4 WHERE principal = $1 \
-                 AND idem_key = $2 AND state = 'running' AND created_us = $3",
-            )
-            .bind(principal)
-            .bind(key)
-            .bind(created_us)
-            .bind(now_us)
-            .execute(p)
-            .await
-            .map_err(db_err)?;
+            let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(owner)
+                .bind(key)
+                .bind(created_us)
+                .bind(now_us)
+                .execute(p)
+                .await
+                .map_err(db_err)?;
             Ok(r.rows_affected() == 1)
         })
     }
 
     /// Stores the answer of the `running` record created at `created_us` (not of a later
     /// take-over).
-    pub async fn idem_complete(
+    #[expect(clippy::too_many_arguments, reason = "one statement's bind values")]
+    pub async fn answer_complete(
         &self,
-        principal: &str,
+        t: AnswerTable,
+        owner: &str,
         key: &str,
         created_us: i64,
         status: i64,
         headers: &str,
         body: &[u8],
     ) -> Result<(), AuditError> {
+        let (table, o, k) = t.names();
+        let sql = format!(
+            "UPDATE {table} SET state = 'done', status = $3, headers = $4, body = $5 \
+             WHERE {o} = $1 AND {k} = $2 AND created_us = $6"
+        );
         with_db!(&self.db, p => {
-            sqlx::query(
-                "UPDATE idempotency_keys SET state = 'done', status = $3, headers = $4, body = $5 \
-                 WHERE principal = $1 AND idem_key = $2 AND created_us = $6",
-            )
-            .bind(principal)
-            .bind(key)
-            .bind(status)
-            .bind(headers)
-            .bind(body)
-            .bind(created_us)
-            .execute(p)
-            .await
-            .map_err(db_err)?;
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(owner)
+                .bind(key)
+                .bind(status)
+                .bind(headers)
+                .bind(body)
+                .bind(created_us)
+                .execute(p)
+                .await
+                .map_err(db_err)?;
         });
         Ok(())
+    }
+
+    /// Deletes a record (`created_us`: only that version of it).
+    pub async fn answer_delete(
+        &self,
+        t: AnswerTable,
+        owner: &str,
+        key: &str,
+        created_us: Option<i64>,
+    ) -> Result<(), AuditError> {
+        let (table, o, k) = t.names();
+        let sql = format!(
+            "DELETE FROM {table} WHERE {o} = $1 AND {k} = $2 \
+             AND ($3 IS NULL OR created_us = $3)"
+        );
+        with_db!(&self.db, p => {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(owner)
+                .bind(key)
+                .bind(created_us)
+                .execute(p)
+                .await
+                .map_err(db_err)?;
+        });
+        Ok(())
+    }
+
+    /// Deletes records created before `before_us`.
+    pub async fn answer_prune(&self, t: AnswerTable, before_us: i64) -> Result<u64, AuditError> {
+        let (table, _, _) = t.names();
+        let sql = format!("DELETE FROM {table} WHERE created_us < $1");
+        with_db!(&self.db, p => {
+            let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(before_us)
+                .execute(p)
+                .await
+                .map_err(db_err)?;
+            Ok(r.rows_affected())
+        })
+    }
+
+    // ---- idempotency keys (the first-answer statements on `idempotency_keys`) ----
+
+    /// Inserts a `running` record; false when one exists for this principal and key.
+    pub async fn idem_insert(
+        &self,
+        principal: &str,
+        key: &str,
+        fingerprint: &str,
+        now_us: i64,
+    ) -> Result<bool, AuditError> {
+        self.answer_insert(
+            AnswerTable::Idempotency,
+            principal,
+            key,
+            fingerprint,
+            now_us,
+        )
+        .await
+    }
+
+    pub async fn idem_get(
+        &self,
+        principal: &str,
+        key: &str,
+    ) -> Result<Option<IdemRow>, AuditError> {
+        self.answer_get(AnswerTable::Idempotency, principal, key)
+            .await
     }
 
     /// Deletes a record (`created_us`: only that version of it).
@@ -681,14 +787,38 @@ impl WorkStore {
         key: &str,
         created_us: Option<i64>,
     ) -> Result<(), AuditError> {
+        self.answer_delete(AnswerTable::Idempotency, principal, key, created_us)
+            .await
+    }
+
+    /// Deletes records created before `before_us`.
+    pub async fn idem_prune(&self, before_us: i64) -> Result<u64, AuditError> {
+        self.answer_prune(AnswerTable::Idempotency, before_us).await
+    }
+
+    // ---- webhook deliveries: what a delivery led to, and its write-back state ----
+
+    /// Records what a delivery led to, with its stored answer (one statement, so a duplicate
+    /// never sees the answer without the job).
+    pub async fn delivery_complete(&self, d: &DeliveryDone<'_>) -> Result<(), AuditError> {
         with_db!(&self.db, p => {
             sqlx::query(
-                "DELETE FROM idempotency_keys WHERE principal = $1 AND idem_key = $2 \
-                 AND ($3 IS NULL OR created_us = $3)",
+                "UPDATE webhook_deliveries SET state = 'done', status = $3, headers = $4, \
+                 body = $5, job_id = $6, ticket = $7, ticket_id = $8, write_back = $9, \
+                 write_back_updated_us = $10 \
+                 WHERE source = $1 AND delivery_id = $2 AND created_us = $11",
             )
-            .bind(principal)
-            .bind(key)
-            .bind(created_us)
+            .bind(d.source)
+            .bind(d.delivery_id)
+            .bind(d.status)
+            .bind(d.headers)
+            .bind(d.body)
+            .bind(d.job_id)
+            .bind(d.ticket)
+            .bind(d.ticket_id)
+            .bind(d.write_back)
+            .bind(d.now_us)
+            .bind(d.created_us)
             .execute(p)
             .await
             .map_err(db_err)?;
@@ -696,15 +826,153 @@ impl WorkStore {
         Ok(())
     }
 
-    /// Deletes records created before `before_us`.
-    pub async fn idem_prune(&self, before_us: i64) -> Result<u64, AuditError> {
+    /// The delivery that created job `job_id`, if any.
+    pub async fn delivery_of_job(&self, job_id: &str) -> Result<Option<DeliveryRow>, AuditError> {
+        let sql = format!("SELECT {DELIVERY_COLS} FROM webhook_deliveries WHERE job_id = $1");
         with_db!(&self.db, p => {
-            let r = sqlx::query("DELETE FROM idempotency_keys WHERE created_us < $1")
-                .bind(before_us)
-                .execute(p)
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(job_id)
+                .fetch_optional(p)
                 .await
                 .map_err(db_err)?;
-            Ok(r.rows_affected())
+            match row {
+                Some(r) => Ok(Some(delivery_from_row!(&r))),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// One delivery.
+    pub async fn delivery(
+        &self,
+        source: &str,
+        delivery_id: &str,
+    ) -> Result<Option<DeliveryRow>, AuditError> {
+        let sql = format!(
+            "SELECT {DELIVERY_COLS} FROM webhook_deliveries WHERE source = $1 AND delivery_id = $2"
+        );
+        with_db!(&self.db, p => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(source)
+                .bind(delivery_id)
+                .fetch_optional(p)
+                .await
+                .map_err(db_err)?;
+            match row {
+                Some(r) => Ok(Some(delivery_from_row!(&r))),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Deliveries whose write-back is `pending` and whose job has ended, oldest first.
+    pub async fn pending_write_backs(&self, limit: i64) -> Result<Vec<DeliveryRow>, AuditError> {
+        let cols = DELIVERY_COLS
+            .split(", ")
+            .map(|c| format!("d.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {cols} FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id \
+             WHERE d.write_back = 'pending' AND j.state NOT IN ('queued', 'running') \
+             ORDER BY d.created_us, d.delivery_id LIMIT $1"
+        );
+        with_db!(&self.db, p => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(limit)
+                .fetch_all(p)
+                .await
+                .map_err(db_err)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                out.push(delivery_from_row!(r));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records a write-back attempt: the new state (`pending` to try again, `done`,
+    /// `failed`), its detail, one more attempt. False when the delivery is unknown.
+    pub async fn record_write_back(
+        &self,
+        source: &str,
+        delivery_id: &str,
+        state: &str,
+        detail: Option<&str>,
+        now_us: i64,
+    ) -> Result<bool, AuditError> {
+        with_db!(&self.db, p => {
+            let r = sqlx::query(
+                "UPDATE webhook_deliveries SET write_back = $3, write_back_detail = $4, \
+                 write_back_attempts = write_back_attempts + 1, write_back_updated_us = $5 \
+                 WHERE source = $1 AND delivery_id = $2",
+            )
+            .bind(source)
+            .bind(delivery_id)
+            .bind(state)
+            .bind(detail)
+            .bind(now_us)
+            .execute(p)
+            .await
+            .map_err(db_err)?;
+            Ok(r.rows_affected() == 1)
         })
     }
 }
+
+/// The two first-answer tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerTable {
+    /// `idempotency_keys` (principal, idem_key).
+    Idempotency,
+    /// `webhook_deliveries` (source, delivery_id).
+    Webhooks,
+}
+
+impl AnswerTable {
+    /// Table, owner column, key column (fixed names, never request text).
+    fn names(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            AnswerTable::Idempotency => ("idempotency_keys", "principal", "idem_key"),
+            AnswerTable::Webhooks => ("webhook_deliveries", "source", "delivery_id"),
+        }
+    }
+}
+
+/// What a delivery led to, stored with its answer.
+#[derive(Debug, Clone)]
+pub struct DeliveryDone<'a> {
+    pub source: &'a str,
+    pub delivery_id: &'a str,
+    pub created_us: i64,
+    pub status: i64,
+    pub headers: &'a str,
+    pub body: &'a [u8],
+    pub job_id: Option<&'a str>,
+    pub ticket: Option<&'a str>,
+    pub ticket_id: Option<&'a str>,
+    /// `none` or `pending`.
+    pub write_back: &'a str,
+    pub now_us: i64,
+}
+
+/// A webhook delivery row (without its stored answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRow {
+    pub source: String,
+    pub delivery_id: String,
+    pub state: String,
+    pub status: Option<i64>,
+    pub created_us: i64,
+    pub job_id: Option<String>,
+    pub ticket: Option<String>,
+    pub ticket_id: Option<String>,
+    /// `none`, `pending`, `done` or `failed`.
+    pub write_back: String,
+    pub write_back_detail: Option<String>,
+    pub write_back_attempts: i64,
+    pub write_back_updated_us: Option<i64>,
+}
+
+const DELIVERY_COLS: &str = "source, delivery_id, state, status, created_us, job_id, ticket, \
+     ticket_id, write_back, write_back_detail, write_back_attempts, write_back_updated_us";

@@ -124,6 +124,15 @@ impl Authenticator {
         r.map_err(|e| (e, presented))
     }
 
+    /// Validates a bearer token (`[auth.oidc]`) and returns the client application it was
+    /// issued to (`azp`, else `appid`): webhook sources accept tokens of listed applications.
+    pub async fn verify_app_token(&self, token: &str) -> Result<Option<String>, AuthError> {
+        match &self.oidc {
+            Some(v) => v.verify_with_app(token).await.map(|(_, app)| app),
+            None => Err(AuthError::Invalid("OIDC is not configured".into())),
+        }
+    }
+
     /// What the request presents (method and non-secret hint), without validating it: for
     /// the audit record of a successful call.
     pub fn presented(headers: &HeaderMap) -> Presented {

@@ -81,6 +81,12 @@ struct Claims {
     groups: Vec<String>,
     #[serde(default, rename = "_claim_names")]
     claim_names: Option<serde_json::Value>,
+    /// The client application (v2 tokens).
+    #[serde(default)]
+    azp: Option<String>,
+    /// The client application (v1 tokens).
+    #[serde(default)]
+    appid: Option<String>,
 }
 
 /// The header fields we read before trusting anything.
@@ -267,6 +273,15 @@ impl OidcVerifier {
 
     /// Validates `token` and maps it to a principal.
     pub(crate) async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        self.verify_with_app(token).await.map(|(p, _)| p)
+    }
+
+    /// [`OidcVerifier::verify`], also returning the client application the token was issued
+    /// to (`azp`, else `appid`), for callers authorised by application (webhook sources).
+    pub(crate) async fn verify_with_app(
+        &self,
+        token: &str,
+    ) -> Result<(Principal, Option<String>), AuthError> {
         let invalid = |m: &str| AuthError::Invalid(m.to_string());
         if token.len() > MAX_TOKEN_LEN {
             return Err(invalid("token is too long"));
@@ -322,6 +337,7 @@ impl OidcVerifier {
                 _ => invalid("token is malformed"),
             })?;
         let c = data.claims;
+        let app = c.azp.clone().or_else(|| c.appid.clone());
         if c.claim_names
             .as_ref()
             .is_some_and(|n| n.get("groups").is_some())
@@ -350,13 +366,16 @@ impl OidcVerifier {
                 }
             }
         }
-        Ok(Principal {
-            id,
-            display,
-            method: AuthMethod::Jwt,
-            grants,
-            upn,
-        })
+        Ok((
+            Principal {
+                id,
+                display,
+                method: AuthMethod::Jwt,
+                grants,
+                upn,
+            },
+            app,
+        ))
     }
 }
 

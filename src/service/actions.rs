@@ -37,6 +37,17 @@ pub struct ActionRequest {
     /// Self-service (`/me`): the caller acts on its own session without a role on the pool;
     /// `expected_user` (the caller's own name, as found) must be set and is checked as usual.
     pub self_service: bool,
+    /// The webhook delivery that asked for it (audited as `params.webhook_source` and
+    /// `params.delivery_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// Where an action came from, when not from an API call: a webhook delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub source: String,
+    pub delivery_id: String,
 }
 
 /// A failed action, and whether the service already audited it (intent and outcome).
@@ -147,6 +158,10 @@ impl ActionRequest {
         });
         if let Some(b) = &self.batch_id {
             p["batch_id"] = b.as_str().into();
+        }
+        if let Some(o) = &self.origin {
+            p["webhook_source"] = o.source.as_str().into();
+            p["delivery_id"] = o.delivery_id.as_str().into();
         }
         if let Some((title, body)) = &self.message {
             p["message_title_chars"] = title.chars().count().into();

@@ -376,6 +376,18 @@ impl Gateway {
             .map(|_| ())
     }
 
+    /// One session's pool and host for a call that names them (a webhook delivery): the pool
+    /// exists and the caller may act in it, and the host is in the pool's inventory.
+    pub fn check_fleet_host(
+        &self,
+        ctx: &CallContext,
+        pool: &PoolName,
+        host: &HostName,
+    ) -> Result<(), ServiceError> {
+        let p = self.pool_for(ctx, pool, Permission::SessionsAct)?;
+        self.host_checked(p, host).map(|_| ())
+    }
+
     /// Whether the caller holds `admin` on the pool.
     pub fn is_pool_admin(&self, ctx: &CallContext, pool: &PoolName) -> bool {
         ctx.principal.has(Permission::SessionsAdmin, Some(pool))

@@ -4,7 +4,7 @@
 //! (`api::idempotency`) reads the key and the body and renders what this decides.
 
 use super::{Gateway, ServiceError};
-use crate::audit::chain::unix_micros;
+use crate::audit::{chain::unix_micros, work::AnswerTable};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
@@ -32,7 +32,7 @@ pub enum IdempotencyDecision {
     InProgress,
 }
 
-fn now_us() -> i64 {
+pub(super) fn now_us() -> i64 {
     unix_micros(OffsetDateTime::now_utc())
 }
 
@@ -40,7 +40,7 @@ fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 2)
 }
 
-fn store_err(e: crate::audit::AuditError) -> ServiceError {
+pub(super) fn store_err(e: crate::audit::AuditError) -> ServiceError {
     ServiceError::AuditUnavailable(e.to_string())
 }
 
@@ -55,27 +55,63 @@ impl Gateway {
         fingerprint: &str,
         stale: Duration,
     ) -> Result<IdempotencyDecision, ServiceError> {
+        let retention = Duration::from_secs(self.limits.idempotency.retention_hours * 3600);
+        let wait = Duration::from_millis(self.limits.idempotency.wait_ms);
+        self.first_answer_begin(
+            AnswerTable::Idempotency,
+            principal,
+            key,
+            fingerprint,
+            FirstAnswerTimes {
+                stale,
+                retention,
+                wait,
+            },
+        )
+        .await
+    }
+
+    /// "The first request with this key runs, every repeat gets its stored answer", on one
+    /// of the first-answer tables (idempotency keys, webhook deliveries): the record is
+    /// inserted `running`; a repeat finds it and replays the stored answer once it is
+    /// `done`, waits (up to `wait`) while it runs, takes over a `running` record older than
+    /// `stale` (its request died), and starts afresh when the record is older than `retention`.
+    pub(crate) async fn first_answer_begin(
+        &self,
+        table: AnswerTable,
+        owner: &str,
+        key: &str,
+        fingerprint: &str,
+        times: FirstAnswerTimes,
+    ) -> Result<IdempotencyDecision, ServiceError> {
         let work = self
             .work
             .as_ref()
             .ok_or_else(|| ServiceError::AuditUnavailable("no idempotency store".into()))?;
-        let retention = Duration::from_secs(self.limits.idempotency.retention_hours * 3600);
-        let wait = Duration::from_millis(self.limits.idempotency.wait_ms);
+        let FirstAnswerTimes {
+            stale,
+            retention,
+            wait,
+        } = times;
         let t0 = Instant::now();
         loop {
             let now = now_us();
             if work
-                .idem_insert(principal, key, fingerprint, now)
+                .answer_insert(table, owner, key, fingerprint, now)
                 .await
                 .map_err(store_err)?
             {
                 return Ok(IdempotencyDecision::Run { created_us: now });
             }
-            let Some(row) = work.idem_get(principal, key).await.map_err(store_err)? else {
+            let Some(row) = work
+                .answer_get(table, owner, key)
+                .await
+                .map_err(store_err)?
+            else {
                 continue; // deleted meanwhile: try again
             };
             if row.created_us < now - micros(retention) {
-                work.idem_delete(principal, key, Some(row.created_us))
+                work.answer_delete(table, owner, key, Some(row.created_us))
                     .await
                     .map_err(store_err)?;
                 continue;
@@ -100,12 +136,12 @@ impl Gateway {
             }
             if row.created_us < now - micros(stale) {
                 if work
-                    .idem_take_over(principal, key, row.created_us, now)
+                    .answer_take_over(table, owner, key, row.created_us, now)
                     .await
                     .map_err(store_err)?
                 {
                     tracing::warn!(
-                        "taking over an idempotency key whose first request never finished"
+                        "taking over a first-answer record whose first request never finished"
                     );
                     return Ok(IdempotencyDecision::Run { created_us: now });
                 }
@@ -127,6 +163,19 @@ impl Gateway {
         created_us: i64,
         answer: Option<&StoredAnswer>,
     ) -> Result<(), ServiceError> {
+        self.first_answer_finish(AnswerTable::Idempotency, principal, key, created_us, answer)
+            .await
+    }
+
+    /// [`Gateway::idempotency_finish`] on either first-answer table.
+    pub(crate) async fn first_answer_finish(
+        &self,
+        table: AnswerTable,
+        owner: &str,
+        key: &str,
+        created_us: i64,
+        answer: Option<&StoredAnswer>,
+    ) -> Result<(), ServiceError> {
         let work = self
             .work
             .as_ref()
@@ -135,8 +184,9 @@ impl Gateway {
             Some(a) => {
                 let headers = serde_json::to_string(&a.headers)
                     .map_err(|e| ServiceError::AuditUnavailable(e.to_string()))?;
-                work.idem_complete(
-                    principal,
+                work.answer_complete(
+                    table,
+                    owner,
                     key,
                     created_us,
                     i64::from(a.status),
@@ -147,9 +197,17 @@ impl Gateway {
                 .map_err(store_err)
             }
             None => work
-                .idem_delete(principal, key, Some(created_us))
+                .answer_delete(table, owner, key, Some(created_us))
                 .await
                 .map_err(store_err),
         }
     }
+}
+
+/// The durations of [`Gateway::first_answer_begin`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FirstAnswerTimes {
+    pub stale: Duration,
+    pub retention: Duration,
+    pub wait: Duration,
 }

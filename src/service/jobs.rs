@@ -138,6 +138,9 @@ pub struct JobView {
     /// Pass as `cursor` for the next page of items; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+    /// A job created by a webhook delivery: the write-back of its result to the ticket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_back: Option<super::WriteBackView>,
 }
 
 /// `GET /jobs`: a page of jobs, newest first.
@@ -392,10 +395,12 @@ impl Gateway {
         } else {
             None
         };
+        let write_back = self.write_back_of_job(id).await?;
         Ok(Some(JobView {
             job: summary,
             items: items.into_iter().map(item_of).collect(),
             next_cursor,
+            write_back,
         }))
     }
 
@@ -581,6 +586,7 @@ impl Gateway {
                 if let Err(e) = work.idem_prune(before).await {
                     tracing::warn!(error = %e, "pruning idempotency keys failed");
                 }
+                self.prune_deliveries().await;
             }
             // Claim while there is room and work.
             while let Ok(permit) = running.clone().try_acquire_owned() {

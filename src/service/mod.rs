@@ -12,9 +12,11 @@ mod idempotency;
 mod jobs;
 mod recovery;
 mod requests;
+mod webhooks;
 
 /// The audit read (`GET /audit`) as the service offers it: the filter and the page.
 pub use crate::audit::{AuditPage, AuditQuery};
+pub use actions::Origin;
 pub use actions::{ActionError, ActionRequest, ActionResult, ActionTarget};
 pub use error::ServiceError;
 pub use fleet::{
@@ -28,6 +30,7 @@ pub use jobs::{
 };
 pub use recovery::STARTED;
 pub use requests::{Caller, RequestOutcome, RequestRecord};
+pub use webhooks::{DeliveryOutcome, PendingWriteBack, WriteBackResult, WriteBackView};
 
 /// One value of every [`ServiceError`] and provider error variant (for tests of the error
 /// contract).
@@ -135,6 +138,8 @@ pub struct Limits {
     pub idempotency: crate::config::IdempotencyConfig,
     /// `auth.self_service`: the `/me` routes are open to token callers.
     pub self_service: bool,
+    /// `webhooks.dedup_hours`: how long a webhook delivery id is remembered.
+    pub webhook_dedup_hours: u64,
 }
 
 /// The gateway's use cases.

@@ -67,13 +67,15 @@ pub struct RequestRecord {
     pub duration: Duration,
     /// A fleet call: the `batch_id` its items' events carry (kept as `params.batch_id`).
     pub batch_id: Option<String>,
+    /// More `params` (a webhook delivery: its source, delivery id and refusal reason).
+    pub params: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Gateway {
     /// Records a call that is not an action. An error means the audit log cannot take the
     /// record; the caller must then not be told the call succeeded.
     pub async fn record_request(&self, r: RequestRecord) -> Result<(), ServiceError> {
-        let mut params = serde_json::Map::new();
+        let mut params = r.params.clone();
         if let Some(b) = &r.batch_id {
             params.insert("batch_id".into(), b.as_str().into());
         }

@@ -297,7 +297,7 @@ async fn every_documented_operation_is_routed_and_audited_by_its_route() {
     let (host, id, _) = app.avd_target();
     let doc = serde_json::to_value(sessiongate::api::router::openapi()).unwrap();
     let paths = doc["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 34, "{:?}", paths.keys());
+    assert_eq!(paths.len(), 35, "{:?}", paths.keys());
     let mut seen = Vec::new();
     for (tpl, item) in paths {
         let path = tpl

@@ -419,6 +419,8 @@ fn config_check_names_the_offending_key() {
     // The shipped example passes when the secrets it names are there (config check reads them).
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "s3cret\n").unwrap();
+    let whsec = dir.path().join("whsec");
+    std::fs::write(&whsec, "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\n").unwrap();
     let out = Command::new(BIN)
         .args([
             "config",
@@ -429,6 +431,11 @@ fn config_check_names_the_offending_key() {
         .env("SESSIONGATE_WINRM_PASSWORD", "s3cret")
         .env("SESSIONGATE__POOLS__1__CREDENTIAL__SECRET_FILE", &secret)
         .env("SESSIONGATE__POOLS__3__CREDENTIAL__PASSWORD_FILE", &secret)
+        .env("SESSIONGATE_JIRA_WEBHOOK_SECRET", "s3cret")
+        .env(
+            "SESSIONGATE__WEBHOOKS__SOURCES__1__SECRETS__0__FILE",
+            &whsec,
+        )
         .output()
         .unwrap();
     assert!(

@@ -258,8 +258,10 @@ async fn migrates_from_v2(env: Env) {
     let log = env.open().await;
     record_n(&log, 3).await;
     drop(log);
-    // Turn it into a version-2 store: without the v3 tables and version row.
+    // Turn it into a version-2 store: without the v3 and v4 tables and version rows.
     for sql in [
+        "DROP TABLE webhook_deliveries",
+        "DELETE FROM audit_schema_version WHERE version = 4",
         "DROP TABLE job_items",
         "DROP TABLE jobs",
         "DROP TABLE idempotency_keys",
@@ -278,9 +280,14 @@ async fn migrates_from_v2(env: Env) {
         env.raw
             .scalar("SELECT MAX(version) FROM audit_schema_version")
             .await,
-        3
+        sessiongate::audit::sql::SCHEMA_VERSION
     );
-    for t in ["jobs", "job_items", "idempotency_keys"] {
+    for t in [
+        "jobs",
+        "job_items",
+        "idempotency_keys",
+        "webhook_deliveries",
+    ] {
         assert_eq!(
             env.raw.scalar(&format!("SELECT COUNT(*) FROM {t}")).await,
             0

@@ -41,6 +41,7 @@ mod pacing;
 mod resilience_faults;
 mod schemathesis;
 mod tls;
+mod webhooks;
 mod winrm_bench;
 mod winrm_cbt;
 mod winrm_injection;

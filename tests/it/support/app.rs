@@ -127,6 +127,11 @@ impl TestApp {
         self.backends.arm.state()
     }
 
+    /// The gateway's use cases (for what has no route, e.g. the webhook write-back hooks).
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.server.gateway.clone()
+    }
+
     /// First emulated AVD host and a session on it.
     pub fn avd_target(&self) -> (String, u32, String) {
         let s = self
