@@ -22,5 +22,6 @@ pub mod providers;
 pub mod run;
 pub mod service;
 pub mod telemetry;
+pub mod ticketing;
 pub mod upstream;
 pub mod webhooks;

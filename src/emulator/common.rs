@@ -97,6 +97,28 @@ impl EmulatorTls {
     }
 }
 
+/// Locks `m`, taking over a lock poisoned by a panicking holder (emulator state stays usable).
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether `url` is an `http(s)` URL whose host is a loopback address or `localhost`: the only
+/// targets the emulators send their webhooks to.
+pub fn is_loopback_url(url: &str) -> bool {
+    let Ok(u) = url::Url::parse(url) else {
+        return false;
+    };
+    if !matches!(u.scheme(), "http" | "https") {
+        return false;
+    }
+    match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 /// Fault injection settings, changeable while the emulator runs (tests flip them).
 #[derive(Debug, Default)]
 pub struct Faults {
