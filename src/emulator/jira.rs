@@ -495,9 +495,9 @@ impl JiraState {
     }
 
     /// Authentication and injected failures; `jsm` picks the service-desk error shape.
-    fn admit(&self, headers: &HeaderMap, jsm: bool) -> Result<String, Response> {
+    fn admit(&self, headers: &HeaderMap, jsm: bool) -> Result<String, Box<Response>> {
         let Ok(user) = self.authenticate(headers) else {
-            return Err(if jsm {
+            return Err(Box::new(if jsm {
                 jsm_error(
                     StatusCode::UNAUTHORIZED,
                     "Client must be authenticated to access this resource.",
@@ -509,11 +509,11 @@ impl JiraState {
                     &["Client must be authenticated to access this resource."],
                     json!({}),
                 )
-            });
+            }));
         };
         let injected = lock(&self.settings).fail_queue.pop_front();
         if let Some((status, retry_after)) = injected {
-            return Err(match status {
+            return Err(Box::new(match status {
                 429 => throttled(100, retry_after, "jira-per-issue-on-write"),
                 404 => not_found(jsm),
                 403 => jira_error(
@@ -526,13 +526,13 @@ impl JiraState {
                     &["Internal server error"],
                     json!({}),
                 ),
-            });
+            }));
         }
         Ok(user)
     }
 
     /// The per-issue write limit.
-    fn take_write(&self, key: &str) -> Result<(), Response> {
+    fn take_write(&self, key: &str) -> Result<(), Box<Response>> {
         let Some(w) = lock(&self.settings).write_limit else {
             return Ok(());
         };
@@ -548,7 +548,11 @@ impl JiraState {
                 .saturating_sub(now.duration_since(e.0))
                 .as_secs()
                 .max(1);
-            return Err(throttled(w.limit, left, "jira-per-issue-on-write"));
+            return Err(Box::new(throttled(
+                w.limit,
+                left,
+                "jira-per-issue-on-write",
+            )));
         }
         e.1 += 1;
         Ok(())
@@ -898,7 +902,7 @@ async fn get_issue(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = st.admit(&headers, false) {
-        return r;
+        return *r;
     }
     let issues = lock(&st.issues);
     let Some(i) = issues.get(&key) else {
@@ -923,23 +927,23 @@ async fn list_comments(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = st.admit(&headers, false) {
-        return r;
+        return *r;
     }
     let num = |name: &str, default: usize| match q.get(name) {
         None => Ok(default),
         Some(s) => s.parse::<usize>().map_err(|_| {
-            jira_error(
+            Box::new(jira_error(
                 StatusCode::BAD_REQUEST,
                 &[&format!(
                     "The '{name}' parameter must be a non-negative integer."
                 )],
                 json!({}),
-            )
+            ))
         }),
     };
     let (start, max) = match (num("startAt", 0), num("maxResults", MAX_RESULTS)) {
         (Ok(s), Ok(m)) => (s, m.min(MAX_RESULTS)),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(r), _) | (_, Err(r)) => return *r,
     };
     let issues = lock(&st.issues);
     let Some(i) = issues.get(&key) else {
@@ -998,7 +1002,7 @@ async fn add_comment(
 ) -> Response {
     let user = match st.admit(&headers, false) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !lock(&st.issues).contains_key(&key) {
         return not_found(false);
@@ -1031,7 +1035,7 @@ async fn add_comment(
         );
     }
     if let Err(r) = st.take_write(&key) {
-        return r;
+        return *r;
     }
     // An internal note is written with a `sd.public.comment` property `{"internal": true}`;
     // without it a comment on a request is public.
@@ -1062,7 +1066,7 @@ async fn add_request_comment(
 ) -> Response {
     let user = match st.admit(&headers, true) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !lock(&st.issues).contains_key(&key) {
         return not_found(true);
@@ -1097,7 +1101,7 @@ async fn add_request_comment(
         }
     };
     if let Err(r) = st.take_write(&key) {
-        return r;
+        return *r;
     }
     let Some((_, c)) = st.push_comment(&key, &user, text_to_adf(text), public, "servicedesk")
     else {

@@ -458,25 +458,18 @@ impl ServiceNowState {
     }
 
     /// Who is calling: Basic credentials of the integration user, or an issued bearer token.
-    fn authenticate(&self, headers: &HeaderMap) -> Result<String, Response> {
-        let unauthenticated = || {
-            sn_error(
-                StatusCode::UNAUTHORIZED,
-                "User Not Authenticated",
-                Some("Required to provide Auth information"),
-            )
-        };
+    fn authenticate(&self, headers: &HeaderMap) -> Result<String, AuthFailure> {
         let raw = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(unauthenticated)?;
+            .ok_or(AuthFailure::Missing)?;
         if let Some(b64) = raw.strip_prefix("Basic ") {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
                 .ok()
                 .and_then(|d| String::from_utf8(d).ok())
-                .ok_or_else(unauthenticated)?;
-            let (user, pass) = decoded.split_once(':').ok_or_else(unauthenticated)?;
+                .ok_or(AuthFailure::Missing)?;
+            let (user, pass) = decoded.split_once(':').ok_or(AuthFailure::Missing)?;
             let ok = user == self.opts.user
                 && bool::from(subtle::ConstantTimeEq::ct_eq(
                     pass.as_bytes(),
@@ -485,30 +478,32 @@ impl ServiceNowState {
             return if ok {
                 Ok(user.to_string())
             } else {
-                Err(sn_error(
-                    StatusCode::UNAUTHORIZED,
-                    "User is not authenticated",
-                    Some("Required to provide Auth information"),
-                ))
+                Err(AuthFailure::Wrong)
             };
         }
         if let Some(tok) = raw.strip_prefix("Bearer ") {
             let tokens = lock(&self.tokens);
             return match tokens.get(tok.trim()) {
                 Some((user, exp)) if Instant::now() < *exp => Ok(user.clone()),
-                _ => Err(sn_error(
-                    StatusCode::UNAUTHORIZED,
-                    "User is not authenticated",
-                    Some("Required to provide Auth information"),
-                )),
+                _ => Err(AuthFailure::Wrong),
             };
         }
-        Err(unauthenticated())
+        Err(AuthFailure::Missing)
     }
 
     /// Authentication, the rate limit and the injected failures, in that order.
-    fn admit(&self, headers: &HeaderMap) -> Result<String, Response> {
-        let user = self.authenticate(headers)?;
+    fn admit(&self, headers: &HeaderMap) -> Result<String, Box<Response>> {
+        let user = self.authenticate(headers).map_err(|f| {
+            let message = match f {
+                AuthFailure::Missing => "User Not Authenticated",
+                AuthFailure::Wrong => "User is not authenticated",
+            };
+            Box::new(sn_error(
+                StatusCode::UNAUTHORIZED,
+                message,
+                Some("Required to provide Auth information"),
+            ))
+        })?;
         let (rate, injected) = {
             let mut s = lock(&self.settings);
             (s.rate_limit, s.fail_queue.pop_front())
@@ -524,13 +519,13 @@ impl ServiceNowState {
             if e.1 >= r.limit {
                 let left = window.saturating_sub(now.duration_since(e.0));
                 let secs = left.as_secs().max(1);
-                return Err(throttled(r.limit, secs));
+                return Err(Box::new(throttled(r.limit, secs)));
             }
             e.1 += 1;
         }
         if let Some((status, retry_after)) = injected {
             let st = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return Err(match status {
+            return Err(Box::new(match status {
                 429 => throttled(rate.map_or(100, |r| r.limit), retry_after),
                 403 => sn_error(
                     st,
@@ -539,10 +534,17 @@ impl ServiceNowState {
                 ),
                 404 => not_found(),
                 _ => sn_error(st, "Internal server error", Some("An injected fault")),
-            });
+            }));
         }
         Ok(user)
     }
+}
+
+/// Why a request's credentials were not accepted.
+#[derive(Debug, Clone, Copy)]
+enum AuthFailure {
+    Missing,
+    Wrong,
 }
 
 fn not_found() -> Response {
@@ -865,15 +867,15 @@ fn render(r: &Map<String, Value>, fields: Option<&str>) -> Value {
     Value::Object(out)
 }
 
-fn known_table(st: &ServiceNowState, table: &str) -> Result<(), Response> {
+fn known_table(st: &ServiceNowState, table: &str) -> Result<(), Box<Response>> {
     if lock(&st.tables).contains_key(table) {
         Ok(())
     } else {
-        Err(sn_error(
+        Err(Box::new(sn_error(
             StatusCode::BAD_REQUEST,
             &format!("Invalid table {table}"),
             None,
-        ))
+        )))
     }
 }
 
@@ -885,10 +887,10 @@ async fn list_records(
 ) -> Response {
     let user = match st.admit(&headers) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(r) = known_table(&st, &table) {
-        return with_user(&user, r);
+        return with_user(&user, *r);
     }
     let limit = match q.get("sysparm_limit").map(|s| s.parse::<usize>()) {
         None => 10_000,
@@ -938,10 +940,10 @@ async fn get_record(
 ) -> Response {
     let user = match st.admit(&headers) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(r) = known_table(&st, &table) {
-        return with_user(&user, r);
+        return with_user(&user, *r);
     }
     let resp = match st.record(&table, &sys_id) {
         Some(r) => Json(json!({
@@ -962,10 +964,10 @@ async fn update_record(
 ) -> Response {
     let user = match st.admit(&headers) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(r) = known_table(&st, &table) {
-        return with_user(&user, r);
+        return with_user(&user, *r);
     }
     let fields: Map<String, Value> = match serde_json::from_slice(&body) {
         Ok(Value::Object(m)) => m,
