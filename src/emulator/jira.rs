@@ -29,7 +29,9 @@
 //! (the same on every retry), `X-Atlassian-Webhook-Flow: Primary` and, on retries,
 //! `X-Atlassian-Webhook-Retry: <n>`; it retries on 408, 409, 425, 429 and 5xx. An Automation
 //! web request sends the rule's own headers and body (smart values such as `{{issue.key}}`
-//! expanded), unsigned.
+//! expanded), unsigned. Both can be triggered over HTTP (loopback targets only):
+//! `POST /_emulator/webhook/{key}` with an [`AdminWebhook`] as JSON, and
+//! `POST /_emulator/automation/{key}` with `{"url","headers":{..},"body":"<template>"}`.
 
 use crate::emulator::common::{
     EmulatorTls, FaultSettings, Faults, Running, is_loopback_url, lock, serve_tls,
@@ -865,6 +867,8 @@ pub async fn start(
             "/rest/servicedeskapi/request/{key}/comment",
             post(add_request_comment),
         )
+        .route("/_emulator/webhook/{key}", post(webhook_route))
+        .route("/_emulator/automation/{key}", post(automation_route))
         .layer(middleware::from_fn_with_state(state.clone(), log_calls))
         .with_state(state.clone());
     let running = serve_tls(listener, tls, router, faults, injected_error_body)?;
@@ -1125,6 +1129,54 @@ async fn add_request_comment(
         })),
     )
         .into_response()
+}
+
+/// `POST /_emulator/automation/{key}`: what an Automation rule's "Send web request" is told.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AutomationRequest {
+    url: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+fn emulator_answer<T: Serialize>(r: Result<T, String>) -> Response {
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({ "error": e }))).into_response(),
+    }
+}
+
+/// `POST /_emulator/webhook/{key}` with an [`AdminWebhook`]: sends the admin webhook (for the
+/// demo and curl users; loopback targets only).
+async fn webhook_route(
+    State(st): State<Arc<JiraState>>,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> Response {
+    let hook: AdminWebhook = match serde_json::from_slice(&body) {
+        Ok(h) => h,
+        Err(e) => return emulator_answer::<()>(Err(format!("bad webhook options: {e}"))),
+    };
+    emulator_answer(st.send_admin_webhook(&key, &hook).await)
+}
+
+async fn automation_route(
+    State(st): State<Arc<JiraState>>,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> Response {
+    let a: AutomationRequest = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => return emulator_answer::<()>(Err(format!("bad automation options: {e}"))),
+    };
+    let headers: Vec<(String, String)> = a.headers.into_iter().collect();
+    emulator_answer(
+        st.send_automation(&key, &a.url, &headers, &a.body)
+            .await
+            .map(|(status, body)| json!({"status": status, "body": body})),
+    )
 }
 
 #[cfg(test)]

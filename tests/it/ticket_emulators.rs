@@ -579,7 +579,7 @@ async fn jira_service_desk_comments_and_the_write_limit() {
 
 #[tokio::test]
 async fn jira_admin_webhook_is_signed_and_retried_with_one_identifier() {
-    let (emu, _tls) = jira().await;
+    let (emu, tls) = jira().await;
     emu.state().set_status("HELP-1", "Approved");
     let rx = Receiver::start(&[503, 200]).await;
     let d = emu
@@ -644,4 +644,39 @@ async fn jira_admin_webhook_is_signed_and_retried_with_one_identifier() {
         a.json(),
         json!({"issue": "HELP-2", "upn": "bob@contoso.com", "action": "logoff"})
     );
+
+    // The same over the emulator's own routes (what the demo's curl lines use).
+    let http = client_trusting(tls.tls.ca_pem());
+    let r = http
+        .post(format!("{}/_emulator/webhook/HELP-3", emu.base_url()))
+        .json(&json!({"url": rx.url, "secret": "jira-secret", "identifier": "fixed-id"}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["identifier"], "fixed-id");
+    assert_eq!(v["statuses"], json!([202]));
+    let w = &rx.received()[3];
+    assert_eq!(w.header("x-atlassian-webhook-identifier"), Some("fixed-id"));
+    hub_verify(
+        &[b"jira-secret".to_vec()],
+        w.header("x-hub-signature"),
+        &w.body,
+    )
+    .unwrap();
+    let r = http
+        .post(format!("{}/_emulator/automation/HELP-3", emu.base_url()))
+        .json(&json!({"url": rx.url, "headers": {"Authorization": "Bearer t"}, "body": "{\"k\":\"{{issue.key}}\"}"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], 202);
+    assert_eq!(rx.received()[4].json(), json!({"k": "HELP-3"}));
+    let r = http
+        .post(format!("{}/_emulator/webhook/HELP-3", emu.base_url()))
+        .json(&json!({"url": "https://example.com/x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
 }
