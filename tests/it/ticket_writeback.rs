@@ -207,6 +207,30 @@ async fn servicenow_write_back_with_oauth_fetches_a_token_once() {
         "{paths:?}"
     );
     assert_eq!(emu.state().journal(&sys_id).len(), 2);
+
+    // A refused client secret: ticket_auth_failed with the endpoint's error code, no secret.
+    let bad = client(
+        &tls,
+        &format!(
+            "kind = \"servicenow\"\ninstance_url = \"{}\"\nca_bundle = \"{{ca}}\"\nauth = {{ kind = \"oauth\", client_id = \"{}\", client_secret_file = \"{{secret}}\" }}\n",
+            info.instance_url, info.client_id
+        ),
+        "wrong-client-secret",
+    );
+    let e = bad
+        .write_back(
+            &TicketRef {
+                sys_id: Some(sys_id.clone()),
+                ..Default::default()
+            },
+            &report(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "ticket_auth_failed");
+    assert!(e.message.contains("access_denied"), "{e}");
+    assert!(!e.message.contains("wrong-client-secret"));
+    assert_eq!(emu.state().journal(&sys_id).len(), 2);
 }
 
 #[tokio::test]
@@ -540,6 +564,18 @@ async fn callback_write_back_is_signed_with_standard_webhooks() {
         body["data"]["report"]["items"][1]["error_code"],
         "host_unreachable"
     );
+
+    // A secret that is not whsec_/base64 is refused when the client is built, by its key.
+    let f = tls.dir.path().join("not-whsec");
+    std::fs::write(&f, "not base64 !!").unwrap();
+    let cfg: WriteBackConfig = toml::from_str(&format!(
+        "kind = \"callback\"\nurl = \"{}\"\nsecret_file = \"{}\"\n",
+        rx.url,
+        f.display()
+    ))
+    .unwrap();
+    let e = WriteBack::new(&cfg, &Key::root("write_back")).unwrap_err();
+    assert_eq!(e.key, "write_back.secret_file");
 
     // A wrong key does not verify.
     let other = decode_standard_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
