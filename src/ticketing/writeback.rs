@@ -368,20 +368,67 @@ impl TokenSource for ServiceNowToken {
     }
 }
 
+/// A credential given by reference, read again when the system refuses it: a rotated file or
+/// variable is picked up without a restart.
+struct RefSecret {
+    current: std::sync::RwLock<SecretString>,
+    key: Key,
+    name: &'static str,
+    env: Option<String>,
+    file: Option<std::path::PathBuf>,
+}
+
+impl RefSecret {
+    fn load(
+        key: &Key,
+        name: &'static str,
+        env: &Option<String>,
+        file: &Option<std::path::PathBuf>,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self {
+            current: std::sync::RwLock::new(resolve_secret(key, name, env, file)?),
+            key: key.clone(),
+            name,
+            env: env.clone(),
+            file: file.clone(),
+        })
+    }
+
+    fn get(&self) -> SecretString {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reads the secret again; true when it changed.
+    fn reload(&self) -> bool {
+        let Ok(fresh) = resolve_secret(&self.key, self.name, &self.env, &self.file) else {
+            return false;
+        };
+        let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if cur.expose_secret() == fresh.expose_secret() {
+            return false;
+        }
+        *cur = fresh;
+        true
+    }
+}
+
 enum Target {
     ServiceNow {
         base: url::Url,
         table: String,
         field: JournalField,
         /// Basic credentials; `None` with OAuth (the engine's token source adds the bearer).
-        basic: Option<(String, SecretString)>,
+        basic: Option<(String, RefSecret)>,
     },
     Jira {
         base: url::Url,
         mode: JiraMode,
         public: bool,
         email: String,
-        token: SecretString,
+        token: RefSecret,
     },
     Callback {
         url: url::Url,
@@ -435,7 +482,7 @@ impl WriteBack {
                         } => (
                             Some((
                                 user.clone(),
-                                resolve_secret(&akey, "password", password_env, password_file)?,
+                                RefSecret::load(&akey, "password", password_env, password_file)?,
                             )),
                             None,
                         ),
@@ -493,7 +540,7 @@ impl WriteBack {
                         mode: c.mode,
                         public: c.public,
                         email: c.email.clone(),
-                        token: resolve_secret(
+                        token: RefSecret::load(
                             key,
                             "api_token",
                             &c.api_token_env,
@@ -549,7 +596,43 @@ impl WriteBack {
         ticket: &TicketRef,
         report: &WriteBackReport,
     ) -> Result<WriteBackReceipt, WriteBackError> {
-        let res = match &self.target {
+        let mut res = self.dispatch(ticket, report).await;
+        // A 401 wrote nothing: if the credential was rotated since it was read, try once more.
+        if matches!(&res, Err(e) if e.kind == WriteBackErrorKind::AuthFailed && e.status == Some(401))
+            && self.reload_credential()
+        {
+            tracing::info!("the credential changed since it was read; trying once more");
+            res = self.dispatch(ticket, report).await;
+        }
+        match &res {
+            Ok(r) => tracing::info!(ticketing.target = %r.target, "written back to the ticket"),
+            Err(e) => tracing::warn!(
+                ticketing.code = e.code(),
+                ticketing.status = e.status,
+                ticketing.message = %e.message,
+                "write-back failed"
+            ),
+        }
+        res
+    }
+
+    fn reload_credential(&self) -> bool {
+        match &self.target {
+            Target::ServiceNow {
+                basic: Some((_, s)),
+                ..
+            } => s.reload(),
+            Target::Jira { token, .. } => token.reload(),
+            _ => false,
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        ticket: &TicketRef,
+        report: &WriteBackReport,
+    ) -> Result<WriteBackReceipt, WriteBackError> {
+        match &self.target {
             Target::ServiceNow {
                 base,
                 table,
@@ -570,17 +653,7 @@ impl WriteBack {
                     .await
             }
             Target::Callback { url, key } => self.callback(url, key, ticket, report).await,
-        };
-        match &res {
-            Ok(r) => tracing::info!(ticketing.target = %r.target, "written back to the ticket"),
-            Err(e) => tracing::warn!(
-                ticketing.code = e.code(),
-                ticketing.status = e.status,
-                ticketing.message = %e.message,
-                "write-back failed"
-            ),
         }
-        res
     }
 
     async fn servicenow(
@@ -588,11 +661,12 @@ impl WriteBack {
         base: &url::Url,
         table: &str,
         field: JournalField,
-        basic: Option<&(String, SecretString)>,
+        basic: Option<&(String, RefSecret)>,
         ticket: &TicketRef,
         report: &WriteBackReport,
     ) -> Result<WriteBackReceipt, WriteBackError> {
-        let auth = |rb: reqwest::RequestBuilder| match basic {
+        let basic = basic.map(|(u, s)| (u, s.get()));
+        let auth = |rb: reqwest::RequestBuilder| match &basic {
             Some((u, p)) => rb.basic_auth(u, Some(p.expose_secret())),
             None => rb,
         };
@@ -677,7 +751,7 @@ impl WriteBack {
         mode: JiraMode,
         public: bool,
         email: &str,
-        token: &SecretString,
+        token: &RefSecret,
         ticket: &TicketRef,
         report: &WriteBackReport,
     ) -> Result<WriteBackReceipt, WriteBackError> {
@@ -709,6 +783,7 @@ impl WriteBack {
             ),
         };
         let _one_at_a_time = issue_lock(format!("{}|{key}", base.as_str())).await;
+        let token = token.get();
         let reply = self
             .upstream
             .call(

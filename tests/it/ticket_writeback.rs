@@ -606,3 +606,34 @@ async fn callback_write_back_is_signed_with_standard_webhooks() {
     assert_eq!(e.status, Some(410));
     assert_eq!(gone.received().len(), 1);
 }
+
+#[tokio::test]
+async fn a_rotated_credential_is_read_again_after_a_401() {
+    let (emu, tls) = jira().await;
+    let info = emu.info();
+    let token_file = tls.dir.path().join("jira-token");
+    std::fs::write(&token_file, "the-old-token\n").unwrap();
+    let cfg: WriteBackConfig = toml::from_str(&format!(
+        "kind = \"jira\"\nsite_url = \"{}\"\nca_bundle = \"{}\"\nemail = \"{}\"\napi_token_file = \"{}\"\n",
+        info.site_url,
+        tls.ca_path.display(),
+        info.email,
+        token_file.display()
+    ))
+    .unwrap();
+    let wb = WriteBack::new(&cfg, &Key::root("write_back")).unwrap();
+    let t = TicketRef {
+        key: Some("HELP-1".into()),
+        ..Default::default()
+    };
+    // Unchanged file: one 401, not repeated.
+    let e = wb.write_back(&t, &report()).await.unwrap_err();
+    assert_eq!(e.code(), "ticket_auth_failed");
+    assert_eq!(emu.state().calls().len(), 1);
+    // The operator rotates the token in the file: the next write-back reads it after its 401.
+    std::fs::write(&token_file, format!("{}\n", info.api_token)).unwrap();
+    wb.write_back(&t, &report()).await.unwrap();
+    let statuses: Vec<u16> = emu.state().calls().iter().map(|c| c.status).collect();
+    assert_eq!(statuses, [401, 401, 201]);
+    assert_eq!(emu.state().comments("HELP-1").len(), 1);
+}
