@@ -34,14 +34,15 @@
 //! `POST /_emulator/automation/{key}` with `{"url","headers":{..},"body":"<template>"}`.
 
 use crate::emulator::common::{
-    EmulatorTls, FaultSettings, Faults, Running, is_loopback_url, lock, serve_tls,
+    CallLog, CallRecord, EmulatorTls, FaultSettings, Faults, Running, is_loopback_url, lock,
+    log_calls, serve_tls,
 };
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, Query, Request, State},
+    extract::{Path, Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
-    middleware::{self, Next},
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -111,16 +112,6 @@ pub struct JiraInfo {
     pub api_token: String,
     pub issues: Vec<String>,
     pub ca_pem_path: Option<String>,
-}
-
-/// One request the emulator answered.
-#[derive(Debug, Clone)]
-pub struct CallRecord {
-    pub method: String,
-    pub path: String,
-    pub query: Option<String>,
-    pub status: u16,
-    pub at: Instant,
 }
 
 /// One comment as stored.
@@ -195,7 +186,7 @@ pub struct JiraState {
     next_comment: Mutex<u64>,
     writes: Mutex<HashMap<String, (Instant, u32)>>,
     settings: Mutex<Settings>,
-    calls: Mutex<Vec<CallRecord>>,
+    calls: Arc<CallLog>,
     faults: Arc<Faults>,
     http: reqwest::Client,
 }
@@ -307,7 +298,7 @@ impl JiraState {
     }
 
     pub fn calls(&self) -> Vec<CallRecord> {
-        lock(&self.calls).clone()
+        self.calls.records()
     }
 
     /// The next `n` API requests (after authentication) are answered `status`; a 429 carries
@@ -773,21 +764,6 @@ fn text_to_adf(text: &str) -> Value {
     json!({"type": "doc", "version": 1, "content": paras})
 }
 
-async fn log_calls(State(st): State<Arc<JiraState>>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().map(str::to_owned);
-    let resp = next.run(req).await;
-    lock(&st.calls).push(CallRecord {
-        method,
-        path,
-        query,
-        status: resp.status().as_u16(),
-        at: Instant::now(),
-    });
-    resp
-}
-
 /// A running Jira emulator. Dropping it stops the server.
 pub struct JiraEmulator {
     running: Running,
@@ -838,7 +814,7 @@ pub async fn start(
             write_limit: opts.write_limit,
             fail_queue: VecDeque::new(),
         }),
-        calls: Mutex::new(Vec::new()),
+        calls: Arc::new(CallLog::default()),
         faults: faults.clone(),
         http,
         opts: opts.clone(),
@@ -869,7 +845,10 @@ pub async fn start(
         )
         .route("/_emulator/webhook/{key}", post(webhook_route))
         .route("/_emulator/automation/{key}", post(automation_route))
-        .layer(middleware::from_fn_with_state(state.clone(), log_calls))
+        .layer(middleware::from_fn_with_state(
+            state.calls.clone(),
+            log_calls,
+        ))
         .with_state(state.clone());
     let running = serve_tls(listener, tls, router, faults, injected_error_body)?;
     let info = JiraInfo {

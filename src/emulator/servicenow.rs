@@ -32,14 +32,15 @@
 //! delivery id in a header too (`X-ServiceNow-Delivery` by default).
 
 use crate::emulator::common::{
-    EmulatorTls, FaultSettings, Faults, Running, is_loopback_url, lock, serve_tls,
+    AuthedUser, CallLog, CallRecord, EmulatorTls, FaultSettings, Faults, Running, is_loopback_url,
+    lock, log_calls, serve_tls,
 };
 use axum::{
     Form, Json, Router,
     body::Bytes,
-    extract::{Path, Query, Request, State},
+    extract::{Path, Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
-    middleware::{self, Next},
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -119,18 +120,6 @@ pub struct ServiceNowInfo {
     pub ca_pem_path: Option<String>,
 }
 
-/// One request the emulator answered (tests read the log).
-#[derive(Debug, Clone)]
-pub struct CallRecord {
-    pub method: String,
-    pub path: String,
-    pub query: Option<String>,
-    /// The authenticated user, when authentication passed.
-    pub user: Option<String>,
-    pub status: u16,
-    pub at: Instant,
-}
-
 /// One journal entry (a row of `sys_journal_field`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct JournalEntry {
@@ -199,7 +188,7 @@ pub struct ServiceNowState {
     /// Per user: (window start, requests in it).
     windows: Mutex<HashMap<String, (Instant, u32)>>,
     settings: Mutex<Settings>,
-    calls: Mutex<Vec<CallRecord>>,
+    calls: Arc<CallLog>,
     faults: Arc<Faults>,
     http: reqwest::Client,
 }
@@ -357,7 +346,7 @@ impl ServiceNowState {
 
     /// Every request answered so far.
     pub fn calls(&self) -> Vec<CallRecord> {
-        lock(&self.calls).clone()
+        self.calls.records()
     }
 
     /// The next `n` Table API requests (after authentication) are answered `status` with the
@@ -603,30 +592,9 @@ fn ensure_user(
     id
 }
 
-/// The authenticated user of an answer, for the call log.
-#[derive(Clone)]
-struct AuthedUser(String);
-
 fn with_user(user: &str, mut r: Response) -> Response {
     r.extensions_mut().insert(AuthedUser(user.to_string()));
     r
-}
-
-async fn log_calls(State(st): State<Arc<ServiceNowState>>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().map(str::to_owned);
-    let resp = next.run(req).await;
-    let user = resp.extensions().get::<AuthedUser>().map(|u| u.0.clone());
-    lock(&st.calls).push(CallRecord {
-        method,
-        path,
-        query,
-        user,
-        status: resp.status().as_u16(),
-        at: Instant::now(),
-    });
-    resp
 }
 
 /// A running ServiceNow emulator. Dropping it stops the server.
@@ -679,7 +647,7 @@ pub async fn start(
             rate_limit: opts.rate_limit,
             fail_queue: Default::default(),
         }),
-        calls: Mutex::new(Vec::new()),
+        calls: Arc::new(CallLog::default()),
         faults: faults.clone(),
         http,
         opts: opts.clone(),
@@ -722,7 +690,10 @@ pub async fn start(
         .route("/api/now/table/{table}/{sys_id}", record.clone())
         .route("/api/now/v2/table/{table}/{sys_id}", record)
         .route("/_emulator/notify/{number}", post(notify_route))
-        .layer(middleware::from_fn_with_state(state.clone(), log_calls))
+        .layer(middleware::from_fn_with_state(
+            state.calls.clone(),
+            log_calls,
+        ))
         .with_state(state.clone());
     let running = serve_tls(listener, tls, router, faults, injected_error_body)?;
     let info = ServiceNowInfo {
