@@ -138,7 +138,7 @@ pub struct EmulatorArgs {
     pub faults: FaultArgs,
 }
 
-/// Fault injection of `emulate avd|wvd-classic|winrm`, for testing a client's handling of a
+/// Fault injection of `emulate avd|wvd-classic|winrm|servicenow|jira`, for testing a client's handling of a
 /// misbehaving backend. Rates are fractions of requests, `0` (never) to `1` (every request),
 /// rolled per request in this order: slow, drop, 5xx, 429, then (after the backend acted) drop,
 /// 5xx.
@@ -184,6 +184,32 @@ impl FaultArgs {
             slow_ms: self.slow_ms,
         }
     }
+}
+
+/// `emulate servicenow` and `emulate jira`.
+#[derive(Debug, Args, Clone)]
+pub struct TicketEmulatorArgs {
+    /// Loopback address to listen on (a non-loopback address is refused).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Tickets seeded at start (incidents INC0010001..., or requests HELP-1...).
+    #[arg(long, default_value_t = 3)]
+    pub tickets: u32,
+    /// The password (ServiceNow) or API token (Jira) of the integration account (default:
+    /// the emulator's fixed one, printed in the JSON line).
+    #[arg(long)]
+    pub secret: Option<String>,
+    /// Rate limit: this many requests per user (ServiceNow) or writes per issue (Jira) per
+    /// `--rate-window-secs`, then 429 with `Retry-After`.
+    #[arg(long, value_name = "N")]
+    pub rate_limit: Option<u32>,
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub rate_window_secs: u64,
+    /// Write the emulator's CA certificate (PEM) here (default: a path under the temp dir).
+    #[arg(long)]
+    pub ca_out: Option<PathBuf>,
+    #[command(flatten)]
+    pub faults: FaultArgs,
 }
 
 /// `emulate oidc`.
@@ -295,6 +321,13 @@ pub enum EmulateCommand {
     Oidc(OidcArgs),
     /// The WVD classic (RDInfra) broker with its token endpoint.
     WvdClassic(EmulatorArgs),
+    /// A ServiceNow instance: Table API (incidents, journal fields), Basic and OAuth
+    /// (`oauth_token.do`), per-user rate limit, and the Business Rule webhook
+    /// (`POST /_emulator/notify/{number}`, loopback targets only).
+    Servicenow(TicketEmulatorArgs),
+    /// A Jira Cloud / Service Management site: ADF issue comments, service-desk request
+    /// comments, Basic auth with email and API token, per-issue write limit.
+    Jira(TicketEmulatorArgs),
     /// WinRM hosts (RD Session Host or MultiPoint flavour).
     Winrm {
         #[command(flatten)]

@@ -3,7 +3,7 @@
 
 use crate::{
     auth::apikey,
-    cli::{ArmThrottleArgs, DemoArgs, EmulateCommand, EmulatorArgs, OidcArgs},
+    cli::{ArmThrottleArgs, DemoArgs, EmulateCommand, EmulatorArgs, OidcArgs, TicketEmulatorArgs},
     config::Config,
     emulator::{arm, common::EmulatorTls, winrm, wvd_classic},
 };
@@ -538,6 +538,8 @@ pub async fn emulate(which: EmulateCommand) -> u8 {
         EmulateCommand::Avd { args, throttle } => emulate_avd(args, throttle).await,
         EmulateCommand::WvdClassic(args) => emulate_classic(args).await,
         EmulateCommand::Oidc(args) => emulate_oidc(args).await,
+        EmulateCommand::Servicenow(args) => emulate_servicenow(args).await,
+        EmulateCommand::Jira(args) => emulate_jira(args).await,
         EmulateCommand::Winrm {
             args,
             flavour,
@@ -589,6 +591,79 @@ async fn emulate_avd(args: EmulatorArgs, throttle: ArmThrottleArgs) -> Result<()
         ..arm::ArmEmulatorOptions::default()
     };
     let mut emu = arm::start(listener, &tls, opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    emu.set_ca_pem_path(ca.display().to_string());
+    println!(
+        "{}",
+        serde_json::to_string(&emu.info()).map_err(|e| e.to_string())?
+    );
+    crate::app::shutdown_signal().await;
+    Ok(())
+}
+
+/// Binds a loopback listener for a ticketing emulator and writes its CA.
+async fn ticket_listener(
+    args: &TicketEmulatorArgs,
+    what: &str,
+) -> Result<(EmulatorTls, PathBuf, tokio::net::TcpListener), String> {
+    if !args.listen.ip().is_loopback() {
+        return Err(format!(
+            "--listen {}: the {what} emulator listens on loopback only",
+            args.listen
+        ));
+    }
+    let tls = EmulatorTls::generate().map_err(|e| e.to_string())?;
+    let ca = write_ca(&tls, args.ca_out.clone())?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    Ok((tls, ca, listener))
+}
+
+async fn emulate_servicenow(args: TicketEmulatorArgs) -> Result<(), String> {
+    use crate::emulator::servicenow;
+    let (tls, ca, listener) = ticket_listener(&args, "ServiceNow").await?;
+    let mut opts = servicenow::ServiceNowOptions {
+        incidents: args.tickets,
+        rate_limit: args.rate_limit.map(|limit| servicenow::RateLimit {
+            limit,
+            window_secs: args.rate_window_secs,
+        }),
+        faults: args.faults.settings(),
+        ..Default::default()
+    };
+    if let Some(s) = args.secret {
+        opts.password = s;
+    }
+    let mut emu = servicenow::start(listener, &tls, opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    emu.set_ca_pem_path(ca.display().to_string());
+    println!(
+        "{}",
+        serde_json::to_string(&emu.info()).map_err(|e| e.to_string())?
+    );
+    crate::app::shutdown_signal().await;
+    Ok(())
+}
+
+async fn emulate_jira(args: TicketEmulatorArgs) -> Result<(), String> {
+    use crate::emulator::jira;
+    let (tls, ca, listener) = ticket_listener(&args, "Jira").await?;
+    let mut opts = jira::JiraOptions {
+        issues: args.tickets,
+        write_limit: args.rate_limit.map(|limit| jira::WriteLimit {
+            limit,
+            window_secs: args.rate_window_secs,
+        }),
+        faults: args.faults.settings(),
+        ..Default::default()
+    };
+    if let Some(s) = args.secret {
+        opts.api_token = s;
+    }
+    let mut emu = jira::start(listener, &tls, opts)
         .await
         .map_err(|e| e.to_string())?;
     emu.set_ca_pem_path(ca.display().to_string());

@@ -22,6 +22,7 @@ pub mod providers;
 pub mod run;
 pub mod service;
 pub mod telemetry;
+pub mod ticketing;
 pub mod tls;
 pub mod upstream;
 pub mod webhooks;

@@ -240,6 +240,9 @@ pub fn provider_label(service: &str) -> &'static str {
     match service {
         "ARM" => "avd",
         "the classic broker" => "wvd_classic",
+        "ServiceNow" => "servicenow",
+        "Jira" => "jira",
+        "the callback receiver" => "callback",
         _ => "other",
     }
 }

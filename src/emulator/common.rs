@@ -97,6 +97,77 @@ impl EmulatorTls {
     }
 }
 
+/// Locks `m`, taking over a lock poisoned by a panicking holder (emulator state stays usable).
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether `url` is an `http(s)` URL whose host is a loopback address or `localhost`: the only
+/// targets the emulators send their webhooks to.
+pub fn is_loopback_url(url: &str) -> bool {
+    let Ok(u) = url::Url::parse(url) else {
+        return false;
+    };
+    if !matches!(u.scheme(), "http" | "https") {
+        return false;
+    }
+    match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// One request an emulator answered (the ticketing emulators keep a log tests read).
+#[derive(Debug, Clone)]
+pub struct CallRecord {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    /// The authenticated caller, when the handler named one ([`AuthedUser`]).
+    pub user: Option<String>,
+    pub status: u16,
+    pub at: Instant,
+}
+
+/// The authenticated caller of an answer: a handler puts it in the response's extensions for
+/// the call log.
+#[derive(Debug, Clone)]
+pub struct AuthedUser(pub String);
+
+/// Every request an emulator answered, in order ([`log_calls`] fills it).
+#[derive(Debug, Default)]
+pub struct CallLog(Mutex<Vec<CallRecord>>);
+
+impl CallLog {
+    pub fn records(&self) -> Vec<CallRecord> {
+        lock(&self.0).clone()
+    }
+}
+
+/// Middleware recording each request's method, path, query, caller and status in a [`CallLog`].
+pub async fn log_calls(
+    State(log): State<Arc<CallLog>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_owned);
+    let resp = next.run(req).await;
+    let user = resp.extensions().get::<AuthedUser>().map(|u| u.0.clone());
+    lock(&log.0).push(CallRecord {
+        method,
+        path,
+        query,
+        user,
+        status: resp.status().as_u16(),
+        at: Instant::now(),
+    });
+    resp
+}
+
 /// Fault injection settings, changeable while the emulator runs (tests flip them).
 #[derive(Debug, Default)]
 pub struct Faults {

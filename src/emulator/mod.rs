@@ -3,6 +3,8 @@
 
 pub mod arm;
 pub mod common;
+pub mod jira;
 pub mod oidc;
+pub mod servicenow;
 pub mod winrm;
 pub mod wvd_classic;

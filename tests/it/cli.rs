@@ -399,6 +399,60 @@ fn emulate_wvd_classic_prints_one_json_line() {
 }
 
 #[test]
+fn emulate_servicenow_and_jira_print_one_json_line_and_listen_on_loopback_only() {
+    for (which, fields) in [
+        (
+            "servicenow",
+            &[
+                "instance_url",
+                "token_url",
+                "user",
+                "password",
+                "client_id",
+                "client_secret",
+                "incidents",
+                "ca_pem_path",
+            ][..],
+        ),
+        (
+            "jira",
+            &["site_url", "email", "api_token", "issues", "ca_pem_path"][..],
+        ),
+    ] {
+        let child = Command::new(BIN)
+            .args([
+                "emulate",
+                which,
+                "--listen",
+                "127.0.0.1:0",
+                "--tickets",
+                "2",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut k = Killer(child);
+        let lines = read_until(&mut k.0, |l| l.starts_with('{'));
+        let v: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+        for f in fields {
+            assert!(
+                v.get(*f).is_some_and(|x| !x.is_null()),
+                "{which}: {f} in {v}"
+            );
+        }
+        assert_eq!(v["kind"], which);
+        let out = Command::new(BIN)
+            .args(["emulate", which, "--listen", "0.0.0.0:0"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{which}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+    }
+}
+
+#[test]
 fn config_check_names_the_offending_key() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("bad.toml");

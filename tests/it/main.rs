@@ -40,6 +40,8 @@ mod ops_metrics;
 mod pacing;
 mod resilience_faults;
 mod schemathesis;
+mod ticket_emulators;
+mod ticket_writeback;
 mod tls;
 mod webhooks;
 mod winrm_bench;

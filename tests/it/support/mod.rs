@@ -13,6 +13,7 @@ pub mod kdc;
 pub mod pg;
 pub mod prereq;
 pub mod python;
+pub mod ticketing;
 pub mod winrm;
 
 use sessiongate::auth::OidcConfig;
