@@ -98,6 +98,7 @@ async fn build_validated_with_audit(
             public: cfg.metrics.public,
         },
         docs_public: cfg.docs.public,
+        console_enabled: cfg.console.enabled,
     };
     let metrics = match cfg.metrics.listen {
         Some(addr) if cfg.metrics.enabled => {

@@ -1,5 +1,6 @@
 //! The HTTP API: one router, thin handlers, typed extractors, problem+json errors.
 
+pub mod console;
 pub mod extract;
 pub mod fleet;
 pub mod handlers;
@@ -27,4 +28,6 @@ pub struct AppState {
     pub metrics: ops::MetricsAccess,
     /// `/docs` and `/openapi.yaml` without a credential.
     pub docs_public: bool,
+    /// The helpdesk console at `/` (`[console] enabled`).
+    pub console_enabled: bool,
 }
