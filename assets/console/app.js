@@ -97,17 +97,22 @@
   function problemText(e) {
     if (!(e instanceof ApiProblem)) return String(e);
     const p = e.problem || {};
-    const parts = [p.title || e.message];
-    if (p.code) parts.push(`(${p.code})`);
+    let line = p.title || e.message;
+    if (p.code) line += ` (${p.code})`;
     if (e.status === 403) {
-      parts.push(
-        p.missing_permission
-          ? `missing permission: ${p.missing_permission}`
-          : "missing permission: not one a role can grant here"
-      );
+      line += p.missing_permission
+        ? ` — missing permission: ${p.missing_permission}`
+        : " — no role grants this here";
     }
-    if (p.detail) parts.push(`: ${p.detail}`);
-    return parts.join(" ");
+    if (p.detail && !(p.missing_permission && p.detail.includes(p.missing_permission))) {
+      line += `: ${p.detail}`;
+    }
+    return line;
+  }
+
+  function clearError() {
+    $("app-error").textContent = "";
+    delete $("app-error").dataset.status;
   }
 
   function showError(node, e) {
@@ -126,8 +131,28 @@
     show($("who"), true);
   }
 
+  // Forgets everything the previous user saw (a shared helpdesk screen).
+  function resetViews() {
+    found = { upn: "", sessions: [] };
+    pending = null;
+    for (const id of ["sessions-body", "unreachable-list", "preview-body", "results-body", "jobs-body", "job-items", "audit-body"]) {
+      clear($(id));
+    }
+    for (const id of ["sessions-table", "unreachable", "action-form", "preview", "results", "jobs-table", "job", "audit-table"]) {
+      show($(id), false);
+    }
+    for (const id of ["search-status", "audit-status"]) $(id).textContent = "";
+    for (const id of ["upn", "reason", "ticket", "msg-title", "msg-body", "audit-ticket", "audit-user"]) $(id).value = "";
+    for (const [tab, panel] of TABS) {
+      $(tab).setAttribute("aria-pressed", tab === "tab-sessions" ? "true" : "false");
+      show($(panel), tab === "tab-sessions");
+    }
+  }
+
   function signOut(message) {
     forgetCredential();
+    clearError();
+    resetViews();
     stopJobWatch();
     show($("app-view"), false);
     show($("signout"), false);
@@ -175,7 +200,7 @@
       $(tab).setAttribute("aria-pressed", on ? "true" : "false");
       show($(panel), on);
     }
-    $("app-error").textContent = "";
+    clearError();
     if (id === "tab-jobs") loadJobs();
   }
 
@@ -190,7 +215,7 @@
     if (ev) ev.preventDefault();
     const upn = $("upn").value.trim();
     if (!upn) return;
-    $("app-error").textContent = "";
+    clearError();
     $("search-status").textContent = `Searching every pool for ${upn}…`;
     show($("preview"), false);
     try {
@@ -292,7 +317,8 @@
     const s = found.sessions.find((x) => sessionKey(x) === key);
     if (!s) return null;
     // The session must still be the user's it was found with (session ids are reused).
-    if (s.user) body.expected_user = s.user;
+    const expected = s.user || s.ad_user;
+    if (expected) body.expected_user = expected;
     const path =
       `hostpools/${encodeURIComponent(s.pool)}/sessionhosts/${encodeURIComponent(s.host)}` +
       `/sessions/${encodeURIComponent(String(s.id))}/${action}`;
@@ -305,7 +331,7 @@
     ev.preventDefault();
     const req = actionRequest();
     if (!req) return;
-    $("app-error").textContent = "";
+    clearError();
     show($("results"), false);
     const path = req.path.replace("?async=true", "");
     try {
@@ -327,7 +353,7 @@
     const req = pending;
     pending = null;
     show($("preview"), false);
-    $("app-error").textContent = "";
+    clearError();
     try {
       const r = await api("POST", req.path, { ...req.body, dry_run: false });
       const box = $("results-body");
@@ -473,7 +499,7 @@
     if (ticket) q.set("ticket", ticket);
     if (user) q.set("user", user);
     q.set("limit", "200");
-    $("app-error").textContent = "";
+    clearError();
     $("audit-status").textContent = "";
     try {
       const { data } = await api("GET", `audit?${q}`);

@@ -4,8 +4,10 @@
 //   SG_URL          the demo's base URL (http://127.0.0.1:PORT)
 //   SG_OPERATOR_KEY the demo's operator API key
 //   SG_AUDITOR_KEY  the demo's auditor API key
+//   SG_TOKEN        the demo user's Entra-style access token (no role: self-service only)
 //   SG_USER         a user with one session (the demo user)
 //   SG_OTHER_USER   a user with sessions in several pools (for the job step)
+//   SG_THIRD_USER   another user with sessions in several pools (for the message step)
 //   SG_ARTIFACTS    where screenshots go (one per step)
 //   CHROMIUM        the chromium executable
 // Exits 0 when every step passed; otherwise prints the failed step and exits 1.
@@ -25,8 +27,10 @@ const env = (name) => {
 const URL_ = env("SG_URL").replace(/\/$/, "");
 const OPERATOR = env("SG_OPERATOR_KEY");
 const AUDITOR = env("SG_AUDITOR_KEY");
+const TOKEN = env("SG_TOKEN");
 const USER = env("SG_USER");
 const OTHER_USER = env("SG_OTHER_USER");
+const THIRD_USER = env("SG_THIRD_USER");
 const ARTIFACTS = env("SG_ARTIFACTS");
 const CHROMIUM = env("CHROMIUM");
 const TICKET = `INC-BROWSER-${Date.now()}`;
@@ -133,6 +137,22 @@ try {
     await shot("wrong-key-401");
   });
 
+  await step("an Entra ID token signs in; without a role the search is 403 naming the permission", async () => {
+    await page.locator('input[name="kind"][value="token"]').check();
+    await signIn(TOKEN);
+    await page.locator("#app-view").waitFor({ state: "visible", ...WAIT });
+    check((await text("#who")).includes("access token"), "signed in with a token");
+    await page.locator("#upn").fill(USER);
+    await page.locator("#upn").press("Enter");
+    await page.waitForFunction(() => document.getElementById("app-error").dataset.status === "403", null, WAIT);
+    const shown = await text("#app-error");
+    check(shown.includes("missing permission: sessions.read"), `403 shown: ${shown}`);
+    await shot("token-403");
+    await signOut();
+    check((await storage()).session === null, "signing out forgets the token");
+    await page.locator('input[name="kind"][value="apikey"]').check();
+  });
+
   await step("the operator key signs in (kept in session storage only)", async () => {
     await signIn(OPERATOR);
     await page.locator("#app-view").waitFor({ state: "visible", ...WAIT });
@@ -223,6 +243,30 @@ try {
     check(done.length === n && done.every((o) => o === "done"), `each item done: ${done}`);
     await page.waitForFunction(() => document.querySelectorAll("#jobs-body tr").length > 0, null, WAIT);
     await shot("job-succeeded");
+  });
+
+  await step(`a message to every session of ${THIRD_USER}, previewed then sent`, async () => {
+    await page.locator("#tab-sessions").click();
+    await search(THIRD_USER);
+    const n = (await sessionRows()).length;
+    check(n >= 2, `${THIRD_USER} has sessions in several pools: ${n}`);
+    await page.locator("#target").selectOption("*");
+    await page.locator("#action").selectOption("message");
+    await page.locator("#async").uncheck();
+    check(await page.locator("#msg-title").isVisible(), "the message fields appear");
+    check(await page.locator("#force").isHidden(), "force is for logoff only");
+    await page.locator("#msg-title").fill("Maintenance <b>tonight</b>");
+    await page.locator("#msg-body").fill("Please save your work & log off by 18:00.");
+    await page.locator("#preview-button").click();
+    await page.locator("#preview").waitFor({ state: "visible", ...WAIT });
+    const preview = await page.locator("#preview-body .outcome").allTextContents();
+    check(preview.length === n && preview.every((o) => o === "would_do"), `dry run: ${preview}`);
+    await page.locator("#confirm-button").click();
+    await page.locator("#results").waitFor({ state: "visible", ...WAIT });
+    const sent = await page.locator("#results-body .outcome").allTextContents();
+    check(sent.length === n && sent.every((o) => o === "done"), `sent: ${sent}`);
+    check((await page.locator("#results-body .summary").textContent()).includes(`done ${n}`), "the summary counts them");
+    await shot("message-sent");
   });
 
   await step("an auditor sees the ticket's audit trail", async () => {

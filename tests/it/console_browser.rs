@@ -1,8 +1,9 @@
 //! The helpdesk console at `/` (issue 14, part 5): static assets built into the binary,
 //! served without a credential under a strict Content-Security-Policy, and — end to end in
-//! headless Chromium against the real binary's `demo` — sign-in (a wrong key shows the 401),
-//! search, dry run, logoff, the result, the session gone, a 403, a job followed to its end and
-//! the ticket's audit trail. Screenshots of every step go to `target/browser-artifacts/`.
+//! headless Chromium against the real binary's `demo` — sign-in (a wrong key shows the 401;
+//! an Entra ID token without a role gets the 403 naming the permission), search, dry run,
+//! logoff, the result, the session gone, a 403, a job followed to its end and the ticket's
+//! audit trail. Screenshots of every step go to `target/browser-artifacts/`.
 
 use crate::support::{
     app::{TestApp, problem},
@@ -182,6 +183,11 @@ async fn console_end_to_end_in_headless_chromium_against_demo() {
         .find_map(|l| l.split_once("token of demo user ").map(|(_, u)| u.trim()))
         .expect("the demo names its user")
         .to_string();
+    let token = lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("export TOKEN="))
+        .expect("the demo prints its user's token")
+        .to_string();
     let url = lines
         .iter()
         .find_map(|l| l.strip_prefix("sessiongate demo is running at "))
@@ -200,9 +206,11 @@ async fn console_end_to_end_in_headless_chromium_against_demo() {
         .env("SG_URL", &url)
         .env("SG_OPERATOR_KEY", key_of("operator "))
         .env("SG_AUDITOR_KEY", key_of("auditor "))
+        .env("SG_TOKEN", &token)
         .env("SG_USER", &user)
-        // user1 has a session in the AVD and in the classic pool of the demo.
+        // user1 and user3 have a session in the AVD and one in the classic pool of the demo.
         .env("SG_OTHER_USER", "user1@contoso.com")
+        .env("SG_THIRD_USER", "user3@contoso.com")
         .env("SG_ARTIFACTS", &out_dir)
         .env("CHROMIUM", chromium)
         .kill_on_drop(true)
