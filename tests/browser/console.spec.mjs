@@ -176,8 +176,16 @@ try {
   });
 
   await step("dry-run logoff of one session shows would_do and changes nothing", async () => {
-    await page.locator(`#sessions-body tr[data-session="${target}"] button`).click();
+    // By keyboard: the row's Select button with Enter picks the session and moves focus on to
+    // the action, with a visible focus ring.
+    await page.locator(`#sessions-body tr[data-session="${target}"] button`).focus();
+    await page.keyboard.press("Enter");
     check((await page.locator("#target").inputValue()) === target, "the row's Select picks it as target");
+    const focus = await page.evaluate(() => {
+      const a = document.activeElement;
+      return { id: a.id, outline: getComputedStyle(a).outlineStyle };
+    });
+    check(focus.id === "action" && focus.outline !== "none", `focus moved to the action, visibly: ${JSON.stringify(focus)}`);
     await page.locator("#action").selectOption("logoff");
     await page.locator("#reason").fill("browser test: hung profile");
     await page.locator("#ticket").fill(TICKET);
