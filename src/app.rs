@@ -109,6 +109,7 @@ async fn build_validated_with_audit(
         },
         docs_public: cfg.docs.public,
         webhooks: Arc::new(webhooks),
+        console_enabled: cfg.console.enabled,
     };
     let metrics = match cfg.metrics.listen {
         Some(addr) if cfg.metrics.enabled => {

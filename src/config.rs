@@ -39,6 +39,8 @@ pub struct Config {
     #[serde(default)]
     pub docs: DocsConfig,
     #[serde(default)]
+    pub console: ConsoleConfig,
+    #[serde(default)]
     pub pacing: PacingConfig,
     #[serde(default)]
     pub pools: Vec<PoolConfig>,
@@ -209,6 +211,22 @@ pub struct DocsConfig {
 impl Default for DocsConfig {
     fn default() -> Self {
         Self { public: true }
+    }
+}
+
+/// `[console]`: the helpdesk console in the browser (`GET /`, `assets/console/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve the console at `/` (its page and assets need no credential: they hold no data;
+    /// every call it makes carries the signed-in user's credential). Off: `/` and its assets
+    /// answer 404 `route_not_found`.
+    pub enabled: bool,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self { enabled: true }
     }
 }
 

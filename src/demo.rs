@@ -455,6 +455,7 @@ fn print_banner(
     println!(
         r#"
 sessiongate demo is running at {url}
+  helpdesk console in the browser: {url}/ (sign in with a key below)
   data dir (audit log, emulator CA): {data_dir}
   config it runs with (secrets as files beside it): {cfg}
 

@@ -1,5 +1,6 @@
 //! The HTTP API: one router, thin handlers, typed extractors, problem+json errors.
 
+pub mod console;
 pub mod extract;
 pub mod fleet;
 pub mod handlers;
@@ -30,4 +31,6 @@ pub struct AppState {
     pub docs_public: bool,
     /// `[webhooks]` sources (`POST /webhooks/{source}`).
     pub webhooks: Arc<crate::webhooks::Sources>,
+    /// The helpdesk console at `/` (`[console] enabled`).
+    pub console_enabled: bool,
 }

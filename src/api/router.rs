@@ -19,24 +19,27 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 const SESSION: &str = "/hostpools/{pool}/sessionhosts/{host}/sessions/{id}";
 
 /// How each group of routes is guarded: `protect` wraps those that always need a credential
-/// (the probes never do); `docs` and `metrics` those whose need is configured; `acting` the
+/// (the probes and the console's static assets never do); `docs` and `metrics` those whose
+/// need is configured; `console` the console (`[console] enabled`); `acting` the
 /// routes whose POSTs act on sessions (the `Idempotency-Key` layer: every POST action route,
 /// single and fleet, goes in there).
-struct Guards<P, D, M, A> {
+struct Guards<P, D, M, C, A> {
     protect: P,
     docs: D,
     metrics: M,
+    console: C,
     acting: A,
 }
 
 type R = OpenApiRouter<AppState>;
 
 /// The routes with their operations.
-fn routes<P, D, M, A>(g: Guards<P, D, M, A>) -> OpenApiRouter<AppState>
+fn routes<P, D, M, C, A>(g: Guards<P, D, M, C, A>) -> OpenApiRouter<AppState>
 where
     P: FnOnce(R) -> R,
     D: FnOnce(R) -> R,
     M: FnOnce(R) -> R,
+    C: FnOnce(R) -> R,
     A: FnOnce(R) -> R,
 {
     let session = OpenApiRouter::new()
@@ -53,6 +56,10 @@ where
         .routes(routes!(super::ops::docs_css))
         .routes(routes!(super::ops::docs_bundle));
     let metrics = OpenApiRouter::new().routes(routes!(super::ops::metrics));
+    let console = OpenApiRouter::new()
+        .routes(routes!(super::console::console_page))
+        .routes(routes!(super::console::console_js))
+        .routes(routes!(super::console::console_css));
     let protected = OpenApiRouter::new()
         .routes(routes!(h::list_pools))
         .routes(routes!(h::list_hosts))
@@ -85,6 +92,7 @@ where
         .routes(routes!(h::readyz))
         .merge((g.docs)(docs))
         .merge((g.metrics)(metrics))
+        .merge((g.console)(console))
         .merge((g.protect)(protected))
 }
 
@@ -95,6 +103,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         protect: |r: R| r,
         docs: |r: R| r,
         metrics: |r: R| r,
+        console: |r: R| r,
         acting: |r: R| {
             acting.extend(r.get_openapi().paths.paths.keys().cloned());
             r
@@ -166,10 +175,12 @@ pub fn router(st: AppState, body_limit: usize, cors: Option<CorsLayer>) -> Route
     let idem = from_fn_with_state(st.clone(), super::idempotency::idempotency);
     let docs = from_fn_with_state(st.clone(), super::ops::guard_docs);
     let metrics = from_fn_with_state(st.clone(), super::ops::guard_metrics);
+    let console = from_fn_with_state(st.clone(), super::console::guard_console);
     let (api, _) = routes(Guards {
         protect: |r: R| r.route_layer(auth),
         docs: |r: R| r.route_layer(docs),
         metrics: |r: R| r.route_layer(metrics),
+        console: |r: R| r.route_layer(console),
         acting: |r: R| r.route_layer(idem),
     })
     .split_for_parts();

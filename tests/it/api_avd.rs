@@ -67,10 +67,11 @@ async fn missing_invalid_and_wrong_header_keys_are_401() {
         .unwrap();
     assert_eq!(r.status(), 200);
 
-    // Health and (with `[docs] public`, the default) the API documentation need no key; every
-    // other route does.
+    // Health, the console's page (`[console] enabled`) and (with `[docs] public`, the
+    // default) the API documentation need no key; every other route does.
     for (path, want) in [
         ("/healthz", 200),
+        ("/", 200),
         ("/openapi.yaml", 200),
         ("/docs", 200),
         ("/metrics", 401),
@@ -297,7 +298,7 @@ async fn every_documented_operation_is_routed_and_audited_by_its_route() {
     let (host, id, _) = app.avd_target();
     let doc = serde_json::to_value(sessiongate::api::router::openapi()).unwrap();
     let paths = doc["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 35, "{:?}", paths.keys());
+    assert_eq!(paths.len(), 38, "{:?}", paths.keys());
     let mut seen = Vec::new();
     for (tpl, item) in paths {
         let path = tpl

@@ -43,7 +43,7 @@ fn param_schema(op: &Value, name: &str) -> Value {
 fn every_operation_declares_the_errors_it_can_answer() {
     let doc = doc();
     let ops = operations(&doc);
-    assert_eq!(ops.len(), 35);
+    assert_eq!(ops.len(), 38);
     for (path, method, op) in &ops {
         let protected = op["security"].as_array().is_some_and(|s| !s.is_empty());
         let mut want = vec!["400", "503"];
@@ -67,14 +67,24 @@ fn every_operation_declares_the_errors_it_can_answer() {
             );
         }
     }
-    // The probes are not protected, and the webhook receiver is authenticated by each
-    // source's own scheme; everything else needs the API's credentials.
+    // The probes and the console's static assets are not protected, and the webhook receiver
+    // is authenticated by each source's own scheme; everything else needs the API's credentials.
     let unprotected: Vec<_> = ops
         .iter()
         .filter(|(_, _, op)| op["security"].as_array().is_none_or(|s| s.is_empty()))
         .map(|(p, _, _)| p.as_str())
         .collect();
-    assert_eq!(unprotected, ["/healthz", "/readyz", "/webhooks/{source}"]);
+    assert_eq!(
+        unprotected,
+        [
+            "/",
+            "/console/app.css",
+            "/console/app.js",
+            "/healthz",
+            "/readyz",
+            "/webhooks/{source}"
+        ]
+    );
 }
 
 /// Every `$ref` points at something in the document (finding 12: `StateFilter` did not).

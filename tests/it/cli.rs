@@ -1,48 +1,16 @@
 //! The binary's commands, run as a user would: demo (and its printed curl commands), emulate,
 //! config check, apikey new, openapi.
 
-use crate::support::free_port;
+use crate::support::{
+    free_port,
+    process::{Killer, read_until},
+};
 use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_sessiongate");
-
-struct Killer(Child);
-impl Drop for Killer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Reads stdout lines until `pred` has seen enough (bounded in time).
-fn read_until(child: &mut Child, mut done: impl FnMut(&str) -> bool) -> Vec<String> {
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(l) = line else { break };
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut lines = Vec::new();
-    while Instant::now() < deadline {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
-            let stop = done(&l);
-            lines.push(l);
-            if stop {
-                return lines;
-            }
-        }
-    }
-    panic!("timed out; got {lines:?}");
-}
 
 #[tokio::test]
 async fn demo_prints_working_keys_and_commands() {

@@ -26,6 +26,7 @@ mod classic_emulator;
 mod classic_measure;
 mod classic_provider;
 mod cli;
+mod console_browser;
 mod deploy;
 mod fleet;
 mod fleet_idempotency;

@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod kdc;
 pub mod pg;
 pub mod prereq;
+pub mod process;
 pub mod python;
 pub mod ticketing;
 pub mod winrm;

@@ -106,6 +106,85 @@ pub fn schemathesis(test: &str) -> Option<PathBuf> {
     python_with(test, "schemathesis", "'schemathesis==4.32.5'")
 }
 
+/// Debian's `chromium` (`/usr/bin/chromium`, or `SESSIONGATE_CHROMIUM`), for the browser
+/// tests; `scripts/test` installs it with apt-get (no browser download).
+pub fn chromium(test: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("SESSIONGATE_CHROMIUM")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists())
+        });
+    match path {
+        Some(p) if p.exists() => Some(p),
+        other => {
+            missing(
+                test,
+                &format!(
+                    "Debian's chromium ({})",
+                    other.map_or("not at /usr/bin/chromium".into(), |p| format!(
+                        "not at {}",
+                        p.display()
+                    ))
+                ),
+                "apt-get install chromium (Debian's package; sudo -n when not root)",
+            );
+            None
+        }
+    }
+}
+
+/// The browser tests' directory (`tests/browser`: package.json, lockfile, specs).
+pub fn browser_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("browser")
+}
+
+/// Node.js with `tests/browser`'s pinned packages installed (`npm ci`): the `node` to run
+/// a spec with, or `None` after [`missing`] allowed a skip.
+pub fn browser_node(test: &str) -> Option<PathBuf> {
+    let node = std::env::var_os("SESSIONGATE_NODE")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| PathBuf::from("node"), PathBuf::from);
+    let dir = browser_dir();
+    match Command::new(&node).arg("--version").output() {
+        Ok(o) if o.status.success() => {}
+        other => {
+            missing(
+                test,
+                &format!(
+                    "Node.js ({} --version: {})",
+                    node.display(),
+                    match other {
+                        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                        Err(e) => e.to_string(),
+                    }
+                ),
+                "apt-get install nodejs npm",
+            );
+            return None;
+        }
+    }
+    if !dir
+        .join("node_modules")
+        .join("playwright-core")
+        .join("package.json")
+        .exists()
+    {
+        missing(
+            test,
+            &format!("playwright-core in {}/node_modules", dir.display()),
+            &format!("(cd {} && npm ci)", dir.display()),
+        );
+        return None;
+    }
+    Some(node)
+}
+
 /// A module the test Python lacks fails the test, naming the pip command — not a silent pass.
 /// (Under `SESSIONGATE_SKIP_MISSING=1` outside CI it is a loud skip, and this test says so.)
 #[test]
