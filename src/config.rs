@@ -40,6 +40,8 @@ pub struct Config {
     #[serde(default)]
     pub pacing: PacingConfig,
     #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
+    #[serde(default)]
     pub pools: Vec<PoolConfig>,
 }
 
@@ -354,6 +356,7 @@ pub struct ValidatedConfig {
     config: Config,
     pools: Vec<Pool>,
     protected: ProtectedSessions,
+    otlp: Option<crate::telemetry::otlp::OtlpSettings>,
 }
 
 impl std::fmt::Debug for ValidatedConfig {
@@ -374,6 +377,11 @@ impl std::ops::Deref for ValidatedConfig {
 impl ValidatedConfig {
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The trace export settings (secret headers read), when `[telemetry.otlp]` is set.
+    pub fn otlp(&self) -> Option<&crate::telemetry::otlp::OtlpSettings> {
+        self.otlp.as_ref()
     }
 
     pub(crate) fn into_parts(self) -> (Config, Vec<Pool>, ProtectedSessions) {
@@ -424,6 +432,7 @@ impl Config {
         self.fleet.validate()?;
         self.jobs.validate()?;
         self.idempotency.validate()?;
+        let otlp = self.telemetry.settings()?;
         if let Some(l) = self.metrics.listen
             && l == self.server.listen
         {
@@ -474,6 +483,7 @@ impl Config {
             config: self.clone(),
             pools,
             protected,
+            otlp,
         })
     }
 }

@@ -56,6 +56,10 @@ impl FromRequestParts<AppState> for Ctx {
             method: parts.method.to_string(),
             route,
             started: Instant::now(),
+            trace_id: parts
+                .extensions
+                .get::<super::middleware::TraceId>()
+                .map(|t| t.0.clone()),
         }))
     }
 }

@@ -23,6 +23,10 @@ use tracing::Instrument;
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// The trace id of the current request's span (32 hex digits), for its audit events.
+#[derive(Debug, Clone)]
+pub struct TraceId(pub String);
+
 /// Set on a response whose call the service already audited (intent + outcome).
 #[derive(Debug, Clone, Copy)]
 pub struct ActionAudited;
@@ -74,14 +78,25 @@ pub async fn context(State(st): State<AppState>, mut req: Request, next: Next) -
         .map(|c| c.0.ip().to_string());
     req.extensions_mut().insert(RequestId(request_id.clone()));
 
+    // The server span (OpenTelemetry HTTP server conventions: named by the matched route,
+    // never by the raw path), continuing the caller's `traceparent` when it sent a valid one.
+    let route_label = route.as_deref().unwrap_or(crate::metrics::UNMATCHED_ROUTE);
     let span = tracing::info_span!(
         "request",
-        http.method = %method,
-        http.route = route.as_deref().unwrap_or("(unmatched)"),
+        otel.name = %format_args!("{method} {route_label}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = route_label,
+        url.scheme = "http",
         request_id = %request_id,
-        http.status = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
         latency_ms = tracing::field::Empty,
     );
+    crate::telemetry::continue_trace(&span, req.headers());
+    if let Some(t) = crate::telemetry::trace_id_of(&span) {
+        req.extensions_mut().insert(TraceId(t));
+    }
     let timeout = st.request_timeout;
     let mut resp = async {
         match tokio::time::timeout(timeout, next.run(req)).await {
@@ -101,8 +116,14 @@ pub async fn context(State(st): State<AppState>, mut req: Request, next: Next) -
             &path,
             client,
             started,
+            crate::telemetry::trace_id_of(&span),
         );
-        if let Err(e) = st.gateway.record_request(rec).await {
+        if let Err(e) = st
+            .gateway
+            .record_request(rec)
+            .instrument(span.clone())
+            .await
+        {
             resp = span.in_scope(|| ApiError::from(e).into_response());
         }
     }
@@ -118,8 +139,11 @@ pub async fn context(State(st): State<AppState>, mut req: Request, next: Next) -
     let status = resp.status().as_u16();
     crate::metrics::http_request(&method, route.as_deref(), status, started.elapsed());
     let latency = started.elapsed().as_secs_f64() * 1000.0;
-    span.record("http.status", status);
+    span.record("http.response.status_code", status);
     span.record("latency_ms", latency);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
     span.in_scope(|| {
         if status >= 500 {
             tracing::warn!(status, latency_ms = latency, "request finished");
@@ -139,6 +163,7 @@ fn request_record(
     path: &str,
     client: Option<String>,
     started: Instant,
+    trace_id: Option<String>,
 ) -> RequestRecord {
     let status = resp.status();
     let caller = if let Some(p) = resp.extensions().get::<Principal>() {
@@ -178,6 +203,7 @@ fn request_record(
         http_status: status.as_u16(),
         duration: started.elapsed(),
         batch_id: resp.extensions().get::<BatchId>().map(|b| b.0.clone()),
+        trace_id,
     }
 }
 

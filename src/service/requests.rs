@@ -1,12 +1,13 @@
 //! The audit record of a call that is not an action (reads, denials, invalid input, unknown
 //! routes): the HTTP layer describes the call, the service writes the event.
 
-use super::{Gateway, ServiceError, actor_of};
+use super::{Gateway, ServiceError, TRACE_ID, actor_of};
 use crate::{
     audit::{Actor, EventKind, NewEvent, Target},
     auth::{Presented, Principal},
 };
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Who made a call, as far as authentication got.
 #[derive(Debug, Clone)]
@@ -67,6 +68,8 @@ pub struct RequestRecord {
     pub duration: Duration,
     /// A fleet call: the `batch_id` its items' events carry (kept as `params.batch_id`).
     pub batch_id: Option<String>,
+    /// The trace of the call's span (kept as `params.trace_id`).
+    pub trace_id: Option<String>,
 }
 
 impl Gateway {
@@ -76,6 +79,9 @@ impl Gateway {
         let mut params = serde_json::Map::new();
         if let Some(b) = &r.batch_id {
             params.insert("batch_id".into(), b.as_str().into());
+        }
+        if let Some(t) = &r.trace_id {
+            params.insert(TRACE_ID.into(), t.as_str().into());
         }
         let actor = match &r.caller {
             Caller::Principal(p) => actor_of(p),
@@ -128,6 +134,10 @@ impl Gateway {
         }
         self.audit
             .record(ev)
+            .instrument(tracing::info_span!(
+                "audit_commit",
+                otel.name = "audit commit request"
+            ))
             .await
             .map(|_| ())
             .map_err(|e| ServiceError::AuditUnavailable(e.to_string()))

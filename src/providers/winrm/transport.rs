@@ -14,6 +14,7 @@ use std::sync::{
 };
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 /// What a finished remote command produced.
 #[derive(Debug, Clone)]
@@ -236,12 +237,44 @@ impl WsManClient {
 }
 
 impl Inner {
+    /// One WS-Man round trip, as an OpenTelemetry client span.
     async fn post(
         &self,
         action: &str,
         shell_id: Option<&str>,
         options: &[(&str, &str)],
         body: &str,
+    ) -> Result<xml::Element, WinRmError> {
+        // The operation: the action URI's last segment (Create, Command, Receive, ...).
+        let operation = action.rsplit('/').next().unwrap_or("");
+        let span = tracing::info_span!(
+            "upstream",
+            otel.name = %format_args!("winrm {operation}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            upstream.provider = "winrm",
+            upstream.operation = operation,
+            http.request.method = "POST",
+            server.address = self.s.endpoint.host_str().unwrap_or(""),
+            http.response.status_code = tracing::field::Empty,
+        );
+        let res = self
+            .post_inner(action, shell_id, options, body, &span)
+            .instrument(span.clone())
+            .await;
+        if res.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        res
+    }
+
+    async fn post_inner(
+        &self,
+        action: &str,
+        shell_id: Option<&str>,
+        options: &[(&str, &str)],
+        body: &str,
+        span: &tracing::Span,
     ) -> Result<xml::Element, WinRmError> {
         let message_id = format!("uuid:{}", uuid::Uuid::new_v4().to_string().to_uppercase());
         let env = soap::request(
@@ -259,8 +292,11 @@ impl Inner {
         let http_timeout = self.s.operation_timeout + Duration::from_secs(15);
         let (status, text) = match &self.http {
             HttpChannel::Basic(client) => {
+                let mut trace = reqwest::header::HeaderMap::new();
+                crate::telemetry::inject(&mut trace);
                 let resp = client
                     .post(self.s.endpoint.clone())
+                    .headers(trace)
                     .basic_auth(&self.s.username, Some(self.s.password.expose_secret()))
                     .header(
                         reqwest::header::CONTENT_TYPE,
@@ -281,6 +317,7 @@ impl Inner {
                 .await
                 .map_err(|_| WinRmError::Timeout("no answer within the HTTP timeout".into()))??,
         };
+        span.record("http.response.status_code", status);
         if status == 401 {
             return Err(WinRmError::Auth);
         }
