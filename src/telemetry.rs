@@ -27,7 +27,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
     EnvFilter, Layer,
     filter::Targets,
-    fmt::{self, FmtContext, FormatEvent, FormatFields, format::Writer},
+    fmt::{self, FmtContext, FormatEvent, FormatFields, format::Writer, writer::BoxMakeWriter},
     prelude::*,
     registry::LookupSpan,
 };
@@ -88,6 +88,21 @@ pub fn build(
     filter: &str,
     otlp: Option<&otlp::OtlpSettings>,
 ) -> Result<(Dispatch, Tracing), String> {
+    let out = if json {
+        BoxMakeWriter::new(std::io::stdout)
+    } else {
+        BoxMakeWriter::new(std::io::stderr)
+    };
+    build_writing(json, filter, otlp, out)
+}
+
+/// [`build`], writing log lines to `out`.
+fn build_writing(
+    json: bool,
+    filter: &str,
+    otlp: Option<&otlp::OtlpSettings>,
+    out: BoxMakeWriter,
+) -> Result<(Dispatch, Tracing), String> {
     let mut builder = SdkTracerProvider::builder();
     let exporting = otlp.is_some();
     match otlp {
@@ -128,6 +143,7 @@ pub fn build(
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .with_writer(out)
             .map_event_format(|f| WithTraceId {
                 inner: f,
                 dispatch: me.clone(),
@@ -137,7 +153,7 @@ pub fn build(
     } else {
         fmt::layer()
             .with_target(true)
-            .with_writer(std::io::stderr)
+            .with_writer(out)
             .with_filter(log_filter)
             .boxed()
     };
@@ -272,6 +288,44 @@ mod tests {
             // The caller's sampled flag travels on.
             assert!(tp.ends_with("-01"), "{tp}");
         });
+    }
+
+    #[test]
+    fn json_lines_inside_a_span_carry_its_trace_id() {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let w = buf.clone();
+        let (d, _t) =
+            build_writing(true, "info", None, BoxMakeWriter::new(move || w.clone())).unwrap();
+        tracing::dispatcher::with_default(&d, || {
+            tracing::info!("outside");
+            let mut h = http::HeaderMap::new();
+            h.insert("traceparent", PARENT.parse().unwrap());
+            let span = tracing::info_span!("request", request_id = "r1");
+            continue_trace(&span, &h);
+            span.in_scope(|| tracing::info!(n = 1, "inside"));
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["message"], "outside");
+        assert!(lines[0].get("trace_id").is_none(), "{text}");
+        assert_eq!(lines[1]["message"], "inside");
+        assert_eq!(lines[1]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(lines[1]["span"]["request_id"], "r1");
     }
 
     #[test]

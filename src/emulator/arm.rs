@@ -373,6 +373,20 @@ pub struct ArmState {
     /// Requests refused by the token buckets (429 `SubscriptionRequestsThrottled`).
     throttled: std::sync::atomic::AtomicU64,
     messages: Mutex<Vec<DeliveredMessage>>,
+    /// The W3C trace headers of the latest requests (oldest dropped past [`KEPT_TRACE_HEADERS`]).
+    trace_headers: Mutex<std::collections::VecDeque<ReceivedTrace>>,
+}
+
+/// How many requests' trace headers [`ArmState::received_traces`] keeps.
+pub const KEPT_TRACE_HEADERS: usize = 1000;
+
+/// The W3C Trace Context headers of one request the emulator received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedTrace {
+    pub method: String,
+    pub path: String,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -488,6 +502,30 @@ impl ArmState {
             .iter()
             .map(|(k, v)| (k.as_str(), *v))
             .collect()
+    }
+
+    /// The trace headers of the latest requests, oldest first.
+    pub fn received_traces(&self) -> Vec<ReceivedTrace> {
+        lock(&self.trace_headers).iter().cloned().collect()
+    }
+
+    fn keep_trace_headers(&self, method: &Method, uri: &Uri, headers: &HeaderMap) {
+        let get = |n: &str| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let mut kept = lock(&self.trace_headers);
+        if kept.len() >= KEPT_TRACE_HEADERS {
+            kept.pop_front();
+        }
+        kept.push_back(ReceivedTrace {
+            method: method.to_string(),
+            path: uri.path().to_string(),
+            traceparent: get("traceparent"),
+            tracestate: get("tracestate"),
+        });
     }
 
     /// Messages delivered so far.
@@ -677,6 +715,7 @@ pub async fn start(
         calls: Mutex::new(BTreeMap::new()),
         throttled: std::sync::atomic::AtomicU64::new(0),
         messages: Mutex::new(Vec::new()),
+        trace_headers: Mutex::new(std::collections::VecDeque::new()),
     });
 
     let discovery = Router::new()
@@ -899,6 +938,7 @@ async fn arm_handler(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    st.keep_trace_headers(&method, &uri, &headers);
     let (mut resp, drop_after) = handle(&st, &method, &uri, &headers, &body);
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
