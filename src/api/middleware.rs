@@ -139,7 +139,7 @@ pub async fn context(State(st): State<AppState>, mut req: Request, next: Next) -
     let status = resp.status().as_u16();
     crate::metrics::http_request(&method, route.as_deref(), status, started.elapsed());
     let latency = started.elapsed().as_secs_f64() * 1000.0;
-    span.record("http.response.status_code", status);
+    span.record("http.response.status_code", i64::from(status));
     span.record("latency_ms", latency);
     if status >= 500 {
         span.record("otel.status_code", "ERROR");

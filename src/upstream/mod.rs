@@ -391,8 +391,8 @@ impl Upstream {
             .instrument(span.clone())
             .await;
         span.record("upstream.outcome", tally.outcome);
-        span.record("upstream.retries", tally.retries);
-        span.record("upstream.throttles", tally.throttles);
+        span.record("upstream.retries", i64::from(tally.retries));
+        span.record("upstream.throttles", i64::from(tally.throttles));
         if tally.outcome != "ok" {
             span.record("otel.status_code", "ERROR");
         }
@@ -436,7 +436,8 @@ impl Upstream {
             let (err, again, hint, status, what) = match outcome {
                 Ok(reply) => {
                     let status = reply.status;
-                    tracing::Span::current().record("http.response.status_code", status.as_u16());
+                    tracing::Span::current()
+                        .record("http.response.status_code", i64::from(status.as_u16()));
                     self.observe(kind, &reply.headers);
                     if status == StatusCode::UNAUTHORIZED
                         && !refreshed

@@ -317,7 +317,7 @@ impl Inner {
                 .await
                 .map_err(|_| WinRmError::Timeout("no answer within the HTTP timeout".into()))??,
         };
-        span.record("http.response.status_code", status);
+        span.record("http.response.status_code", i64::from(status));
         if status == 401 {
             return Err(WinRmError::Auth);
         }
