@@ -108,7 +108,7 @@ pub async fn context(State(st): State<AppState>, mut req: Request, next: Next) -
     .await;
 
     if !is_probe(&path) && resp.extensions().get::<ActionAudited>().is_none() {
-        let rec = request_record(
+        let mut rec = request_record(
             &resp,
             &request_id,
             &method,
@@ -116,8 +116,8 @@ pub async fn context(State(st): State<AppState>, mut req: Request, next: Next) -
             &path,
             client,
             started,
-            crate::telemetry::trace_id_of(&span),
         );
+        rec.trace_id = crate::telemetry::trace_id_of(&span);
         if let Err(e) = st
             .gateway
             .record_request(rec)
@@ -163,7 +163,6 @@ fn request_record(
     path: &str,
     client: Option<String>,
     started: Instant,
-    trace_id: Option<String>,
 ) -> RequestRecord {
     let status = resp.status();
     let caller = if let Some(p) = resp.extensions().get::<Principal>() {
@@ -203,7 +202,7 @@ fn request_record(
         http_status: status.as_u16(),
         duration: started.elapsed(),
         batch_id: resp.extensions().get::<BatchId>().map(|b| b.0.clone()),
-        trace_id,
+        trace_id: None,
     }
 }
 
