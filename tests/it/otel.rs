@@ -411,3 +411,28 @@ async fn with_export_off_nothing_is_sent_and_propagation_still_works() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn winrm_requests_carry_the_callers_trace() {
+    let (dispatch, _tracing) = telemetry::build(false, "warn", None).unwrap();
+    let _scope = tracing::dispatcher::set_default(&dispatch);
+    let app = TestApp::start().await;
+    let winrm = app.backends.rds.state();
+    let before = winrm.received_traceparents().len();
+    let r = app
+        .http
+        .get(format!("{}/hostpools/rds-demo/sessions", app.url))
+        .bearer_auth(&app.keys.reader)
+        .header("traceparent", format!("00-{TRACE}-{CALLER_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got = winrm.received_traceparents();
+    assert!(got.len() > before, "WS-Man requests were made");
+    for tp in &got[before..] {
+        let tp = tp.as_deref().expect("traceparent on every WS-Man request");
+        assert!(tp.starts_with(&format!("00-{TRACE}-")), "{tp}");
+        assert!(!tp.contains(CALLER_SPAN), "{tp}");
+    }
+}

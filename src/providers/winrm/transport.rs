@@ -386,11 +386,15 @@ impl Inner {
         };
         if !expired.is_empty() {
             let me = self.clone();
-            tokio::spawn(async move {
-                for id in expired {
-                    me.delete_shell(&id).await;
+            // Clean-up the current call caused: part of its trace.
+            tokio::spawn(
+                async move {
+                    for id in expired {
+                        me.delete_shell(&id).await;
+                    }
                 }
-            });
+                .instrument(tracing::Span::current()),
+            );
         }
         found
     }
@@ -405,7 +409,9 @@ impl Inner {
 
     fn discard(self: &Arc<Self>, id: String) {
         let me = self.clone();
-        tokio::spawn(async move { me.delete_shell(&id).await });
+        tokio::spawn(
+            async move { me.delete_shell(&id).await }.instrument(tracing::Span::current()),
+        );
     }
 
     async fn start_command(
@@ -540,21 +546,24 @@ impl WinRmTransport for WsManClient {
         // Terminate the finished command off the caller's path; the shell returns to the pool
         // (and the host's concurrency permit is released) once the server acknowledged it.
         let me = inner.clone();
-        tokio::spawn(async move {
-            let r = me
-                .post(
-                    soap::ACTION_SIGNAL,
-                    Some(&shell),
-                    &[],
-                    &soap::signal_body(&cmd, soap::SIGNAL_TERMINATE),
-                )
-                .await;
-            match r {
-                Ok(_) => me.put_idle(shell),
-                Err(_) => me.discard(shell),
+        tokio::spawn(
+            async move {
+                let r = me
+                    .post(
+                        soap::ACTION_SIGNAL,
+                        Some(&shell),
+                        &[],
+                        &soap::signal_body(&cmd, soap::SIGNAL_TERMINATE),
+                    )
+                    .await;
+                match r {
+                    Ok(_) => me.put_idle(shell),
+                    Err(_) => me.discard(shell),
+                }
+                drop(permit);
             }
-            drop(permit);
-        });
+            .instrument(tracing::Span::current()),
+        );
         Ok(out)
     }
 
