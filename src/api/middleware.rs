@@ -80,19 +80,30 @@ pub async fn context(State(st): State<AppState>, mut req: Request, next: Next) -
 
     // The server span (OpenTelemetry HTTP server conventions: named by the matched route,
     // never by the raw path), continuing the caller's `traceparent` when it sent a valid one.
+    // Probes are DEBUG spans: not traced (the tracing layer takes INFO and up), so a
+    // Kubernetes probe every few seconds fills no tracing backend.
     let route_label = route.as_deref().unwrap_or(crate::metrics::UNMATCHED_ROUTE);
-    let span = tracing::info_span!(
-        "request",
-        otel.name = %format_args!("{method} {route_label}"),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        http.request.method = %method,
-        http.route = route_label,
-        url.scheme = "http",
-        request_id = %request_id,
-        http.response.status_code = tracing::field::Empty,
-        latency_ms = tracing::field::Empty,
-    );
+    macro_rules! request_span {
+        ($level:expr) => {
+            tracing::span!(
+                $level,
+                "request",
+                otel.name = %format_args!("{method} {route_label}"),
+                otel.kind = "server",
+                otel.status_code = tracing::field::Empty,
+                http.request.method = %method,
+                http.route = route_label,
+                request_id = %request_id,
+                http.response.status_code = tracing::field::Empty,
+                latency_ms = tracing::field::Empty,
+            )
+        };
+    }
+    let span = if is_probe(&path) {
+        request_span!(tracing::Level::DEBUG)
+    } else {
+        request_span!(tracing::Level::INFO)
+    };
     crate::telemetry::continue_trace(&span, req.headers());
     if let Some(t) = crate::telemetry::trace_id_of(&span) {
         req.extensions_mut().insert(TraceId(t));

@@ -217,12 +217,23 @@ async fn one_logoff_exports_the_server_span_and_the_upstream_call_in_one_trace()
     let _scope = tracing::dispatcher::set_default(&dispatch);
     let app = TestApp::start().await;
     let arm_before = app.arm().received_traces().len();
+    let probe = app
+        .http
+        .get(format!("{}/healthz", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.status(), 200);
     let rid = logoff(&app, None).await;
 
     let spans = spans_until(&tracing, &received, |s| {
         server_span(s).is_some() && arm_client_spans(s).len() >= 2
     })
     .await;
+    assert!(
+        !spans.iter().any(|s| s["name"] == "GET /healthz"),
+        "probes are not traced"
+    );
     let server = server_span(&spans).unwrap();
     let trace = server["traceId"].as_str().unwrap().to_string();
     assert_eq!(trace.len(), 32, "{server}");
