@@ -725,11 +725,18 @@ pub async fn start(
         )
         .route("/common/discovery/instance", get(instance_discovery))
         .with_state(state.clone());
-    let router: Router = issuer.router().merge(discovery).merge(
-        Router::new()
-            .fallback(arm_handler)
-            .with_state(state.clone()),
-    );
+    let router: Router = issuer
+        .router()
+        .merge(discovery)
+        .merge(
+            Router::new()
+                .fallback(arm_handler)
+                .with_state(state.clone()),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            keep_trace_headers,
+        ));
     let running = serve_tls(listener, tls, router, faults, injected_error_body)?;
 
     let info = ArmEmulatorInfo {
@@ -925,6 +932,16 @@ fn seg_is(s: &str, want: &str) -> bool {
     s.eq_ignore_ascii_case(want)
 }
 
+/// Keeps the W3C trace headers of every request (token and discovery requests included).
+async fn keep_trace_headers(
+    State(st): State<Arc<ArmState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    st.keep_trace_headers(req.method(), req.uri(), req.headers());
+    next.run(req).await
+}
+
 async fn arm_handler(
     State(st): State<Arc<ArmState>>,
     method: Method,
@@ -938,7 +955,6 @@ async fn arm_handler(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    st.keep_trace_headers(&method, &uri, &headers);
     let (mut resp, drop_after) = handle(&st, &method, &uri, &headers, &body);
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {

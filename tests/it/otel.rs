@@ -294,12 +294,18 @@ async fn one_logoff_exports_the_server_span_and_the_upstream_call_in_one_trace()
         "audit commit span: {spans:#?}"
     );
 
-    // Every ARM request of the call carried a traceparent of this trace.
+    // Every ARM request of the call carried a traceparent of this trace, the credential's
+    // token request included (the app's first ARM call needs a token).
     let arm = arm_trace_ids(&app);
     assert!(arm.len() > arm_before);
     for t in &arm[arm_before..] {
         assert_eq!(t.as_deref(), Some(trace.as_str()));
     }
+    let token_requests = app.arm().received_traces()[arm_before..]
+        .iter()
+        .filter(|t| t.path.ends_with("/oauth2/v2.0/token"))
+        .count();
+    assert!(token_requests >= 1, "{:#?}", app.arm().received_traces());
     // The audit events name the trace.
     for t in audited_trace_ids(&app, &rid).await {
         assert_eq!(t, trace);
