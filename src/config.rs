@@ -632,6 +632,35 @@ mod tests {
     }
 
     #[test]
+    fn trace_export_is_off_by_default_and_checked_when_set() {
+        let c = Config::from_toml_with_env("", vec![]).unwrap();
+        assert!(c.validate().unwrap().otlp().is_none());
+        // Set by environment alone, like any table.
+        let c = Config::from_toml_with_env(
+            "",
+            vec![(
+                "SESSIONGATE__TELEMETRY__OTLP__ENDPOINT".into(),
+                "http://collector:4318".into(),
+            )],
+        )
+        .unwrap();
+        let v = c.validate().unwrap();
+        let o = v.otlp().unwrap();
+        assert_eq!(o.traces_url, "http://collector:4318/v1/traces");
+        assert_eq!(o.sampling, 1.0);
+        assert_eq!(o.service_name, "sessiongate");
+        let c = Config::from_toml_with_env(
+            "[telemetry.otlp]\nendpoint = \"http://c:4318\"\nsampling = 2.0\n",
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.validate().unwrap_err().key, "telemetry.otlp.sampling");
+        let e =
+            Config::from_toml_with_env("[telemetry.otlp]\nendpont = \"x\"\n", vec![]).unwrap_err();
+        assert_eq!(e.key, "telemetry.otlp.endpont");
+    }
+
+    #[test]
     fn shipped_example_config_parses() {
         // Its validation (which reads the secrets it names) runs in tests/cli.rs.
         let text = include_str!("../config/example.toml");
