@@ -240,11 +240,15 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let trace_id = ctx.parent_span().and_then(|span| {
+        // The innermost span that is an OpenTelemetry span (a dependency's or a DEBUG span
+        // is not; its parents may be).
+        let trace_id = ctx.event_scope().and_then(|scope| {
             let d = self.dispatch.get()?.upgrade()?;
-            let cx = tracing_opentelemetry::get_otel_context(&span.id(), &d)?;
-            let sc = cx.span().span_context().clone();
-            sc.is_valid().then(|| sc.trace_id().to_string())
+            scope.into_iter().find_map(|span| {
+                let cx = tracing_opentelemetry::get_otel_context(&span.id(), &d)?;
+                let sc = cx.span().span_context().clone();
+                sc.is_valid().then(|| sc.trace_id().to_string())
+            })
         });
         let Some(t) = trace_id else {
             return self.inner.format_event(ctx, writer, event);
@@ -306,26 +310,33 @@ mod tests {
         let buf = Buf::default();
         let w = buf.clone();
         let (d, _t) =
-            build_writing(true, "info", None, BoxMakeWriter::new(move || w.clone())).unwrap();
+            build_writing(true, "debug", None, BoxMakeWriter::new(move || w.clone())).unwrap();
         tracing::dispatcher::with_default(&d, || {
             tracing::info!("outside");
             let mut h = http::HeaderMap::new();
             h.insert("traceparent", PARENT.parse().unwrap());
             let span = tracing::info_span!("request", request_id = "r1");
             continue_trace(&span, &h);
-            span.in_scope(|| tracing::info!(n = 1, "inside"));
+            span.in_scope(|| {
+                tracing::info!(n = 1, "inside");
+                // Not an OpenTelemetry span (DEBUG): the line takes its parent's trace.
+                tracing::debug_span!("detail").in_scope(|| tracing::info!("deeper"));
+            });
         });
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines.len(), 3, "{text}");
         assert_eq!(lines[0]["message"], "outside");
         assert!(lines[0].get("trace_id").is_none(), "{text}");
         assert_eq!(lines[1]["message"], "inside");
         assert_eq!(lines[1]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(lines[1]["span"]["request_id"], "r1");
+        assert_eq!(lines[2]["message"], "deeper");
+        assert_eq!(lines[2]["span"]["name"], "detail", "{text}");
+        assert_eq!(lines[2]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 
     #[test]
