@@ -43,6 +43,8 @@ pub struct Config {
     #[serde(default)]
     pub pacing: PacingConfig,
     #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
+    #[serde(default)]
     pub pools: Vec<PoolConfig>,
     /// `[webhooks]`: ticketing and generic webhook sources (`POST /webhooks/{source}`).
     #[serde(default)]
@@ -383,6 +385,8 @@ pub struct ValidatedConfig {
     tls: Option<Arc<TlsServer>>,
     /// `[webhooks]` sources, built (secrets read, mappings checked).
     webhooks: crate::webhooks::Sources,
+    /// `[telemetry.otlp]` with its secret headers read.
+    otlp: Option<crate::telemetry::otlp::OtlpSettings>,
 }
 
 impl std::fmt::Debug for ValidatedConfig {
@@ -412,6 +416,11 @@ pub(crate) struct ConfigParts {
 impl ValidatedConfig {
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The trace export settings (secret headers read), when `[telemetry.otlp]` is set.
+    pub fn otlp(&self) -> Option<&crate::telemetry::otlp::OtlpSettings> {
+        self.otlp.as_ref()
     }
 
     /// Not errors, but worth telling the operator (an expired server certificate).
@@ -488,6 +497,7 @@ impl Config {
         self.fleet.validate()?;
         self.jobs.validate()?;
         self.idempotency.validate()?;
+        let otlp = self.telemetry.settings()?;
         if let Some(l) = self.metrics.listen
             && l == self.server.listen
         {
@@ -546,6 +556,7 @@ impl Config {
             protected,
             tls,
             webhooks,
+            otlp,
         })
     }
 }
@@ -691,6 +702,35 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap();
+    }
+
+    #[test]
+    fn trace_export_is_off_by_default_and_checked_when_set() {
+        let c = Config::from_toml_with_env("", vec![]).unwrap();
+        assert!(c.validate().unwrap().otlp().is_none());
+        // Set by environment alone, like any table.
+        let c = Config::from_toml_with_env(
+            "",
+            vec![(
+                "SESSIONGATE__TELEMETRY__OTLP__ENDPOINT".into(),
+                "http://collector:4318".into(),
+            )],
+        )
+        .unwrap();
+        let v = c.validate().unwrap();
+        let o = v.otlp().unwrap();
+        assert_eq!(o.traces_url, "http://collector:4318/v1/traces");
+        assert_eq!(o.sampling, 1.0);
+        assert_eq!(o.service_name, "sessiongate");
+        let c = Config::from_toml_with_env(
+            "[telemetry.otlp]\nendpoint = \"http://c:4318\"\nsampling = 2.0\n",
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.validate().unwrap_err().key, "telemetry.otlp.sampling");
+        let e =
+            Config::from_toml_with_env("[telemetry.otlp]\nendpont = \"x\"\n", vec![]).unwrap_err();
+        assert_eq!(e.key, "telemetry.otlp.endpont");
     }
 
     #[test]

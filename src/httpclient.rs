@@ -62,3 +62,36 @@ pub fn build_client(
     b.build()
         .map_err(|e| ClientBuildError::Build(e.to_string()))
 }
+
+/// The `azure_core` transport of our token requests: our reqwest client, adding the current
+/// span's `traceparent` to each request (the identity endpoints' calls join the action's trace).
+#[derive(Debug, Clone)]
+pub struct TracedTransport(pub reqwest::Client);
+
+impl TracedTransport {
+    /// As an `azure_core` transport option.
+    pub fn transport(http: &reqwest::Client) -> azure_core::http::Transport {
+        azure_core::http::Transport::new(std::sync::Arc::new(Self(http.clone())))
+    }
+}
+
+#[async_trait::async_trait]
+impl azure_core::http::HttpClient for TracedTransport {
+    async fn execute_request(
+        &self,
+        request: &azure_core::http::Request,
+    ) -> azure_core::Result<azure_core::http::AsyncRawResponse> {
+        let mut trace = http::HeaderMap::new();
+        crate::telemetry::inject(&mut trace);
+        if trace.is_empty() {
+            return self.0.execute_request(request).await;
+        }
+        let mut request = request.clone();
+        for (name, value) in &trace {
+            if let Ok(v) = value.to_str() {
+                request.insert_header(name.as_str().to_owned(), v.to_owned());
+            }
+        }
+        self.0.execute_request(&request).await
+    }
+}

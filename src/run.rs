@@ -70,8 +70,23 @@ async fn serve(path: &Path) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    telemetry::init(cfg.server.json_logs, &cfg.server.log_filter);
-    serve_config(cfg).await
+    let traces =
+        match telemetry::init_with(cfg.server.json_logs, &cfg.server.log_filter, cfg.otlp()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 1;
+            }
+        };
+    if let Some(o) = cfg.otlp() {
+        tracing::info!(otlp.endpoint = %o.traces_url, otlp.sampling = o.sampling, "exporting traces");
+    }
+    let code = serve_config(cfg).await;
+    // The spans of the last requests leave before the process does.
+    if let Some(t) = traces {
+        t.shutdown().await;
+    }
+    code
 }
 
 /// Serves a validated config until SIGTERM/Ctrl-C. What can still fail here is the network:

@@ -35,28 +35,35 @@ impl FromRequestParts<AppState> for Ctx {
             .get::<Principal>()
             .cloned()
             .ok_or_else(|| ApiError::internal("route reached without authentication"))?;
-        let request_id = parts
+        Ok(Ctx(call_context(parts, principal, Instant::now())))
+    }
+}
+
+/// The service's [`CallContext`] for a request made by `principal`, from what the middleware put
+/// on it (request id, client address, matched route, trace id).
+pub(crate) fn call_context(parts: &Parts, principal: Principal, started: Instant) -> CallContext {
+    CallContext {
+        request_id: parts
             .extensions
             .get::<RequestId>()
             .map(|r| r.0.clone())
-            .unwrap_or_default();
-        let route = parts
+            .unwrap_or_default(),
+        principal,
+        client_addr: parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string()),
+        method: parts.method.to_string(),
+        route: parts
             .extensions
             .get::<MatchedPath>()
             .map(|m| m.as_str().to_string())
-            .unwrap_or_else(|| parts.uri.path().to_string());
-        let client_addr = parts
+            .unwrap_or_else(|| parts.uri.path().to_string()),
+        started,
+        trace_id: parts
             .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
-        Ok(Ctx(CallContext {
-            request_id,
-            principal,
-            client_addr,
-            method: parts.method.to_string(),
-            route,
-            started: Instant::now(),
-        }))
+            .get::<super::middleware::TraceId>()
+            .map(|t| t.0.clone()),
     }
 }
 

@@ -23,6 +23,10 @@ use tracing::Instrument;
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// The trace id of the current request's span (32 hex digits), for its audit events.
+#[derive(Debug, Clone)]
+pub struct TraceId(pub String);
+
 /// Set on a response whose call the service already audited (intent + outcome).
 #[derive(Debug, Clone, Copy)]
 pub struct ActionAudited;
@@ -79,14 +83,36 @@ pub async fn context(State(st): State<AppState>, mut req: Request, next: Next) -
         .map(|c| c.0.ip().to_string());
     req.extensions_mut().insert(RequestId(request_id.clone()));
 
-    let span = tracing::info_span!(
-        "request",
-        http.method = %method,
-        http.route = route.as_deref().unwrap_or("(unmatched)"),
-        request_id = %request_id,
-        http.status = tracing::field::Empty,
-        latency_ms = tracing::field::Empty,
-    );
+    // The server span (OpenTelemetry HTTP server conventions: named by the matched route,
+    // never by the raw path), continuing the caller's `traceparent` when it sent a valid one.
+    // Probes are DEBUG spans: not traced (the tracing layer takes INFO and up), so a
+    // Kubernetes probe every few seconds fills no tracing backend.
+    let route_label = route.as_deref().unwrap_or(crate::metrics::UNMATCHED_ROUTE);
+    macro_rules! request_span {
+        ($level:expr) => {
+            tracing::span!(
+                $level,
+                "request",
+                otel.name = %format_args!("{method} {route_label}"),
+                otel.kind = "server",
+                otel.status_code = tracing::field::Empty,
+                http.request.method = %method,
+                http.route = route_label,
+                request_id = %request_id,
+                http.response.status_code = tracing::field::Empty,
+                latency_ms = tracing::field::Empty,
+            )
+        };
+    }
+    let span = if is_probe(&path) {
+        request_span!(tracing::Level::DEBUG)
+    } else {
+        request_span!(tracing::Level::INFO)
+    };
+    crate::telemetry::continue_trace(&span, req.headers());
+    if let Some(t) = crate::telemetry::trace_id_of(&span) {
+        req.extensions_mut().insert(TraceId(t));
+    }
     let timeout = st.request_timeout;
     let mut resp = async {
         match tokio::time::timeout(timeout, next.run(req)).await {
@@ -98,7 +124,7 @@ pub async fn context(State(st): State<AppState>, mut req: Request, next: Next) -
     .await;
 
     if !is_probe(&path) && resp.extensions().get::<ActionAudited>().is_none() {
-        let rec = request_record(
+        let mut rec = request_record(
             &resp,
             &request_id,
             &method,
@@ -107,7 +133,13 @@ pub async fn context(State(st): State<AppState>, mut req: Request, next: Next) -
             client,
             started,
         );
-        if let Err(e) = st.gateway.record_request(rec).await {
+        rec.trace_id = crate::telemetry::trace_id_of(&span);
+        if let Err(e) = st
+            .gateway
+            .record_request(rec)
+            .instrument(span.clone())
+            .await
+        {
             resp = span.in_scope(|| ApiError::from(e).into_response());
         }
     }
@@ -123,8 +155,11 @@ pub async fn context(State(st): State<AppState>, mut req: Request, next: Next) -
     let status = resp.status().as_u16();
     crate::metrics::http_request(&method, route.as_deref(), status, started.elapsed());
     let latency = started.elapsed().as_secs_f64() * 1000.0;
-    span.record("http.status", status);
+    span.record("http.response.status_code", i64::from(status));
     span.record("latency_ms", latency);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
     span.in_scope(|| {
         if status >= 500 {
             tracing::warn!(status, latency_ms = latency, "request finished");
@@ -188,6 +223,7 @@ fn request_record(
             .get::<AuditParams>()
             .map(|p| p.0.clone())
             .unwrap_or_default(),
+        trace_id: None,
     }
 }
 

@@ -8,7 +8,7 @@ use super::{
     AppState,
     fleet::{Resolved, check_count_max, run_items, session_item},
     jobs::AsyncQuery,
-    middleware::{AuditParams, RequestId},
+    middleware::AuditParams,
     problem::{ApiError, Problem, RequestError, WebhookError},
 };
 use crate::{
@@ -23,12 +23,12 @@ use crate::{
 use axum::{
     Json,
     body::Body,
-    extract::{ConnectInfo, MatchedPath, Path, Request, State, rejection::PathRejection},
+    extract::{Path, Request, State, rejection::PathRejection},
     http::{HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
-use std::{net::SocketAddr, time::Instant};
+use std::time::Instant;
 use utoipa::ToSchema;
 
 /// Set on a replayed answer (a duplicate delivery).
@@ -123,25 +123,7 @@ pub async fn receive(
         );
     }
     // Authenticated: from here on the caller is the source's principal.
-    let ctx = CallContext {
-        request_id: parts
-            .extensions
-            .get::<RequestId>()
-            .map(|r| r.0.clone())
-            .unwrap_or_default(),
-        principal: source.principal.clone(),
-        client_addr: parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string()),
-        method: parts.method.to_string(),
-        route: parts
-            .extensions
-            .get::<MatchedPath>()
-            .map(|m| m.as_str().to_string())
-            .unwrap_or_else(|| parts.uri.path().to_string()),
-        started,
-    };
+    let ctx = super::handlers::call_context(&parts, source.principal.clone(), started);
     let json: Result<serde_json::Value, _> = serde_json::from_slice(&bytes);
     let delivery_id =
         match header_id.or_else(|| json.as_ref().ok().and_then(|v| source.body_delivery_id(v))) {

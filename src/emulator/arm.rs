@@ -373,6 +373,20 @@ pub struct ArmState {
     /// Requests refused by the token buckets (429 `SubscriptionRequestsThrottled`).
     throttled: std::sync::atomic::AtomicU64,
     messages: Mutex<Vec<DeliveredMessage>>,
+    /// The W3C trace headers of the latest requests (oldest dropped past [`KEPT_TRACE_HEADERS`]).
+    trace_headers: Mutex<std::collections::VecDeque<ReceivedTrace>>,
+}
+
+/// How many requests' trace headers [`ArmState::received_traces`] keeps.
+pub const KEPT_TRACE_HEADERS: usize = 1000;
+
+/// The W3C Trace Context headers of one request the emulator received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedTrace {
+    pub method: String,
+    pub path: String,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -488,6 +502,30 @@ impl ArmState {
             .iter()
             .map(|(k, v)| (k.as_str(), *v))
             .collect()
+    }
+
+    /// The trace headers of the latest requests, oldest first.
+    pub fn received_traces(&self) -> Vec<ReceivedTrace> {
+        lock(&self.trace_headers).iter().cloned().collect()
+    }
+
+    fn keep_trace_headers(&self, method: &Method, uri: &Uri, headers: &HeaderMap) {
+        let get = |n: &str| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let mut kept = lock(&self.trace_headers);
+        if kept.len() >= KEPT_TRACE_HEADERS {
+            kept.pop_front();
+        }
+        kept.push_back(ReceivedTrace {
+            method: method.to_string(),
+            path: uri.path().to_string(),
+            traceparent: get("traceparent"),
+            tracestate: get("tracestate"),
+        });
     }
 
     /// Messages delivered so far.
@@ -677,6 +715,7 @@ pub async fn start(
         calls: Mutex::new(BTreeMap::new()),
         throttled: std::sync::atomic::AtomicU64::new(0),
         messages: Mutex::new(Vec::new()),
+        trace_headers: Mutex::new(std::collections::VecDeque::new()),
     });
 
     let discovery = Router::new()
@@ -686,11 +725,18 @@ pub async fn start(
         )
         .route("/common/discovery/instance", get(instance_discovery))
         .with_state(state.clone());
-    let router: Router = issuer.router().merge(discovery).merge(
-        Router::new()
-            .fallback(arm_handler)
-            .with_state(state.clone()),
-    );
+    let router: Router = issuer
+        .router()
+        .merge(discovery)
+        .merge(
+            Router::new()
+                .fallback(arm_handler)
+                .with_state(state.clone()),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            keep_trace_headers,
+        ));
     let running = serve_tls(listener, tls, router, faults, injected_error_body)?;
 
     let info = ArmEmulatorInfo {
@@ -884,6 +930,16 @@ fn op_of(route: &Route, method: &Method) -> Option<ArmOp> {
 
 fn seg_is(s: &str, want: &str) -> bool {
     s.eq_ignore_ascii_case(want)
+}
+
+/// Keeps the W3C trace headers of every request (token and discovery requests included).
+async fn keep_trace_headers(
+    State(st): State<Arc<ArmState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    st.keep_trace_headers(req.method(), req.uri(), req.headers());
+    next.run(req).await
 }
 
 async fn arm_handler(

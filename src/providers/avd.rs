@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use azure_core::{
     cloud::{CloudConfiguration, CustomConfiguration},
     credentials::{Secret, TokenCredential},
-    http::{ClientOptions, Transport},
+    http::ClientOptions,
 };
 use azure_identity::{
     AzureCliCredential, ClientAssertionCredentialOptions, ClientSecretCredential,
@@ -405,7 +405,7 @@ fn make_credential(
 ) -> Result<Arc<dyn TokenCredential>, ConfigError> {
     let key = |k: &str| Key::pool(pool_name).field(k);
     let client_options = || ClientOptions {
-        transport: Some(Transport::new(Arc::new(http.clone()))),
+        transport: Some(crate::httpclient::TracedTransport::transport(http)),
         cloud: Some(Arc::new(cloud.clone())),
         ..Default::default()
     };

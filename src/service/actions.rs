@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use time::OffsetDateTime;
+use tracing::Instrument;
 use utoipa::ToSchema;
 
 /// An action as the HTTP layer hands it over (already validated for shape and bounds).
@@ -185,9 +186,9 @@ impl Gateway {
         req: ActionRequest,
     ) -> Result<ActionResult, ActionError> {
         let me = self.clone();
-        let task = self
-            .tasks
-            .spawn(async move { me.act_inner(&ctx, &req).await });
+        let task = self.tasks.spawn(
+            async move { me.act_inner(&ctx, &req).await }.instrument(tracing::Span::current()),
+        );
         match task.await {
             Ok(r) => r,
             Err(e) => Err(ActionError {
@@ -197,7 +198,7 @@ impl Gateway {
         }
     }
 
-    #[tracing::instrument(skip_all, fields(pool = %req.pool, host = %req.host, session = %req.id, action = req.kind.as_str(), request_id = %ctx.request_id))]
+    #[tracing::instrument(name = "action", skip_all, fields(otel.name = req.kind.as_str(), pool = %req.pool, host = %req.host, session = %req.id, action = req.kind.as_str(), request_id = %ctx.request_id))]
     async fn act_inner(
         &self,
         ctx: &CallContext,
@@ -301,10 +302,15 @@ impl Gateway {
         let mut intent = ctx.event(req.kind.as_str(), target.clone());
         intent.kind = Some(EventKind::Intent);
         intent.params = params.clone();
+        ctx.add_trace_id(&mut intent.params);
         intent.outcome = "pending".into();
         let intent = self
             .audit
             .record(intent)
+            .instrument(tracing::info_span!(
+                "audit_commit",
+                otel.name = "audit commit intent"
+            ))
             .await
             .map_err(|e| unaudited(ServiceError::AuditUnavailable(e.to_string())))?;
         Ok(Pending {
@@ -334,6 +340,7 @@ impl Gateway {
         let mut outcome = ctx.event(req.kind.as_str(), target);
         outcome.kind = Some(EventKind::Outcome);
         outcome.params = with_intent_id(params, &intent_id);
+        ctx.add_trace_id(&mut outcome.params);
         outcome.duration_ms = Some(ctx.started.elapsed().as_millis() as u64);
         match &result {
             Ok(ran) => {
@@ -395,9 +402,13 @@ impl Gateway {
     async fn keep_outcome(&self, ev: NewEvent) -> Option<crate::audit::AuditEvent> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let audit = self.audit.clone();
-        self.tasks.spawn(async move {
-            let _ = tx.send(audit.record_or_spool(ev).await);
-        });
+        let span = tracing::info_span!("audit_commit", otel.name = "audit commit outcome");
+        self.tasks.spawn(
+            async move {
+                let _ = tx.send(audit.record_or_spool(ev).await);
+            }
+            .instrument(span),
+        );
         match tokio::time::timeout(self.audit.write_timeout(), rx).await {
             Ok(Ok(Kept::Stored(stored))) => Some(*stored),
             Ok(Ok(Kept::Spooled)) | Ok(Err(_)) | Err(_) => {

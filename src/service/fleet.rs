@@ -12,6 +12,7 @@ use crate::{
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use tracing::Instrument;
 use utoipa::ToSchema;
 
 /// Why an item did not get its action: the stable code of the single routes and its text.
@@ -250,9 +251,10 @@ impl Gateway {
         let targets: Vec<ActionTarget> = items.iter().map(target_of).collect();
         // Its own task, as a single action: a caller that hangs up cannot cut the batch
         // between the upstream call and the outcomes.
-        let task = self
-            .tasks
-            .spawn(async move { me.act_host_logoff(&c, &items).await });
+        let task = self.tasks.spawn(
+            async move { me.act_host_logoff(&c, &items).await }
+                .instrument(tracing::Span::current()),
+        );
         let results = match task.await {
             Ok(r) => r,
             Err(e) => targets

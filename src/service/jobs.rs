@@ -191,6 +191,8 @@ impl StoredContext {
             method: self.method,
             route: self.route,
             started: Instant::now(),
+            // The runner's own trace (a job outlives the request that submitted it).
+            trace_id: crate::telemetry::current_trace_id(),
         }
     }
 }

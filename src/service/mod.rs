@@ -68,6 +68,8 @@ pub struct CallContext {
     pub method: String,
     pub route: String,
     pub started: Instant,
+    /// The trace of the call (`params.trace_id` of its audit events), when it has one.
+    pub trace_id: Option<String>,
 }
 
 /// The audit record's actor for an authenticated caller.
@@ -80,7 +82,21 @@ fn actor_of(p: &Principal) -> Actor {
     }
 }
 
+/// Key, in an event's `params`, of the trace id of the call (W3C, 32 hex digits).
+pub const TRACE_ID: &str = "trace_id";
+
 impl CallContext {
+    /// Adds the call's trace id to an event's `params` (an object, or none yet).
+    fn add_trace_id(&self, params: &mut serde_json::Value) {
+        let Some(t) = &self.trace_id else { return };
+        if params.is_null() {
+            *params = serde_json::Value::Object(serde_json::Map::new());
+        }
+        if let serde_json::Value::Object(m) = params {
+            m.insert(TRACE_ID.into(), t.as_str().into());
+        }
+    }
+
     fn event(&self, action: &str, target: Target) -> NewEvent {
         NewEvent {
             kind: None,

@@ -1,12 +1,13 @@
 //! The audit record of a call that is not an action (reads, denials, invalid input, unknown
 //! routes): the HTTP layer describes the call, the service writes the event.
 
-use super::{Gateway, ServiceError, actor_of};
+use super::{Gateway, ServiceError, TRACE_ID, actor_of};
 use crate::{
     audit::{Actor, EventKind, NewEvent, Target},
     auth::{Presented, Principal},
 };
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Who made a call, as far as authentication got.
 #[derive(Debug, Clone)]
@@ -69,6 +70,8 @@ pub struct RequestRecord {
     pub batch_id: Option<String>,
     /// More `params` (a webhook delivery: its source, delivery id and refusal reason).
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// The trace of the call's span (kept as `params.trace_id`).
+    pub trace_id: Option<String>,
 }
 
 impl Gateway {
@@ -78,6 +81,9 @@ impl Gateway {
         let mut params = r.params.clone();
         if let Some(b) = &r.batch_id {
             params.insert("batch_id".into(), b.as_str().into());
+        }
+        if let Some(t) = &r.trace_id {
+            params.insert(TRACE_ID.into(), t.as_str().into());
         }
         let actor = match &r.caller {
             Caller::Principal(p) => actor_of(p),
@@ -130,6 +136,10 @@ impl Gateway {
         }
         self.audit
             .record(ev)
+            .instrument(tracing::info_span!(
+                "audit_commit",
+                otel.name = "audit commit request"
+            ))
             .await
             .map(|_| ())
             .map_err(|e| ServiceError::AuditUnavailable(e.to_string()))

@@ -57,6 +57,7 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
+use tracing::Instrument;
 
 /// Default cap on one response body: 16 MiB (an ARM page of 1 000 sessions is about 1 MiB).
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
@@ -357,9 +358,28 @@ impl Upstream {
     {
         let mut uncertain = None;
         // The operation label: the request's HTTP method (built once more, without sending).
-        let operation = build(&self.http)
-            .build()
+        let probe = build(&self.http).build().ok();
+        let operation = probe
+            .as_ref()
             .map_or("other", |r| operation_label(r.method()));
+        let provider = crate::metrics::provider_label(self.service);
+        // The client span of the whole call (attempts, waits and retries included); each
+        // attempt carries its `traceparent`.
+        let span = tracing::info_span!(
+            "upstream",
+            otel.name = %format_args!("{provider} {}", operation.to_ascii_uppercase()),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            upstream.provider = provider,
+            upstream.operation = operation,
+            http.request.method = %operation.to_ascii_uppercase(),
+            server.address = probe.as_ref().and_then(|r| r.url().host_str()).unwrap_or(""),
+            http.response.status_code = tracing::field::Empty,
+            upstream.outcome = tracing::field::Empty,
+            upstream.retries = tracing::field::Empty,
+            upstream.throttles = tracing::field::Empty,
+        );
+        drop(probe);
         // Every return of `call_inner` sets the outcome; a call dropped midway is not counted.
         let mut tally = UpstreamTally {
             outcome: "auth",
@@ -368,12 +388,15 @@ impl Upstream {
         };
         let result = self
             .call_inner(repeat, build, classify, &mut uncertain, &mut tally)
+            .instrument(span.clone())
             .await;
-        crate::metrics::upstream_call(
-            crate::metrics::provider_label(self.service),
-            operation,
-            tally,
-        );
+        span.record("upstream.outcome", tally.outcome);
+        span.record("upstream.retries", i64::from(tally.retries));
+        span.record("upstream.throttles", i64::from(tally.throttles));
+        if tally.outcome != "ok" {
+            span.record("otel.status_code", "ERROR");
+        }
+        crate::metrics::upstream_call(provider, operation, tally);
         Called {
             result,
             earlier_attempt_may_have_acted: uncertain,
@@ -404,7 +427,8 @@ impl Upstream {
             if let Some(t) = &self.token {
                 req = req.bearer_auth(t.token().await?);
             }
-            let req = req.build().map_err(|e| self.transport_error(&e))?;
+            let mut req = req.build().map_err(|e| self.transport_error(&e))?;
+            crate::telemetry::inject(req.headers_mut());
             let kind = pace::OpKind::of(req.method());
             let permit = self.pace(kind, deadline).await?;
             let outcome = self.attempt(req).await;
@@ -412,6 +436,8 @@ impl Upstream {
             let (err, again, hint, status, what) = match outcome {
                 Ok(reply) => {
                     let status = reply.status;
+                    tracing::Span::current()
+                        .record("http.response.status_code", i64::from(status.as_u16()));
                     self.observe(kind, &reply.headers);
                     if status == StatusCode::UNAUTHORIZED
                         && !refreshed

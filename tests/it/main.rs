@@ -38,6 +38,7 @@ mod gateway_postgres;
 mod gateway_store_down;
 mod ops_docs;
 mod ops_metrics;
+mod otel;
 mod pacing;
 mod resilience_faults;
 mod schemathesis;

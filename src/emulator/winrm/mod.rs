@@ -169,6 +169,9 @@ pub(crate) struct StateInner {
     hosts: Vec<Arc<HostState>>,
     pub(crate) scripts: Mutex<Vec<ReceivedScript>>,
     round_trips: AtomicU64,
+    /// The `traceparent` of the latest requests (`None`: sent without), oldest first, at most
+    /// [`KEPT_TRACEPARENTS`].
+    traceparents: Mutex<std::collections::VecDeque<Option<String>>>,
     shells_created: AtomicU64,
     command_duration_ms: AtomicU64,
     /// NTLM: the NEGOTIATE received and the CHALLENGE sent per connection (the MIC covers
@@ -197,6 +200,9 @@ struct KerberosAcceptor {
     app_data: Vec<u8>,
 }
 
+/// How many requests' `traceparent` [`WinRmEmulatorState::received_traceparents`] keeps.
+pub const KEPT_TRACEPARENTS: usize = 1000;
+
 /// Handle on the emulator's state for tests and benchmarks.
 #[derive(Clone)]
 pub struct WinRmEmulatorState {
@@ -209,6 +215,16 @@ impl WinRmEmulatorState {
             .hosts
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
+    }
+    /// The `traceparent` header of the latest WS-Man requests (401s included), oldest first.
+    pub fn received_traceparents(&self) -> Vec<Option<String>> {
+        self.inner
+            .traceparents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
     /// Every WS-Man request received, over all hosts (401s included).
     pub fn round_trips(&self) -> u64 {
@@ -462,6 +478,7 @@ pub async fn start(
         hosts: hosts.clone(),
         scripts: Mutex::new(Vec::new()),
         round_trips: AtomicU64::new(0),
+        traceparents: Mutex::new(std::collections::VecDeque::new()),
         shells_created: AtomicU64::new(0),
         command_duration_ms: AtomicU64::new(opts.command_duration_ms),
         ntlm_pending: Mutex::new(HashMap::new()),
@@ -831,6 +848,18 @@ async fn wsman(
 ) -> Response {
     st.round_trips.fetch_add(1, Ordering::Relaxed);
     host.round_trips.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut kept = st.traceparents.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() >= KEPT_TRACEPARENTS {
+            kept.pop_front();
+        }
+        kept.push_back(
+            headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        );
+    }
     match authenticate(&st, &host, conn.map(|c| c.0.0), &headers) {
         AuthOutcome::Ok => {}
         AuthOutcome::OkWithReply(reply) => {

@@ -199,6 +199,9 @@ impl NtlmHttp {
         if let Some(a) = auth {
             b = b.header(hyper::header::AUTHORIZATION, a);
         }
+        if let Some(h) = b.headers_mut() {
+            crate::telemetry::inject(h);
+        }
         b.body(body)
             .map_err(|e| WinRmError::Protocol(format!("building request: {e}")))
     }

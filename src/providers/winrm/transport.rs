@@ -14,6 +14,7 @@ use std::sync::{
 };
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 /// What a finished remote command produced.
 #[derive(Debug, Clone)]
@@ -236,12 +237,44 @@ impl WsManClient {
 }
 
 impl Inner {
+    /// One WS-Man round trip, as an OpenTelemetry client span.
     async fn post(
         &self,
         action: &str,
         shell_id: Option<&str>,
         options: &[(&str, &str)],
         body: &str,
+    ) -> Result<xml::Element, WinRmError> {
+        // The operation: the action URI's last segment (Create, Command, Receive, ...).
+        let operation = action.rsplit('/').next().unwrap_or("");
+        let span = tracing::info_span!(
+            "upstream",
+            otel.name = %format_args!("winrm {operation}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            upstream.provider = "winrm",
+            upstream.operation = operation,
+            http.request.method = "POST",
+            server.address = self.s.endpoint.host_str().unwrap_or(""),
+            http.response.status_code = tracing::field::Empty,
+        );
+        let res = self
+            .post_inner(action, shell_id, options, body, &span)
+            .instrument(span.clone())
+            .await;
+        if res.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        res
+    }
+
+    async fn post_inner(
+        &self,
+        action: &str,
+        shell_id: Option<&str>,
+        options: &[(&str, &str)],
+        body: &str,
+        span: &tracing::Span,
     ) -> Result<xml::Element, WinRmError> {
         let message_id = format!("uuid:{}", uuid::Uuid::new_v4().to_string().to_uppercase());
         let env = soap::request(
@@ -259,8 +292,11 @@ impl Inner {
         let http_timeout = self.s.operation_timeout + Duration::from_secs(15);
         let (status, text) = match &self.http {
             HttpChannel::Basic(client) => {
+                let mut trace = reqwest::header::HeaderMap::new();
+                crate::telemetry::inject(&mut trace);
                 let resp = client
                     .post(self.s.endpoint.clone())
+                    .headers(trace)
                     .basic_auth(&self.s.username, Some(self.s.password.expose_secret()))
                     .header(
                         reqwest::header::CONTENT_TYPE,
@@ -281,6 +317,7 @@ impl Inner {
                 .await
                 .map_err(|_| WinRmError::Timeout("no answer within the HTTP timeout".into()))??,
         };
+        span.record("http.response.status_code", i64::from(status));
         if status == 401 {
             return Err(WinRmError::Auth);
         }
@@ -349,11 +386,15 @@ impl Inner {
         };
         if !expired.is_empty() {
             let me = self.clone();
-            tokio::spawn(async move {
-                for id in expired {
-                    me.delete_shell(&id).await;
+            // Clean-up the current call caused: part of its trace.
+            tokio::spawn(
+                async move {
+                    for id in expired {
+                        me.delete_shell(&id).await;
+                    }
                 }
-            });
+                .instrument(tracing::Span::current()),
+            );
         }
         found
     }
@@ -368,7 +409,9 @@ impl Inner {
 
     fn discard(self: &Arc<Self>, id: String) {
         let me = self.clone();
-        tokio::spawn(async move { me.delete_shell(&id).await });
+        tokio::spawn(
+            async move { me.delete_shell(&id).await }.instrument(tracing::Span::current()),
+        );
     }
 
     async fn start_command(
@@ -503,21 +546,24 @@ impl WinRmTransport for WsManClient {
         // Terminate the finished command off the caller's path; the shell returns to the pool
         // (and the host's concurrency permit is released) once the server acknowledged it.
         let me = inner.clone();
-        tokio::spawn(async move {
-            let r = me
-                .post(
-                    soap::ACTION_SIGNAL,
-                    Some(&shell),
-                    &[],
-                    &soap::signal_body(&cmd, soap::SIGNAL_TERMINATE),
-                )
-                .await;
-            match r {
-                Ok(_) => me.put_idle(shell),
-                Err(_) => me.discard(shell),
+        tokio::spawn(
+            async move {
+                let r = me
+                    .post(
+                        soap::ACTION_SIGNAL,
+                        Some(&shell),
+                        &[],
+                        &soap::signal_body(&cmd, soap::SIGNAL_TERMINATE),
+                    )
+                    .await;
+                match r {
+                    Ok(_) => me.put_idle(shell),
+                    Err(_) => me.discard(shell),
+                }
+                drop(permit);
             }
-            drop(permit);
-        });
+            .instrument(tracing::Span::current()),
+        );
         Ok(out)
     }
 

@@ -7,7 +7,7 @@ use crate::config::{ConfigError, Key};
 use azure_core::{
     cloud::{CloudConfiguration, CustomConfiguration},
     credentials::{Secret, TokenCredential},
-    http::{ClientMethodOptions, ClientOptions, ExponentialRetryOptions, RetryOptions, Transport},
+    http::{ClientMethodOptions, ClientOptions, ExponentialRetryOptions, RetryOptions},
 };
 use azure_identity::{
     AzureCliCredential, AzureCliCredentialOptions, ClientAssertion, ClientAssertionCredential,
@@ -21,7 +21,7 @@ fn client_options(http: &reqwest::Client, authority_host: &str) -> ClientOptions
     let mut custom = CustomConfiguration::default();
     custom.authority_host = authority_host.trim_end_matches('/').to_string();
     ClientOptions {
-        transport: Some(Transport::new(Arc::new(http.clone()))),
+        transport: Some(crate::httpclient::TracedTransport::transport(http)),
         cloud: Some(Arc::new(CloudConfiguration::from(custom))),
         // Bounded: a token endpoint answering 5xx must not hold a session action for a minute.
         retry: RetryOptions::exponential(ExponentialRetryOptions {
