@@ -305,7 +305,7 @@ async fn handle(
     json: Result<serde_json::Value, serde_json::Error>,
 ) -> (Response, DeliveryOutcome) {
     let mut outcome = DeliveryOutcome {
-        write_back: source.write_back,
+        write_back: source.write_back.is_some(),
         ..DeliveryOutcome::default()
     };
     let body = match json {

@@ -150,6 +150,9 @@ pub struct SourceConfig {
     /// How the body maps to an action, and the guards.
     #[serde(default)]
     pub mapping: MappingConfig,
+    /// Where the result of a delivery's job is written (the ticket), when set.
+    #[serde(default)]
+    pub write_back: Option<crate::ticketing::WriteBackConfig>,
 }
 
 fn all_pools() -> Vec<String> {
@@ -177,9 +180,9 @@ pub struct Source {
     pub delivery_id: DeliveryIdFrom,
     pub principal: Principal,
     pub mapping: Compiled,
-    /// Whether a delivery's ticket is written back when its job ends (set by the write-back
-    /// configuration; deliveries are then recorded `pending` at submission).
-    pub write_back: bool,
+    /// The client that writes a delivery's job result to its ticket, when `write_back` is
+    /// configured (deliveries are then recorded `pending` at submission).
+    pub write_back: Option<std::sync::Arc<crate::ticketing::WriteBack>>,
 }
 
 impl std::fmt::Debug for Source {
@@ -433,7 +436,13 @@ impl SourceConfig {
                 upn: None,
             },
             mapping,
-            write_back: false,
+            write_back: match &self.write_back {
+                Some(w) => Some(std::sync::Arc::new(crate::ticketing::WriteBack::new(
+                    w,
+                    &k.field("write_back"),
+                )?)),
+                None => None,
+            },
         })
     }
 }
