@@ -665,49 +665,94 @@ async fn servicenow_key_or_token_with_hmac_and_targets_outside_scope() {
 async fn duplicates_across_replicas_on_postgres() {
     use crate::support::app::Demo;
     use crate::support::pg::PgDb;
+    use crate::support::ticketing::Receiver;
     let Some(db) = PgDb::create("webhook_t").await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let demo = Demo::start_unthrottled().await;
     let arm = demo.arm();
-    let (host, _) = demo.seed("wh.pg", 1).remove(0);
-    let _ = host;
+    demo.seed("wh.pg", 6);
+    // Both replicas write the results back to one callback receiver, which takes 1.2 s to
+    // answer: longer than a runner's poll, so the other replica sees each write-back pending
+    // while it is being written (only the claim keeps it from writing it too).
+    let receiver = Receiver::start_slow(&[], std::time::Duration::from_millis(1200)).await;
+    let cb = write(dir.path(), "callback", GEN_OLD);
+    let write_back: sessiongate::ticketing::WriteBackConfig = toml::from_str(&format!(
+        "kind = \"callback\"\nurl = \"{}\"\nsecret_file = {cb:?}\n",
+        receiver.url
+    ))
+    .unwrap();
     let mut cfg_a = demo.config("127.0.0.1:0", Some(&db.url), Some("gw-a"));
     let mut cfg_b = demo.config("127.0.0.1:0", Some(&db.url), Some("gw-b"));
-    add_webhooks(&mut cfg_a, dir.path());
-    add_webhooks(&mut cfg_b, dir.path());
+    for c in [&mut cfg_a, &mut cfg_b] {
+        add_webhooks(c, dir.path());
+        c.webhooks.sources[0].write_back = Some(write_back.clone());
+    }
     let (mut a, mut b) = tokio::join!(InProc::start(&cfg_a), InProc::start(&cfg_b));
     let before = arm.calls(ArmOp::Logoff);
-    let body =
-        serde_json::to_vec(&json!({"action": "logoff", "user": "wh.pg0@contoso.com"})).unwrap();
     let http = reqwest::Client::new();
     let ts = now();
-    let sig = standard_sign(&key_of(GEN_NEW), "msg_pg", ts, &body);
-    let send = |base: String| {
+    let send = |base: String, i: usize| {
+        let body = serde_json::to_vec(
+            &json!({"action": "logoff", "user": format!("wh.pg{i}@contoso.com")}),
+        )
+        .unwrap();
+        let id = format!("msg_pg{i}");
+        let sig = standard_sign(&key_of(GEN_NEW), &id, ts, &body);
         http.post(format!("{base}/webhooks/gen"))
-            .header("webhook-id", "msg_pg")
+            .header("webhook-id", id)
             .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", sig.clone())
-            .body(body.clone())
+            .header("webhook-signature", sig)
+            .body(body)
             .send()
     };
-    let (r1, r2) = tokio::join!(send(a.url.clone()), send(b.url.clone()));
+    // The same delivery through both replicas at once: one job, one logoff.
+    let (r1, r2) = tokio::join!(send(a.url.clone(), 0), send(b.url.clone(), 0));
     let (r1, r2) = (r1.unwrap(), r2.unwrap());
     assert_eq!((r1.status().as_u16(), r2.status().as_u16()), (202, 202));
     let (v1, v2): (Value, Value) = (r1.json().await.unwrap(), r2.json().await.unwrap());
     assert_eq!(v1["job_id"], v2["job_id"]);
-    // The job runs on one of the replicas.
+    // Five more deliveries, alternating replicas.
+    let mut jobs = vec![v1["job_id"].as_str().unwrap().to_string()];
+    for i in 1..6 {
+        let base = if i % 2 == 0 {
+            a.url.clone()
+        } else {
+            b.url.clone()
+        };
+        let r = send(base, i).await.unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+        let v: Value = r.json().await.unwrap();
+        jobs.push(v["job_id"].as_str().unwrap().to_string());
+    }
+    // The jobs run on either replica; each result is written back exactly once although both
+    // replicas' runners look for pending write-backs.
     let t0 = std::time::Instant::now();
-    while arm.calls(ArmOp::Logoff) < before + 1 {
+    while arm.calls(ArmOp::Logoff) < before + 6 || receiver.received().len() < 6 {
         assert!(
             t0.elapsed() < std::time::Duration::from_secs(60),
-            "the job did not run"
+            "jobs or write-backs did not run: {} logoffs, {} write-backs",
+            arm.calls(ArmOp::Logoff) - before,
+            receiver.received().len()
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(arm.calls(ArmOp::Logoff), before + 1);
+    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
+    assert_eq!(arm.calls(ArmOp::Logoff), before + 6);
+    let mut written: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| {
+            r.json()["data"]["report"]["job_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    written.sort();
+    jobs.sort();
+    assert_eq!(written, jobs, "each job's result once");
     a.stop().await;
     b.stop().await;
     drop(db);

@@ -60,6 +60,8 @@ struct Inner {
     got: Mutex<Vec<Received>>,
     /// Statuses to answer with, in turn; 202 once empty.
     script: Mutex<VecDeque<u16>>,
+    /// How long each answer takes.
+    delay: std::time::Duration,
 }
 
 /// A plain-HTTP loopback receiver at `{url}` (`http://127.0.0.1:PORT/hook`).
@@ -77,6 +79,7 @@ impl Drop for Receiver {
 
 async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> StatusCode {
     inner.got.lock().unwrap().push(Received { headers, body });
+    tokio::time::sleep(inner.delay).await;
     let s = inner.script.lock().unwrap().pop_front().unwrap_or(202);
     StatusCode::from_u16(s).unwrap()
 }
@@ -84,7 +87,15 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
 impl Receiver {
     /// Answers `script` in turn, then 202.
     pub async fn start(script: &[u16]) -> Self {
-        let inner = Arc::new(Inner::default());
+        Self::start_slow(script, std::time::Duration::ZERO).await
+    }
+
+    /// [`Receiver::start`], each answer taking `delay`.
+    pub async fn start_slow(script: &[u16], delay: std::time::Duration) -> Self {
+        let inner = Arc::new(Inner {
+            delay,
+            ..Inner::default()
+        });
         inner.script.lock().unwrap().extend(script);
         let app = Router::new()
             .route("/hook", post(receive))
