@@ -104,11 +104,67 @@ pub fn request(data: &[u8]) {
     let _ = serde_json::from_slice::<fleet::BulkMessageBody>(body);
 }
 
+/// A webhook delivery as the receiver reads it, before and after authentication: line 1 the
+/// `webhook-id`, line 2 `webhook-timestamp`, line 3 `webhook-signature` (Standard Webhooks),
+/// line 4 `X-Hub-Signature`, the rest the raw body. Both signature checks run on it; then the
+/// body (as if authenticated) goes through a mapping with every field, guards included.
+pub fn webhook(data: &[u8]) {
+    use crate::webhooks::signature::{hub_verify, standard_verify};
+    static MAPPING: std::sync::LazyLock<Option<crate::webhooks::mapping::Compiled>> =
+        std::sync::LazyLock::new(|| {
+            let cfg: crate::webhooks::mapping::MappingConfig = toml::from_str(
+                r#"
+action = "/action"
+user = "/issue/fields/reporter/emailAddress"
+pool = "/pool"
+host = "/host"
+session_id = "/session"
+force = "/force"
+reason = "/reason"
+ticket = "/issue/key"
+ticket_id = "/issue/id"
+allowed_actions = ["logoff", "disconnect"]
+allowed_pools = ["hp1"]
+require = [{ pointer = "/approval", equals = "approved" }]
+"#,
+            )
+            .ok()?;
+            cfg.compile(&crate::config::Key::root("fuzz"), &["hp1".into()])
+                .ok()
+        });
+    let mut lines = data.splitn(5, |b| *b == b'\n');
+    let mut line = || lines.next().map(String::from_utf8_lossy);
+    let (id, ts, sig, hub) = (line(), line(), line(), line());
+    let body = data
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(3)
+        .map_or(&[][..], |(i, _)| &data[i + 1..]);
+    let key = b"fuzzing-key-0123456789abcdef".to_vec();
+    let _ = standard_verify(
+        std::slice::from_ref(&key),
+        id.as_deref(),
+        ts.as_deref(),
+        sig.as_deref(),
+        body,
+        1_700_000_000,
+        300,
+    );
+    let _ = hub_verify(std::slice::from_ref(&key), hub.as_deref(), body);
+    if let (Some(m), Ok(v)) = (
+        MAPPING.as_ref(),
+        serde_json::from_slice::<serde_json::Value>(body),
+    ) {
+        let _ = m.apply(&v);
+    }
+}
+
 /// A fuzz target's entry point.
 pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz/` names its binaries and corpus directories.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("winrm_reply", winrm_reply),
     ("ntlm_tokens", ntlm_tokens),
     ("auth_header", auth_header),
@@ -116,6 +172,7 @@ pub const TARGETS: [(&str, Target); 7] = [
     ("arm_json", arm_json),
     ("classic_json", classic_json),
     ("request", request),
+    ("webhook", webhook),
 ];
 
 #[cfg(test)]
