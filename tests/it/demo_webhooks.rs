@@ -166,6 +166,29 @@ async fn demo_webhook_commands_log_off_write_back_and_replay_nothing() {
     let sg = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let printed = webhook_commands(&lines);
+    // The sources' secrets are private files the written config names, never their contents.
+    let cfg = std::fs::read_to_string(dir.path().join("sessiongate.toml")).unwrap();
+    for f in [
+        "servicenow-password",
+        "jira-api-token",
+        "webhook-servicenow-hmac",
+        "webhook-jira-secret",
+        "webhook-generic-secret",
+    ] {
+        let path = dir.path().join(f);
+        let secret = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !secret.trim().is_empty() && !cfg.contains(secret.trim()),
+            "{f}"
+        );
+        assert!(cfg.contains(f), "{f} is referenced");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+    }
 
     for source in ["servicenow", "jira", "generic"] {
         let i = printed
