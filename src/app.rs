@@ -86,6 +86,11 @@ async fn build_validated_with_audit(
             idempotency: cfg.idempotency.clone(),
             self_service: cfg.auth.self_service,
             webhook_dedup_hours: cfg.webhooks.dedup_hours,
+            write_back: crate::service::WriteBackLimits {
+                attempts: cfg.webhooks.write_back_attempts,
+                retry: Duration::from_secs(cfg.webhooks.write_back_retry_secs),
+                retry_max: Duration::from_secs(cfg.webhooks.write_back_retry_max_secs),
+            },
         },
     ));
     match gateway.close_interrupted_actions().await {
@@ -97,6 +102,13 @@ async fn build_validated_with_audit(
         Err(e) => return Err(StartError::Audit(e.to_string())),
     }
     gateway.spawn_job_runner();
+    gateway.spawn_write_back_runner(
+        webhooks
+            .sources
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.write_back.clone()?)))
+            .collect(),
+    );
     let st = AppState {
         body_limit: cfg.server.body_limit_bytes,
         gateway: gateway.clone(),

@@ -368,6 +368,18 @@ CREATE INDEX webhook_deliveries_job ON webhook_deliveries (job_id);
 CREATE INDEX webhook_deliveries_write_back ON webhook_deliveries (write_back, created_us);
 "#,
     ),
+    (
+        5,
+        "webhook write-back claims (owner, until: a lease, or the time of the next retry)",
+        r#"
+ALTER TABLE webhook_deliveries ADD COLUMN write_back_owner TEXT;
+ALTER TABLE webhook_deliveries ADD COLUMN write_back_until_us BIGINT;
+"#,
+        r#"
+ALTER TABLE webhook_deliveries ADD COLUMN write_back_owner TEXT;
+ALTER TABLE webhook_deliveries ADD COLUMN write_back_until_us BIGINT;
+"#,
+    ),
 ];
 
 /// The heartbeat write of [`AuditStore::probe`] (and of the SQLite writer's probe): a real,
@@ -399,7 +411,7 @@ pub(crate) fn heartbeat_pad() -> Vec<u8> {
 }
 
 /// The newest schema version this binary knows.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// A bind value for dynamically built queries.
 enum Arg {

@@ -67,6 +67,8 @@ pub struct ItemRow {
     pub state: String,
     pub bucket: Option<String>,
     pub result: Option<String>,
+    /// When its result was recorded.
+    pub finished_us: Option<i64>,
 }
 
 /// What a cancel did.
@@ -139,6 +141,7 @@ macro_rules! item_from_row {
             state: r.try_get("state").map_err(db_err)?,
             bucket: r.try_get("bucket").map_err(db_err)?,
             result: r.try_get("result").map_err(db_err)?,
+            finished_us: r.try_get("finished_us").map_err(db_err)?,
         }
     }};
 }
@@ -270,7 +273,7 @@ impl WorkStore {
     ) -> Result<Vec<ItemRow>, AuditError> {
         with_db!(&self.db, p => {
             let rows = sqlx::query(
-                "SELECT seq, request, state, bucket, result FROM job_items \
+                "SELECT seq, request, state, bucket, result, finished_us FROM job_items \
                  WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
             )
             .bind(id)
@@ -291,7 +294,7 @@ impl WorkStore {
     pub async fn open_items(&self, id: &str) -> Result<Vec<ItemRow>, AuditError> {
         with_db!(&self.db, p => {
             let rows = sqlx::query(
-                "SELECT seq, request, state, bucket, result FROM job_items \
+                "SELECT seq, request, state, bucket, result, finished_us FROM job_items \
                  WHERE job_id = $1 AND state IN ('pending', 'started') ORDER BY seq",
             )
             .bind(id)
@@ -865,8 +868,13 @@ impl WorkStore {
         })
     }
 
-    /// Deliveries whose write-back is `pending` and whose job has ended, oldest first.
-    pub async fn pending_write_backs(&self, limit: i64) -> Result<Vec<DeliveryRow>, AuditError> {
+    /// Deliveries whose write-back is `pending`, whose job has ended and which nobody holds
+    /// (no claim, or a claim or retry delay that ended before `now_us`), oldest first.
+    pub async fn pending_write_backs(
+        &self,
+        limit: i64,
+        now_us: i64,
+    ) -> Result<Vec<DeliveryRow>, AuditError> {
         let cols = DELIVERY_COLS
             .split(", ")
             .map(|c| format!("d.{c}"))
@@ -875,11 +883,13 @@ impl WorkStore {
         let sql = format!(
             "SELECT {cols} FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id \
              WHERE d.write_back = 'pending' AND j.state NOT IN ('queued', 'running') \
+             AND (d.write_back_until_us IS NULL OR d.write_back_until_us < $2) \
              ORDER BY d.created_us, d.delivery_id LIMIT $1"
         );
         with_db!(&self.db, p => {
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(limit)
+                .bind(now_us)
                 .fetch_all(p)
                 .await
                 .map_err(db_err)?;
@@ -891,8 +901,54 @@ impl WorkStore {
         })
     }
 
+    /// Claims a pending write-back for `owner` until `until_us` (like a job's lease): true
+    /// when this call got it (nobody else holds it, and its retry delay is over). A claim
+    /// that is not recorded by then (its holder died) can be claimed again.
+    pub async fn claim_write_back(
+        &self,
+        source: &str,
+        delivery_id: &str,
+        owner: &str,
+        until_us: i64,
+        now_us: i64,
+    ) -> Result<bool, AuditError> {
+        with_db!(&self.db, p => {
+            let r = sqlx::query(
+                "UPDATE webhook_deliveries SET write_back_owner = $3, write_back_until_us = $4 \
+                 WHERE source = $1 AND delivery_id = $2 AND write_back = 'pending' \
+                 AND (write_back_until_us IS NULL OR write_back_until_us < $5)",
+            )
+            .bind(source)
+            .bind(delivery_id)
+            .bind(owner)
+            .bind(until_us)
+            .bind(now_us)
+            .execute(p)
+            .await
+            .map_err(db_err)?;
+            Ok(r.rows_affected() == 1)
+        })
+    }
+
+    /// Drops every write-back claim (SQLite at start: one process owns the file, so a claim
+    /// in it is a dead run's). Retry delays stay.
+    pub async fn release_write_backs(&self) -> Result<u64, AuditError> {
+        with_db!(&self.db, p => {
+            let r = sqlx::query(
+                "UPDATE webhook_deliveries SET write_back_owner = NULL, write_back_until_us = NULL \
+                 WHERE write_back_owner IS NOT NULL",
+            )
+            .execute(p)
+            .await
+            .map_err(db_err)?;
+            Ok(r.rows_affected())
+        })
+    }
+
     /// Records a write-back attempt: the new state (`pending` to try again, `done`,
-    /// `failed`), its detail, one more attempt. False when the delivery is unknown.
+    /// `failed`), its detail, one more attempt; the claim is dropped and `not_before_us`
+    /// (a retry's delay) kept. With `owner`, only while the claim is still `owner`'s. False
+    /// when the delivery is unknown (or the claim is someone else's).
     pub async fn record_write_back(
         &self,
         source: &str,
@@ -901,17 +957,45 @@ impl WorkStore {
         detail: Option<&str>,
         now_us: i64,
     ) -> Result<bool, AuditError> {
+        self.record_write_back_by(source, delivery_id, None, state, detail, now_us, None)
+            .await
+    }
+
+    /// [`WorkStore::record_write_back`] by a claim's `owner`, with a retry delay.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_write_back_by(
+        &self,
+        source: &str,
+        delivery_id: &str,
+        owner: Option<&str>,
+        state: &str,
+        detail: Option<&str>,
+        now_us: i64,
+        not_before_us: Option<i64>,
+    ) -> Result<bool, AuditError> {
+        let sql = format!(
+            "UPDATE webhook_deliveries SET write_back = $3, write_back_detail = $4, \
+             write_back_attempts = write_back_attempts + 1, write_back_updated_us = $5, \
+             write_back_owner = NULL, write_back_until_us = $6 \
+             WHERE source = $1 AND delivery_id = $2{}",
+            if owner.is_some() {
+                " AND write_back_owner = $7"
+            } else {
+                ""
+            }
+        );
         with_db!(&self.db, p => {
-            let r = sqlx::query(
-                "UPDATE webhook_deliveries SET write_back = $3, write_back_detail = $4, \
-                 write_back_attempts = write_back_attempts + 1, write_back_updated_us = $5 \
-                 WHERE source = $1 AND delivery_id = $2",
-            )
-            .bind(source)
-            .bind(delivery_id)
-            .bind(state)
-            .bind(detail)
-            .bind(now_us)
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(source)
+                .bind(delivery_id)
+                .bind(state)
+                .bind(detail)
+                .bind(now_us)
+                .bind(not_before_us);
+            if let Some(o) = owner {
+                q = q.bind(o);
+            }
+            let r = q
             .execute(p)
             .await
             .map_err(db_err)?;

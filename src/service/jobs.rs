@@ -263,7 +263,7 @@ fn time_of(us: i64) -> OffsetDateTime {
     from_unix_micros(us)
 }
 
-fn item_of(row: ItemRow) -> JobItem {
+pub(super) fn item_of(row: &ItemRow) -> JobItem {
     let req: Option<ActionRequest> = serde_json::from_str(&row.request).ok();
     let result: Option<ItemResult> = row
         .result
@@ -400,7 +400,7 @@ impl Gateway {
         let write_back = self.write_back_of_job(id).await?;
         Ok(Some(JobView {
             job: summary,
-            items: items.into_iter().map(item_of).collect(),
+            items: items.iter().map(item_of).collect(),
             next_cursor,
             write_back,
         }))
@@ -675,6 +675,7 @@ impl Gateway {
         {
             tracing::info!(job.state = state.as_str(), "job finished");
             crate::metrics::job_finished(state.as_str());
+            self.write_back_wake.notify_one();
         }
         Ok(())
     }

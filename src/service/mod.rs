@@ -13,6 +13,7 @@ mod jobs;
 mod recovery;
 mod requests;
 mod webhooks;
+mod writeback;
 
 /// The audit read (`GET /audit`) as the service offers it: the filter and the page.
 pub use crate::audit::{AuditPage, AuditQuery};
@@ -31,6 +32,7 @@ pub use jobs::{
 pub use recovery::STARTED;
 pub use requests::{Caller, RequestOutcome, RequestRecord};
 pub use webhooks::{DeliveryOutcome, PendingWriteBack, WriteBackResult, WriteBackView};
+pub use writeback::WriteBackClients;
 
 /// One value of every [`ServiceError`] and provider error variant (for tests of the error
 /// contract).
@@ -156,6 +158,26 @@ pub struct Limits {
     pub self_service: bool,
     /// `webhooks.dedup_hours`: how long a webhook delivery id is remembered.
     pub webhook_dedup_hours: u64,
+    /// Write-back attempts per delivery and the delay between them (`[webhooks]`).
+    pub write_back: WriteBackLimits,
+}
+
+/// How the write-back runner retries (`webhooks.write_back_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteBackLimits {
+    pub attempts: u32,
+    pub retry: std::time::Duration,
+    pub retry_max: std::time::Duration,
+}
+
+impl Default for WriteBackLimits {
+    fn default() -> Self {
+        Self {
+            attempts: 8,
+            retry: std::time::Duration::from_secs(30),
+            retry_max: std::time::Duration::from_secs(3600),
+        }
+    }
 }
 
 /// The gateway's use cases.
@@ -174,6 +196,8 @@ pub struct Gateway {
     runner_id: String,
     /// Wakes the job runner (a job was submitted, or a runner slot freed).
     job_wake: tokio::sync::Notify,
+    /// Wakes the write-back runner (a job ended).
+    write_back_wake: tokio::sync::Notify,
     /// Set at shutdown: the job runner starts nothing more.
     stopping: std::sync::atomic::AtomicBool,
 }
@@ -196,6 +220,7 @@ impl Gateway {
             work: audit.database().map(crate::audit::work::WorkStore::new),
             runner_id: format!("runner-{}", uuid::Uuid::now_v7().simple()),
             job_wake: tokio::sync::Notify::new(),
+            write_back_wake: tokio::sync::Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             audit,
             guard,

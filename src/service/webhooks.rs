@@ -104,7 +104,7 @@ impl From<DeliveryRow> for WriteBackView {
 }
 
 impl Gateway {
-    fn delivery_store(&self) -> Result<&crate::audit::work::WorkStore, ServiceError> {
+    pub(super) fn delivery_store(&self) -> Result<&crate::audit::work::WorkStore, ServiceError> {
         self.work.as_ref().ok_or_else(|| {
             ServiceError::AuditUnavailable("this audit store keeps no webhook deliveries".into())
         })
@@ -182,7 +182,7 @@ impl Gateway {
     ) -> Result<Vec<PendingWriteBack>, ServiceError> {
         let rows = self
             .delivery_store()?
-            .pending_write_backs(i64::from(limit.max(1)))
+            .pending_write_backs(i64::from(limit.max(1)), now_us())
             .await
             .map_err(store_err)?;
         Ok(rows
@@ -208,10 +208,33 @@ impl Gateway {
         delivery_id: &str,
         result: &WriteBackResult,
     ) -> Result<bool, ServiceError> {
+        self.record_write_back_by(source, delivery_id, None, result, None)
+            .await
+    }
+
+    /// [`Gateway::record_write_back`] by the holder of the delivery's claim (`owner`; false
+    /// when the claim was lost to another runner meanwhile), with the earliest time of the
+    /// next attempt (`not_before_us`) for a retry.
+    pub(super) async fn record_write_back_by(
+        &self,
+        source: &str,
+        delivery_id: &str,
+        owner: Option<&str>,
+        result: &WriteBackResult,
+        not_before_us: Option<i64>,
+    ) -> Result<bool, ServiceError> {
         let store = self.delivery_store()?;
         let detail = crate::domain::truncate_for_display(result.detail(), 1000);
         let found = store
-            .record_write_back(source, delivery_id, result.state(), Some(&detail), now_us())
+            .record_write_back_by(
+                source,
+                delivery_id,
+                owner,
+                result.state(),
+                Some(&detail),
+                now_us(),
+                not_before_us,
+            )
             .await
             .map_err(store_err)?;
         if !found {

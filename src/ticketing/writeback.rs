@@ -85,6 +85,8 @@ pub struct WriteBackError {
     pub kind: WriteBackErrorKind,
     pub status: Option<u16>,
     pub message: String,
+    /// Throttled: how long the system asked to wait (`Retry-After`) beyond the retry budget.
+    pub retry_after: Option<Duration>,
 }
 
 impl WriteBackError {
@@ -97,6 +99,7 @@ impl WriteBackError {
             kind,
             status,
             message: crate::domain::truncate_for_display(&message.into(), 400),
+            retry_after: None,
         }
     }
 
@@ -119,7 +122,14 @@ impl From<UpstreamError> for WriteBackError {
             UpstreamError::Throttled { .. } => Some(429),
             _ => None,
         };
-        Self::new(kind, status, e.to_string())
+        let retry_after = match &e {
+            UpstreamError::Throttled { retry_after } => Some(*retry_after),
+            _ => None,
+        };
+        Self {
+            retry_after,
+            ..Self::new(kind, status, e.to_string())
+        }
     }
 }
 

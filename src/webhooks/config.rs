@@ -22,6 +22,14 @@ pub struct WebhooksConfig {
     pub max_body_bytes: usize,
     /// Standard Webhooks (`generic`): accepted distance of `webhook-timestamp` from now.
     pub tolerance_secs: i64,
+    /// Write-back: attempts per delivery before it is recorded `failed` (each attempt
+    /// already retries throttling and 5xx within the target's `retry_budget_secs`).
+    pub write_back_attempts: u32,
+    /// Write-back: delay before the second attempt; it doubles per attempt up to
+    /// `write_back_retry_max_secs`.
+    pub write_back_retry_secs: u64,
+    /// Write-back: the longest delay between attempts.
+    pub write_back_retry_max_secs: u64,
     /// The sources; each is served at `POST /webhooks/{name}`.
     pub sources: Vec<SourceConfig>,
 }
@@ -32,6 +40,9 @@ impl Default for WebhooksConfig {
             dedup_hours: 72,
             max_body_bytes: 64 * 1024,
             tolerance_secs: 300,
+            write_back_attempts: 8,
+            write_back_retry_secs: 30,
+            write_back_retry_max_secs: 3600,
             sources: Vec::new(),
         }
     }
@@ -242,6 +253,21 @@ impl WebhooksConfig {
         }
         if !(1..=3600).contains(&self.tolerance_secs) {
             return Err(key.field("tolerance_secs").err("must be 1-3600"));
+        }
+        if !(1..=100).contains(&self.write_back_attempts) {
+            return Err(key.field("write_back_attempts").err("must be 1-100"));
+        }
+        if !(1..=86_400).contains(&self.write_back_retry_max_secs) {
+            return Err(key
+                .field("write_back_retry_max_secs")
+                .err("must be 1-86400"));
+        }
+        if self.write_back_retry_secs == 0
+            || self.write_back_retry_secs > self.write_back_retry_max_secs
+        {
+            return Err(key
+                .field("write_back_retry_secs")
+                .err("must be 1 to write_back_retry_max_secs"));
         }
         let mut out = Vec::with_capacity(self.sources.len());
         for (i, s) in self.sources.iter().enumerate() {

@@ -258,9 +258,10 @@ async fn migrates_from_v2(env: Env) {
     let log = env.open().await;
     record_n(&log, 3).await;
     drop(log);
-    // Turn it into a version-2 store: without the v3 and v4 tables and version rows.
+    // Turn it into a version-2 store: without the v3-v5 tables and version rows.
     for sql in [
         "DROP TABLE webhook_deliveries",
+        "DELETE FROM audit_schema_version WHERE version = 5",
         "DELETE FROM audit_schema_version WHERE version = 4",
         "DROP TABLE job_items",
         "DROP TABLE jobs",

@@ -47,6 +47,7 @@ mod ticket_emulators;
 mod ticket_writeback;
 mod tls;
 mod webhooks;
+mod webhooks_writeback;
 mod winrm_bench;
 mod winrm_cbt;
 mod winrm_injection;

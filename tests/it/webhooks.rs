@@ -130,7 +130,7 @@ async fn send_generic(
         .unwrap()
 }
 
-async fn post_raw(
+pub(crate) async fn post_raw(
     app: &TestApp,
     source: &str,
     headers: &[(&str, String)],
@@ -147,7 +147,7 @@ async fn post_raw(
 }
 
 /// The audit events of one request.
-async fn events_of(app: &TestApp, rid: &str) -> Vec<Value> {
+pub(crate) async fn events_of(app: &TestApp, rid: &str) -> Vec<Value> {
     let v: Value = app
         .get(
             &app.keys.auditor,
@@ -160,7 +160,7 @@ async fn events_of(app: &TestApp, rid: &str) -> Vec<Value> {
     v["events"].as_array().unwrap().clone()
 }
 
-async fn accepted(r: reqwest::Response) -> (Value, String) {
+pub(crate) async fn accepted(r: reqwest::Response) -> (Value, String) {
     let st = r.status().as_u16();
     let rid = header(&r, "x-request-id").unwrap_or_default();
     let loc = header(&r, "location");
@@ -455,7 +455,11 @@ async fn jira_admin_webhooks_and_automation_keys() {
     assert_eq!(arm.calls(ArmOp::Logoff), before + 2);
 }
 
-fn sn_headers(body: &[u8], key: Option<&str>, hmac: Option<&str>) -> Vec<(&'static str, String)> {
+pub(crate) fn sn_headers(
+    body: &[u8],
+    key: Option<&str>,
+    hmac: Option<&str>,
+) -> Vec<(&'static str, String)> {
     let mut h = Vec::new();
     if let Some(k) = key {
         h.push(("X-Sessiongate-Key", k.to_string()));
@@ -872,23 +876,72 @@ async fn delivery_rows_and_write_back_queue_on_postgres() {
     let row = w.answer_get(t, "sn", "d-1").await.unwrap().unwrap();
     assert_eq!((row.state.as_str(), row.status), ("done", Some(202)));
     // The job is still queued: nothing to write back yet.
-    assert!(w.pending_write_backs(10).await.unwrap().is_empty());
+    assert!(w.pending_write_backs(10, 100).await.unwrap().is_empty());
     let claimed = w.claim("r1", i64::MAX / 2, 30).await.unwrap().unwrap();
     assert_eq!(claimed.id, "job-1");
     assert!(w.finish_job("job-1", "r1", "succeeded", 40).await.unwrap());
-    let pending = w.pending_write_backs(10).await.unwrap();
+    let pending = w.pending_write_backs(10, 100).await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].ticket_id.as_deref(), Some("abc"));
+    // Claims: one runner at a time; the other's record is refused; a retry delay hides the
+    // delivery until it is over; an expired claim can be taken over.
+    assert!(
+        w.claim_write_back("sn", "d-1", "r1", 200, 100)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !w.claim_write_back("sn", "d-1", "r2", 300, 150)
+            .await
+            .unwrap()
+    );
+    assert!(w.pending_write_backs(10, 150).await.unwrap().is_empty());
+    assert!(
+        !w.record_write_back_by("sn", "d-1", Some("r2"), "done", None, 160, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        w.record_write_back_by(
+            "sn",
+            "d-1",
+            Some("r1"),
+            "pending",
+            Some("429"),
+            170,
+            Some(400)
+        )
+        .await
+        .unwrap()
+    );
+    assert!(w.pending_write_backs(10, 399).await.unwrap().is_empty());
+    assert!(
+        !w.claim_write_back("sn", "d-1", "r2", 900, 399)
+            .await
+            .unwrap()
+    );
+    assert_eq!(w.pending_write_backs(10, 401).await.unwrap().len(), 1);
+    assert!(
+        w.claim_write_back("sn", "d-1", "r2", 900, 401)
+            .await
+            .unwrap()
+    );
+    // r2 dies holding it: after its claim ends, r1 takes it over.
+    assert!(
+        w.claim_write_back("sn", "d-1", "r1", 2000, 901)
+            .await
+            .unwrap()
+    );
     assert!(
         w.record_write_back("sn", "d-1", "failed", Some("403 ACL"), 50)
             .await
             .unwrap()
     );
-    assert!(w.pending_write_backs(10).await.unwrap().is_empty());
+    assert!(w.pending_write_backs(10, 100).await.unwrap().is_empty());
     let d = w.delivery_of_job("job-1").await.unwrap().unwrap();
     assert_eq!(
         (d.write_back.as_str(), d.write_back_attempts),
-        ("failed", 1)
+        ("failed", 2)
     );
     assert_eq!(w.answer_prune(t, 21).await.unwrap(), 1);
     assert!(w.delivery("sn", "d-1").await.unwrap().is_none());
