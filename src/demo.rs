@@ -5,7 +5,7 @@ use crate::{
     auth::apikey,
     cli::{ArmThrottleArgs, DemoArgs, EmulateCommand, EmulatorArgs, OidcArgs, TicketEmulatorArgs},
     config::Config,
-    emulator::{arm, common::EmulatorTls, winrm, wvd_classic},
+    emulator::{arm, common::EmulatorTls, jira, servicenow, winrm, wvd_classic},
 };
 use std::{
     collections::HashMap,
@@ -75,7 +75,33 @@ pub struct DemoBackends {
     pub classic: wvd_classic::ClassicEmulator,
     pub rds: winrm::WinRmEmulator,
     pub multipoint: winrm::WinRmEmulator,
+    pub servicenow: servicenow::ServiceNowEmulator,
+    pub jira: jira::JiraEmulator,
+    /// One ticket per webhook source of `config/demo.toml`, with what it takes to send it.
+    pub webhooks: Vec<DemoWebhook>,
     pub values: HashMap<&'static str, String>,
+}
+
+/// A ticket of the emulated ServiceNow instance or Jira site asking to log a user off, and the
+/// delivery its webhook source receives for it.
+pub struct DemoWebhook {
+    /// The source's name (and kind) in `config/demo.toml`.
+    pub source: &'static str,
+    /// What the banner says about it.
+    pub what: String,
+    /// The ticket (`INC...`, `HELP-1`) and the user it asks to log off.
+    pub ticket: String,
+    pub user: String,
+    /// The delivery's body, a file in the data dir.
+    pub body_file: PathBuf,
+    /// The delivery id (in the body for ServiceNow, a header for Jira, `--id` for generic).
+    pub delivery_id: String,
+    /// Headers computed once for the fixed body (servicenow, jira); generic signs when sent.
+    pub headers: Vec<(String, String)>,
+    /// generic: the file holding the source's `whsec_` secret, for `sessiongate webhook sign`.
+    pub secret_file: Option<PathBuf>,
+    /// A command that shows the ticket's notes (the job's result once written back).
+    pub notes_command: String,
 }
 
 /// The demo's Entra tenant, API (audience) and public client of the OIDC emulator.
@@ -249,6 +275,8 @@ pub async fn start_backends(data_dir: &Path) -> Result<DemoBackends, String> {
     });
     values.insert("OIDC_ISSUER", oidc.issuer().to_string());
     values.insert("OIDC_AUDIENCE", DEMO_AUDIENCE.to_string());
+    let (servicenow, jira, webhooks) =
+        start_ticketing(data_dir, &tls, &ca_path, &arm_emu, &mut values).await?;
     Ok(DemoBackends {
         oidc,
         demo_user,
@@ -257,8 +285,233 @@ pub async fn start_backends(data_dir: &Path) -> Result<DemoBackends, String> {
         classic,
         rds,
         multipoint,
+        servicenow,
+        jira,
+        webhooks,
         values,
     })
+}
+
+/// Writes a file in the data dir, naming it in the error.
+fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), String> {
+    let r = if private {
+        std::str::from_utf8(contents)
+            .map_err(std::io::Error::other)
+            .and_then(|t| write_private(path, t))
+    } else {
+        std::fs::write(path, contents)
+    };
+    r.map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Starts the ServiceNow and Jira emulators, seeds one ticket per webhook source of the demo
+/// (each asking to log off another user with a session in the AVD pool), writes the sources'
+/// secrets and the deliveries' bodies into the data dir and fills the `[[webhooks.sources]]`
+/// placeholders.
+async fn start_ticketing(
+    data_dir: &Path,
+    tls: &EmulatorTls,
+    ca_path: &Path,
+    arm_emu: &arm::ArmEmulator,
+    values: &mut HashMap<&'static str, String>,
+) -> Result<
+    (
+        servicenow::ServiceNowEmulator,
+        jira::JiraEmulator,
+        Vec<DemoWebhook>,
+    ),
+    String,
+> {
+    // Users of the AVD pool the other printed examples leave alone: the first two sessions are
+    // the logoff and Idempotency-Key examples', the last one is the demo user's.
+    let sessions = arm_emu.state().sessions("hp-demo");
+    let users: Vec<String> = sessions
+        .iter()
+        .skip(3)
+        .take(3)
+        .map(|s| s.user.clone())
+        .collect();
+    let [sn_user, jira_user, gen_user] = <[String; 3]>::try_from(users)
+        .map_err(|_| "the ARM emulator seeded too few sessions for the ticket examples")?;
+    let ca = shell_word(&ca_path.display().to_string());
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("binding the ServiceNow emulator: {e}"))?;
+    let mut sn = servicenow::start(
+        listener,
+        tls,
+        servicenow::ServiceNowOptions {
+            password: random_secret(),
+            client_secret: random_secret(),
+            incidents: 0,
+            callers: Vec::new(),
+            ..servicenow::ServiceNowOptions::default()
+        },
+    )
+    .await
+    .map_err(|e| format!("starting the ServiceNow emulator: {e}"))?;
+    sn.set_ca_pem_path(ca_path.display().to_string());
+    let sn_info = sn.info();
+    let sn_state = sn.state();
+    let (sn_number, sn_sys_id) = sn_state.add_incident(
+        &sn_user,
+        "My remote desktop session is frozen",
+        "approved",
+        "logoff",
+    );
+    let (gen_number, gen_sys_id) = sn_state.add_incident(
+        &gen_user,
+        "Log me off: my profile is stuck",
+        "approved",
+        "logoff",
+    );
+    let sn_password = data_dir.join("servicenow-password");
+    write_file(&sn_password, sn_info.password.as_bytes(), true)?;
+    values.insert("SN_URL", sn_info.instance_url.clone());
+    values.insert("SN_USER", sn_info.user.clone());
+    values.insert("SN_PASSWORD_FILE", sn_password.display().to_string());
+    let journal = |sys_id: &str| {
+        format!(
+            "curl -s --cacert {ca} -u {} '{}/api/now/table/sys_journal_field?sysparm_query=element_id={sys_id}&sysparm_fields=element,value,sys_created_on'",
+            shell_word(&format!("{}:{}", sn_info.user, sn_info.password)),
+            sn_info.instance_url,
+        )
+    };
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("binding the Jira emulator: {e}"))?;
+    let mut jira_emu = jira::start(
+        listener,
+        tls,
+        jira::JiraOptions {
+            api_token: random_secret(),
+            issues: 0,
+            reporters: Vec::new(),
+            ..jira::JiraOptions::default()
+        },
+    )
+    .await
+    .map_err(|e| format!("starting the Jira emulator: {e}"))?;
+    jira_emu.set_ca_pem_path(ca_path.display().to_string());
+    let jira_info = jira_emu.info();
+    let jira_state = jira_emu.state();
+    let jira_key = jira_state.add_issue(&jira_user, "Please log me off everywhere", "logoff");
+    jira_state.set_status(&jira_key, "Approved");
+    let jira_token = data_dir.join("jira-api-token");
+    write_file(&jira_token, jira_info.api_token.as_bytes(), true)?;
+    values.insert("JIRA_URL", jira_info.site_url.clone());
+    values.insert("JIRA_EMAIL", jira_info.email.clone());
+    values.insert("JIRA_TOKEN_FILE", jira_token.display().to_string());
+
+    let mut hooks = Vec::new();
+
+    // servicenow: the Business Rule's body, its API key and HMAC (the emulator's header).
+    let sn_key = apikey::generate_key();
+    let sn_hmac = random_secret();
+    let sn_hmac_file = data_dir.join("webhook-servicenow-hmac");
+    write_file(&sn_hmac_file, sn_hmac.as_bytes(), true)?;
+    values.insert("SN_WEBHOOK_KEY_HASH", apikey::hash_key(&sn_key));
+    values.insert("SN_HMAC_FILE", sn_hmac_file.display().to_string());
+    let delivery_id = uuid::Uuid::new_v4().to_string();
+    let body = serde_json::to_vec(&sn_state.notify_payload(&sn_number, &delivery_id, None)?)
+        .map_err(|e| e.to_string())?;
+    let body_file = data_dir.join("webhook-servicenow.json");
+    write_file(&body_file, &body, false)?;
+    hooks.push(DemoWebhook {
+        source: "servicenow",
+        what: format!(
+            "incident {sn_number} asks to log off {sn_user}; API key + HMAC of the body, as a Business Rule sends it"
+        ),
+        ticket: sn_number.clone(),
+        user: sn_user,
+        body_file,
+        headers: vec![
+            ("X-Sessiongate-Key".into(), sn_key),
+            (
+                "X-ServiceNow-Signature".into(),
+                crate::webhooks::signature::hub_sign(sn_hmac.as_bytes(), &body),
+            ),
+        ],
+        delivery_id,
+        secret_file: None,
+        notes_command: journal(&sn_sys_id),
+    });
+
+    // jira: the admin webhook's jira:issue_updated body, signed with the webhook's secret.
+    let jira_secret = random_secret();
+    let jira_secret_file = data_dir.join("webhook-jira-secret");
+    write_file(&jira_secret_file, jira_secret.as_bytes(), true)?;
+    values.insert(
+        "JIRA_WEBHOOK_SECRET_FILE",
+        jira_secret_file.display().to_string(),
+    );
+    let payload = jira_state
+        .issue_updated_payload(&jira_key)
+        .ok_or("the Jira emulator lost its issue")?;
+    let body = serde_json::to_vec(&payload).map_err(|e| e.to_string())?;
+    let body_file = data_dir.join("webhook-jira.json");
+    write_file(&body_file, &body, false)?;
+    let delivery_id = uuid::Uuid::new_v4().to_string();
+    hooks.push(DemoWebhook {
+        source: "jira",
+        what: format!(
+            "issue {jira_key} (Approved) asks to log off {jira_user}; an admin webhook signed with its secret"
+        ),
+        ticket: jira_key.clone(),
+        user: jira_user,
+        body_file,
+        headers: vec![
+            (
+                "X-Hub-Signature".into(),
+                crate::webhooks::signature::hub_sign(jira_secret.as_bytes(), &body),
+            ),
+            ("X-Atlassian-Webhook-Identifier".into(), delivery_id.clone()),
+        ],
+        delivery_id,
+        secret_file: None,
+        notes_command: format!(
+            "curl -s --cacert {ca} -u {} {}/rest/api/3/issue/{jira_key}/comment",
+            shell_word(&format!("{}:{}", jira_info.email, jira_info.api_token)),
+            jira_info.site_url,
+        ),
+    });
+
+    // generic: a Standard Webhooks sender naming a ServiceNow incident by number.
+    let gen_secret = format!(
+        "whsec_{}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            rand::Rng::random::<[u8; 24]>(&mut rand::rng())
+        )
+    );
+    let gen_secret_file = data_dir.join("webhook-generic-secret");
+    write_file(&gen_secret_file, gen_secret.as_bytes(), true)?;
+    values.insert("GENERIC_SECRET_FILE", gen_secret_file.display().to_string());
+    let body = serde_json::to_vec(&serde_json::json!({
+        "action": "logoff",
+        "user": gen_user,
+        "ticket": gen_number,
+        "reason": "Log me off: my profile is stuck",
+    }))
+    .map_err(|e| e.to_string())?;
+    let body_file = data_dir.join("webhook-generic.json");
+    write_file(&body_file, &body, false)?;
+    hooks.push(DemoWebhook {
+        source: "generic",
+        what: format!(
+            "a Standard Webhooks sender asks to log off {gen_user} for incident {gen_number}; signed when sent (timestamps within 5 min)"
+        ),
+        ticket: gen_number,
+        user: gen_user,
+        body_file,
+        headers: Vec::new(),
+        delivery_id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+        secret_file: Some(gen_secret_file),
+        notes_command: journal(&gen_sys_id),
+    });
+    Ok((sn, jira_emu, hooks))
 }
 
 /// The demo's API keys, one per role.
@@ -316,8 +569,9 @@ pub const DEMO_CONFIG_FILE: &str = "sessiongate.toml";
 
 const DEMO_CONFIG_HEADER: &str = "\
 # Written by `sessiongate demo`: the configuration this demo ran with (its effective config).
-# Secrets are not in this file: the client secrets and the WinRM password are files next to it,
-# named by secret_file / password_file; API keys appear only as hashes.
+# Secrets are not in this file: the client secrets, the WinRM password and the ticketing
+# secrets are files next to it, named by secret_file / password_file / api_token_file / file;
+# API keys appear only as hashes.
 # The emulators listened on random loopback ports and stop with the demo, so the pools below do
 # not answer afterwards. The file stays valid for the commands that need only [server] and
 # [audit], for instance:
@@ -513,7 +767,7 @@ Entra ID (emulated: `sessiongate emulate oidc`) token of demo user {user}
     -d '{{"dry_run": true}}' $SG/me/sessions/disconnect
   # a fresh token (password grant at the emulator's Entra-style v2 token endpoint)
   curl -s --cacert {ca} -d grant_type=password -d client_id={client} -d username={user} -d password={password} -d scope={scope} {token_url}
-
+{webhooks}
 Stop with Ctrl-C.
 "#,
         data_dir = data_dir.display(),
@@ -530,7 +784,62 @@ Stop with Ctrl-C.
         password = shell_word(&b.demo_password),
         scope = shell_word(&format!("{DEMO_AUDIENCE}/.default")),
         token_url = b.oidc.token_url(),
+        webhooks = webhooks_banner(b, cfg, &keys.admin),
     );
+}
+
+/// The banner's ticketing part: per source, the delivery as a ready-to-paste curl and the
+/// command that shows the ticket's notes.
+fn webhooks_banner(b: &DemoBackends, cfg: &Path, admin_key: &str) -> String {
+    // The binary running now, so the signing command works wherever it was started from.
+    let exe = std::env::current_exe()
+        .map(|p| shell_word(&p.display().to_string()))
+        .unwrap_or_else(|_| "sessiongate".into());
+    let mut out = format!(
+        "
+Ticketing webhooks (docs/ticketing.md), one source of each kind. The tickets live in the
+emulated ServiceNow instance {sn} and Jira site {jira}.
+Each delivery logs its user off as a job; once the job ended, its result is written to the
+ticket. Send one twice: the second answer is the first one replayed (Webhook-Replayed: true),
+nothing runs again.
+",
+        sn = b.servicenow.base_url(),
+        jira = b.jira.base_url(),
+    );
+    for h in &b.webhooks {
+        let body = shell_word(&h.body_file.display().to_string());
+        let post = "curl -s -i -X POST -H 'Content-Type: application/json'";
+        out.push_str(&format!("  # {}: {}\n", h.source, h.what));
+        match &h.secret_file {
+            Some(secret) => out.push_str(&format!(
+                "  {exe} webhook sign --config {cfg} --source {src} --secret-file {secret} --id {id} < {body} \\\n    | {post} -H @- --data-binary @{body} $SG/webhooks/{src}\n",
+                cfg = shell_word(&cfg.display().to_string()),
+                src = h.source,
+                secret = shell_word(&secret.display().to_string()),
+                id = h.delivery_id,
+            )),
+            None => {
+                let headers: Vec<String> = h
+                    .headers
+                    .iter()
+                    .map(|(k, v)| format!("-H {}", shell_word(&format!("{k}: {v}"))))
+                    .collect();
+                out.push_str(&format!(
+                    "  {post} \\\n    {} \\\n    --data-binary @{body} $SG/webhooks/{}\n",
+                    headers.join(" \\\n    "),
+                    h.source,
+                ));
+            }
+        }
+        out.push_str(&format!(
+            "  # {}'s notes: the job's result, a few seconds after the job ended\n  {}\n",
+            h.ticket, h.notes_command
+        ));
+    }
+    out.push_str(&format!(
+        "  # a delivery's job, with its write_back state (webhook jobs: admin or auditor key)\n  curl -s -H \"Authorization: Bearer {admin_key}\" $SG/jobs/<job_id from the answer>\n"
+    ));
+    out
 }
 
 pub async fn emulate(which: EmulateCommand) -> u8 {

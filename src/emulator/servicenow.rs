@@ -368,15 +368,14 @@ impl ServiceNowState {
         self.faults.set(f);
     }
 
-    /// Sends the webhook a Business Rule would send for incident `number` (see the module
-    /// documentation for the body). Only loopback targets are accepted.
-    pub async fn notify(&self, number: &str, o: &NotifyOptions) -> Result<NotifyOutcome, String> {
-        if !is_loopback_url(&o.url) {
-            return Err(format!(
-                "'{}' is not a loopback http(s) URL: the emulator only notifies loopback targets",
-                o.url
-            ));
-        }
+    /// The body the Business Rule's webhook carries for incident `number` (what [`Self::notify`]
+    /// sends), with `delivery_id` and, unless given, the incident's requested action.
+    pub fn notify_payload(
+        &self,
+        number: &str,
+        delivery_id: &str,
+        action: Option<&str>,
+    ) -> Result<Value, String> {
         let sys_id = self
             .incident_sys_id(number)
             .ok_or_else(|| format!("no incident {number}"))?;
@@ -390,23 +389,35 @@ impl ServiceNowState {
             .and_then(|u| u.get("email").map(text_of))
             .unwrap_or_default();
         let field = |k: &str| rec.get(k).map(text_of).unwrap_or_default();
-        let delivery_id = o
-            .delivery_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let body = json!({
+        Ok(json!({
             "event": "incident.sessiongate_action",
             "delivery_id": delivery_id,
             "table": "incident",
             "number": number,
             "sys_id": sys_id,
             "caller_upn": caller,
-            "requested_action": o.action.clone().unwrap_or_else(|| field("u_sessiongate_action")),
+            "requested_action": action.map(str::to_string).unwrap_or_else(|| field("u_sessiongate_action")),
             "approval": field("approval"),
             "state": field("state"),
             "short_description": field("short_description"),
             "sys_updated_on": field("sys_updated_on"),
-        });
+        }))
+    }
+
+    /// Sends the webhook a Business Rule would send for incident `number` (see the module
+    /// documentation for the body). Only loopback targets are accepted.
+    pub async fn notify(&self, number: &str, o: &NotifyOptions) -> Result<NotifyOutcome, String> {
+        if !is_loopback_url(&o.url) {
+            return Err(format!(
+                "'{}' is not a loopback http(s) URL: the emulator only notifies loopback targets",
+                o.url
+            ));
+        }
+        let delivery_id = o
+            .delivery_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let body = self.notify_payload(number, &delivery_id, o.action.as_deref())?;
         let raw = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
         let mut req = self
             .http

@@ -27,6 +27,7 @@ mod classic_measure;
 mod classic_provider;
 mod cli;
 mod console_browser;
+mod demo_webhooks;
 mod deploy;
 mod fleet;
 mod fleet_idempotency;

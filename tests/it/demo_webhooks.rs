@@ -1,0 +1,307 @@
+//! `demo`'s ticketing webhooks, run as a user would: the printed curl of each source kind
+//! (servicenow, jira, generic) logs its ticket's user off as a job, the emulated ticket then
+//! shows the job's result (a ServiceNow work note, a Jira comment), and the same delivery sent
+//! again is answered with the same job and does nothing new.
+//! Run: `cargo nextest run --test it demo_webhooks::`
+
+use crate::support::{
+    free_port,
+    process::{Killer, read_until},
+};
+use serde_json::Value;
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sessiongate");
+
+/// One printed command and the comment line above it.
+struct Printed {
+    comment: String,
+    command: String,
+}
+
+/// The banner's ticketing part as (comment, command) pairs; a command keeps its `\` line
+/// continuations, so `sh -c` runs it exactly as pasted.
+fn webhook_commands(lines: &[String]) -> Vec<Printed> {
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with("Ticketing webhooks"))
+        .expect("the banner has a ticketing part");
+    let mut out: Vec<Printed> = Vec::new();
+    for l in &lines[start..] {
+        if l.starts_with("Stop with") {
+            break;
+        }
+        let t = l.trim();
+        if let Some(c) = t.strip_prefix("# ") {
+            out.push(Printed {
+                comment: c.to_string(),
+                command: String::new(),
+            });
+        } else if let Some(p) = out.last_mut()
+            && !t.is_empty()
+        {
+            if !p.command.is_empty() {
+                p.command.push('\n');
+            }
+            p.command.push_str(t);
+        }
+    }
+    out
+}
+
+fn sh(cmd: &str, sg: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("SG", sg)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}\nexit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A `curl -i` answer: status, headers (lowercase names) and the JSON body.
+fn http_answer(raw: &str) -> (u16, Vec<(String, String)>, Value) {
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("an HTTP answer: {raw}"));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a status line: {raw}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("JSON body ({e}): {raw}"));
+    (status, headers, body)
+}
+
+fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// The notes of the ticket as its notes command prints them: ServiceNow's journal entries
+/// (`result`) or Jira's comments (`comments`), each as JSON text.
+fn notes(cmd: &str, sg: &str) -> Vec<String> {
+    let v: Value =
+        serde_json::from_str(&sh(cmd, sg)).unwrap_or_else(|e| panic!("{cmd} prints JSON: {e}"));
+    v.get("result")
+        .or_else(|| v.get("comments"))
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("notes in {v}"))
+        .iter()
+        .map(Value::to_string)
+        .collect()
+}
+
+async fn get(http: &reqwest::Client, key: &str, url: &str) -> Value {
+    let r = http.get(url).bearer_auth(key).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{url}");
+    r.json().await.unwrap()
+}
+
+async fn sessions_of(http: &reqwest::Client, key: &str, sg: &str, user: &str) -> usize {
+    get(
+        http,
+        key,
+        &format!("{sg}/hostpools/avd-demo/sessions?user={user}"),
+    )
+    .await["sessions"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or_else(|| panic!("sessions of {user}"))
+}
+
+/// The number of logoff outcomes the audit log holds for `user`.
+async fn logoffs_of(http: &reqwest::Client, auditor: &str, sg: &str, user: &str) -> usize {
+    let v = get(
+        http,
+        auditor,
+        &format!("{sg}/audit?user={user}&action=logoff&outcome=done&limit=1000"),
+    )
+    .await;
+    v["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("audit events: {v}"))
+        .len()
+}
+
+#[tokio::test]
+async fn demo_webhook_commands_log_off_write_back_and_replay_nothing() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(BIN)
+        .args([
+            "demo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut k = Killer(child);
+    let lines = read_until(&mut k.0, |l| l.contains("Stop with Ctrl-C"));
+    let key_of = |role: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(role).map(|r| r.trim().to_string()))
+            .unwrap_or_else(|| panic!("{role} key printed"))
+    };
+    let (op, admin, auditor) = (key_of("operator "), key_of("admin "), key_of("auditor "));
+    let sg = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let printed = webhook_commands(&lines);
+    // The sources' secrets are private files the written config names, never their contents.
+    let cfg = std::fs::read_to_string(dir.path().join("sessiongate.toml")).unwrap();
+    for f in [
+        "servicenow-password",
+        "jira-api-token",
+        "webhook-servicenow-hmac",
+        "webhook-jira-secret",
+        "webhook-generic-secret",
+    ] {
+        let path = dir.path().join(f);
+        let secret = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !secret.trim().is_empty() && !cfg.contains(secret.trim()),
+            "{f}"
+        );
+        assert!(cfg.contains(f), "{f} is referenced");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+    }
+
+    for source in ["servicenow", "jira", "generic"] {
+        let i = printed
+            .iter()
+            .position(|p| p.comment.starts_with(&format!("{source}:")))
+            .unwrap_or_else(|| panic!("a {source} command is printed"));
+        let (send, show) = (&printed[i], &printed[i + 1]);
+        assert!(
+            send.command.contains(&format!("/webhooks/{source}")),
+            "{}",
+            send.command
+        );
+        assert!(show.comment.contains("notes"), "{}", show.comment);
+        let user = send
+            .comment
+            .split("log off ")
+            .nth(1)
+            .and_then(|r| r.split([';', ' ']).next())
+            .unwrap_or_else(|| panic!("the {source} comment names the user: {}", send.comment))
+            .to_string();
+        assert_eq!(
+            sessions_of(&http, &op, &sg, &user).await,
+            1,
+            "{user} has a session"
+        );
+        assert!(notes(&show.command, &sg).is_empty(), "no note yet");
+
+        // The delivery, as printed: a job.
+        let (status, _, first) = http_answer(&sh(&send.command, &sg));
+        assert_eq!(status, 202, "{source}: {first}");
+        let job_id = first["job_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{source}: a job id in {first}"))
+            .to_string();
+        let t0 = Instant::now();
+        let job = loop {
+            let j = get(&http, &admin, &format!("{sg}/jobs/{job_id}")).await;
+            if !matches!(j["state"].as_str(), Some("queued" | "running")) {
+                break j;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "job ended: {j}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(job["state"], "succeeded", "{source}: {job}");
+        assert_eq!(job["created_by"], format!("webhook:{source}"), "{job}");
+        assert_eq!(
+            sessions_of(&http, &op, &sg, &user).await,
+            0,
+            "{source}: {user} was logged off"
+        );
+        assert_eq!(logoffs_of(&http, &auditor, &sg, &user).await, 1);
+
+        // The ticket shows the job's result.
+        let t0 = Instant::now();
+        let written = loop {
+            let n = notes(&show.command, &sg);
+            if !n.is_empty() {
+                break n;
+            }
+            let j = get(&http, &admin, &format!("{sg}/jobs/{job_id}")).await;
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{source}: the ticket shows a note within 30 s; the job's write_back: {}",
+                j["write_back"]
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        assert_eq!(written.len(), 1, "{written:?}");
+        assert!(
+            written[0].contains(&job_id) && written[0].contains("succeeded"),
+            "{source}: the note names the job and its state: {}",
+            written[0]
+        );
+        let t0 = Instant::now();
+        loop {
+            let j = get(&http, &admin, &format!("{sg}/jobs/{job_id}")).await;
+            if j["write_back"]["state"] == "done" {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "write_back done: {j}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // The same delivery again: the first answer, nothing new.
+        let (status, headers, again) = http_answer(&sh(&send.command, &sg));
+        assert_eq!(status, 202, "{source}: {again}");
+        assert_eq!(again["job_id"], job_id.as_str(), "{again}");
+        assert_eq!(header(&headers, "webhook-replayed"), Some("true"));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            notes(&show.command, &sg).len(),
+            1,
+            "{source}: no second note"
+        );
+        assert_eq!(
+            logoffs_of(&http, &auditor, &sg, &user).await,
+            1,
+            "{source}: no second logoff"
+        );
+    }
+    let jobs = get(&http, &admin, &format!("{sg}/jobs?limit=100")).await;
+    let webhook_jobs = jobs["jobs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("jobs: {jobs}"))
+        .iter()
+        .filter(|j| {
+            j["created_by"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("webhook:"))
+        })
+        .count();
+    assert_eq!(webhook_jobs, 3, "one job per source: {jobs}");
+}
