@@ -743,7 +743,13 @@ impl WorkStore {
     /// Deletes records created before `before_us`.
     pub async fn answer_prune(&self, t: AnswerTable, before_us: i64) -> Result<u64, AuditError> {
         let (table, _, _) = t.names();
-        let sql = format!("DELETE FROM {table} WHERE created_us < $1");
+        // A delivery whose ticket still waits for its write-back is kept until it is written
+        // or given up.
+        let keep = match t {
+            AnswerTable::Webhooks => " AND write_back <> 'pending'",
+            _ => "",
+        };
+        let sql = format!("DELETE FROM {table} WHERE created_us < $1{keep}");
         with_db!(&self.db, p => {
             let r = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(before_us)

@@ -272,10 +272,9 @@ impl Gateway {
             upstream_status: None,
             duration_ms: None,
         };
-        self.audit
-            .record(ev)
-            .await
-            .map_err(|e| ServiceError::AuditUnavailable(e.to_string()))?;
+        // The attempt is recorded on the delivery: its audit event must not be lost either
+        // (the spool keeps it while the store refuses writes).
+        let _ = self.audit.record_or_spool(ev).await;
         Ok(true)
     }
 

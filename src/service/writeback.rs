@@ -25,9 +25,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long a runner holds a claimed write-back: longer than one attempt can take (the
-/// targets' `retry_budget_secs` are at most 10 minutes).
-const CLAIM: Duration = Duration::from_secs(15 * 60);
+/// How long a runner holds a claimed write-back: longer than one attempt can take (at most
+/// four calls — number lookup and write, again after a credential reload — each within a
+/// target's `retry_budget_secs` ≤ 600 s plus `timeout_secs` ≤ 120 s).
+const CLAIM: Duration = Duration::from_secs(60 * 60);
+
+/// Tries of recording an attempt's result before the claim is left to expire.
+const RECORD_TRIES: u32 = 5;
 
 /// Write-backs looked at per pass.
 const BATCH: u32 = 16;
@@ -174,52 +178,90 @@ impl Gateway {
                 )),
                 None,
             ),
-            Some(client) => {
-                let report = self.write_back_report(&p.job_id).await?;
-                let ticket = ticket_ref(client.kind(), p);
-                match client.write_back(&ticket, &report).await {
-                    Ok(r) => (
-                        WriteBackResult::Done(match &r.id {
-                            Some(id) => format!(
-                                "written to {} {} (comment {id}, HTTP {})",
-                                r.kind, r.target, r.status
-                            ),
-                            None => {
-                                format!("written to {} {} (HTTP {})", r.kind, r.target, r.status)
-                            }
-                        }),
-                        None,
-                    ),
-                    Err(e) if temporary(e.kind) && attempt < self.limits.write_back.attempts => {
-                        // Not before the system's own Retry-After.
-                        let delay = retry_delay(&self.limits.write_back, attempt)
-                            .max(e.retry_after.unwrap_or_default());
-                        (
-                            WriteBackResult::Retry(format!(
-                                "{e} (attempt {attempt} of {}; next in {} s)",
-                                self.limits.write_back.attempts,
-                                delay.as_secs()
+            Some(client) => match self.write_back_report(&p.job_id).await? {
+                None => (
+                    WriteBackResult::Failed(format!(
+                        "job_not_found: the job {} is no longer in the store",
+                        p.job_id
+                    )),
+                    None,
+                ),
+                Some(report) => {
+                    let ticket = ticket_ref(client.kind(), p);
+                    match client.write_back(&ticket, &report).await {
+                        Ok(r) => (
+                            WriteBackResult::Done(match &r.id {
+                                Some(id) => format!(
+                                    "written to {} {} (comment {id}, HTTP {})",
+                                    r.kind, r.target, r.status
+                                ),
+                                None => {
+                                    format!(
+                                        "written to {} {} (HTTP {})",
+                                        r.kind, r.target, r.status
+                                    )
+                                }
+                            }),
+                            None,
+                        ),
+                        Err(e) if e.may_have_written => (
+                            WriteBackResult::Failed(format!(
+                                "{e} (the write may have been made: check the ticket; it is not sent again)"
                             )),
-                            Some(now_us() + micros(delay)),
-                        )
+                            None,
+                        ),
+                        Err(e)
+                            if temporary(e.kind) && attempt < self.limits.write_back.attempts =>
+                        {
+                            // Not before the system's own Retry-After (within the longest delay).
+                            let delay = retry_delay(&self.limits.write_back, attempt).max(
+                                e.retry_after
+                                    .unwrap_or_default()
+                                    .min(self.limits.write_back.retry_max),
+                            );
+                            (
+                                WriteBackResult::Retry(format!(
+                                    "{e} (attempt {attempt} of {}; next in {} s)",
+                                    self.limits.write_back.attempts,
+                                    delay.as_secs()
+                                )),
+                                Some(now_us() + micros(delay)),
+                            )
+                        }
+                        Err(e) if temporary(e.kind) => (
+                            WriteBackResult::Failed(format!(
+                                "{e} (gave up after {attempt} attempts)"
+                            )),
+                            None,
+                        ),
+                        Err(e) => (WriteBackResult::Failed(e.to_string()), None),
                     }
-                    Err(e) if temporary(e.kind) => (
-                        WriteBackResult::Failed(format!("{e} (gave up after {attempt} attempts)")),
-                        None,
-                    ),
-                    Err(e) => (WriteBackResult::Failed(e.to_string()), None),
                 }
+            },
+        };
+        // The ticket may have been written: a store hiccup now must not make the claim expire
+        // and the note be written again.
+        let mut tries = 0;
+        let recorded = loop {
+            tries += 1;
+            match self
+                .record_write_back_by(
+                    &p.source,
+                    &p.delivery_id,
+                    Some(&self.runner_id),
+                    &result,
+                    not_before,
+                )
+                .await
+            {
+                Ok(r) => break r,
+                Err(e) if tries < RECORD_TRIES => {
+                    tracing::warn!(error = %e, "recording a write-back failed; trying again");
+                    tokio::time::sleep(Duration::from_secs(u64::from(tries))).await;
+                }
+                Err(e) => return Err(e),
             }
         };
-        let recorded = self
-            .record_write_back_by(
-                &p.source,
-                &p.delivery_id,
-                Some(&self.runner_id),
-                &result,
-                not_before,
-            )
-            .await?;
         if !recorded {
             tracing::warn!("the write-back's claim was taken over before its result was recorded");
         }
@@ -231,14 +273,12 @@ impl Gateway {
     pub(super) async fn write_back_report(
         &self,
         job_id: &str,
-    ) -> Result<WriteBackReport, ServiceError> {
+    ) -> Result<Option<WriteBackReport>, ServiceError> {
         let work = self.delivery_store()?;
         let err = super::idempotency::store_err;
-        let job = work
-            .job(job_id)
-            .await
-            .map_err(err)?
-            .ok_or_else(|| ServiceError::AuditUnavailable(format!("job {job_id} is gone")))?;
+        let Some(job) = work.job(job_id).await.map_err(err)? else {
+            return Ok(None);
+        };
         let mut items = Vec::new();
         let mut action = None;
         let mut after = -1;
@@ -280,12 +320,12 @@ impl Gateway {
                 break;
             }
         }
-        Ok(WriteBackReport {
+        Ok(Some(WriteBackReport {
             job_id: job.id,
             action,
             state: job.state,
             items,
-        })
+        }))
     }
 }
 

@@ -233,6 +233,13 @@ fn policy(
     if max_retries > 10 {
         return Err(key.field("max_retries").err("at most 10"));
     }
+    // One write-back attempt (at most four calls) must end well within the runner's claim.
+    if retry_budget_secs > 600 {
+        return Err(key.field("retry_budget_secs").err("at most 600"));
+    }
+    if timeout_secs > 120 {
+        return Err(key.field("timeout_secs").err("at most 120"));
+    }
     CallPolicy::from_knobs(
         timeout_secs,
         max_retries,

@@ -87,6 +87,11 @@ pub struct WriteBackError {
     pub message: String,
     /// Throttled: how long the system asked to wait (`Retry-After`) beyond the retry budget.
     pub retry_after: Option<Duration>,
+    /// The failed call was the (not idempotent) write itself and it may have been carried
+    /// out: a 5xx or a timeout after the request was sent. Never sent again automatically.
+    pub may_have_written: bool,
+    /// The engine gave up waiting for an answer (the request may have been sent).
+    timed_out: bool,
 }
 
 impl WriteBackError {
@@ -100,7 +105,16 @@ impl WriteBackError {
             status,
             message: crate::domain::truncate_for_display(&message.into(), 400),
             retry_after: None,
+            may_have_written: false,
+            timed_out: false,
         }
+    }
+
+    /// This error ended the journal entry or comment write: a 5xx or a timeout there may
+    /// have written it.
+    fn after_write(mut self) -> Self {
+        self.may_have_written = self.kind == WriteBackErrorKind::Unavailable || self.timed_out;
+        self
     }
 
     fn reference(message: impl Into<String>) -> Self {
@@ -128,6 +142,7 @@ impl From<UpstreamError> for WriteBackError {
         };
         Self {
             retry_after,
+            timed_out: matches!(e, UpstreamError::Timeout(_)),
             ..Self::new(kind, status, e.to_string())
         }
     }
@@ -742,7 +757,8 @@ impl WriteBack {
                 },
                 |r| classify(System::ServiceNow, r),
             )
-            .await?;
+            .await
+            .map_err(WriteBackError::after_write)?;
         Ok(WriteBackReceipt {
             kind: "servicenow",
             target: sys_id,
@@ -806,7 +822,8 @@ impl WriteBack {
                 },
                 |r| classify(system, r),
             )
-            .await?;
+            .await
+            .map_err(WriteBackError::after_write)?;
         let id = json_body(&reply)
             .ok()
             .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_owned));

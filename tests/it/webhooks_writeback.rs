@@ -3,8 +3,9 @@
 //! written to the emulated ServiceNow incident (work note), the emulated Jira issue (ADF
 //! comment) or a generic callback (signed with Standard Webhooks); `GET /jobs/{id}` and the
 //! audit log show each attempt. A duplicate delivery writes nothing new. A throttled attempt is
-//! tried again after `webhooks.write_back_retry_secs`; a missing ticket fails at once; an
-//! instance that keeps failing is given up after `write_back_attempts`.
+//! tried again after its `Retry-After`; a missing ticket fails at once; an instance that stays
+//! throttled is given up after `write_back_attempts`; a 5xx answering the write itself (it may
+//! have been written) is never sent again.
 //! Run: `cargo nextest run --test it webhooks_writeback::`
 
 use crate::fleet_jobs::{ended, wait_job};
@@ -348,14 +349,14 @@ async fn throttled_write_backs_are_retried_and_permanent_failures_recorded() {
     assert_eq!(evs.len(), 1, "{evs:?}");
     assert_eq!(evs[0]["error_code"], "write_back_failed");
 
-    // An instance that keeps answering 503: given up after write_back_attempts (2).
-    sn.state().fail_next(2, 503, 0);
-    let (host, id) = session(&app, "wb.down@contoso.com");
+    // Still throttled at the second attempt: given up after write_back_attempts (2).
+    sn.state().fail_next(2, 429, 2);
+    let (host, id) = session(&app, "wb.busy@contoso.com");
     let body = with(
         target(&host, id),
-        json!({"delivery": "wb-down", "number": "INC0010001", "sys_id": incident}),
+        json!({"delivery": "wb-busy", "number": "INC0010001", "sys_id": incident}),
     );
-    let (v, rid) = accepted(send_sn(&app, &body).await).await;
+    let (v, _) = accepted(send_sn(&app, &body).await).await;
     let j = written(&app, v["job_id"].as_str().unwrap()).await;
     assert_eq!(j["write_back"]["state"], "failed", "{j}");
     assert_eq!(j["write_back"]["attempts"], 2, "{j}");
@@ -366,6 +367,25 @@ async fn throttled_write_backs_are_retried_and_permanent_failures_recorded() {
             .contains("gave up after 2 attempts"),
         "{j}"
     );
+    // A 503 answering the PATCH itself: it may have been written, so it is never sent again.
+    sn.state().fail_next(1, 503, 0);
+    let (host, id) = session(&app, "wb.down@contoso.com");
+    let body = with(
+        target(&host, id),
+        json!({"delivery": "wb-down", "number": "INC0010001", "sys_id": incident}),
+    );
+    let (v, rid) = accepted(send_sn(&app, &body).await).await;
+    let j = written(&app, v["job_id"].as_str().unwrap()).await;
+    assert_eq!(j["write_back"]["state"], "failed", "{j}");
+    assert_eq!(j["write_back"]["attempts"], 1, "{j}");
+    assert!(
+        j["write_back"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("may have been made"),
+        "{j}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         sn.state().journal(&incident).len(),
         1,
