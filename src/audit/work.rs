@@ -907,9 +907,10 @@ impl WorkStore {
         })
     }
 
-    /// Claims a pending write-back for `owner` until `until_us` (like a job's lease): true
-    /// when this call got it (nobody else holds it, and its retry delay is over). A claim
-    /// that is not recorded by then (its holder died) can be claimed again.
+    /// Claims a pending write-back for `owner` until `until_us` (like a job's lease): the
+    /// attempts made so far when this call got it (nobody else holds it, and its retry delay
+    /// is over), `None` otherwise. A claim that is not recorded by then (its holder died) can
+    /// be claimed again.
     pub async fn claim_write_back(
         &self,
         source: &str,
@@ -917,22 +918,26 @@ impl WorkStore {
         owner: &str,
         until_us: i64,
         now_us: i64,
-    ) -> Result<bool, AuditError> {
+    ) -> Result<Option<i64>, AuditError> {
         with_db!(&self.db, p => {
             let r = sqlx::query(
                 "UPDATE webhook_deliveries SET write_back_owner = $3, write_back_until_us = $4 \
                  WHERE source = $1 AND delivery_id = $2 AND write_back = 'pending' \
-                 AND (write_back_until_us IS NULL OR write_back_until_us < $5)",
+                 AND (write_back_until_us IS NULL OR write_back_until_us < $5) \
+                 RETURNING write_back_attempts",
             )
             .bind(source)
             .bind(delivery_id)
             .bind(owner)
             .bind(until_us)
             .bind(now_us)
-            .execute(p)
+            .fetch_optional(p)
             .await
             .map_err(db_err)?;
-            Ok(r.rows_affected() == 1)
+            match r {
+                Some(row) => Ok(Some(sqlx::Row::try_get::<i64, _>(&row, 0).map_err(db_err)?)),
+                None => Ok(None),
+            }
         })
     }
 

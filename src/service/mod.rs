@@ -237,6 +237,7 @@ impl Gateway {
         let t0 = Instant::now();
         self.stopping
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.write_back_wake.notify_one();
         self.tasks.close();
         let done = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
         let left = grace.saturating_sub(t0.elapsed());

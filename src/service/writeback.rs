@@ -99,7 +99,10 @@ impl Gateway {
             return;
         }
         let me = self.clone();
-        tokio::spawn(async move { me.run_write_backs(clients).await });
+        // On the task tracker: a graceful stop waits (within its grace) for a write in flight
+        // to be recorded; the runner starts no new one once stopping.
+        self.tasks
+            .spawn(async move { me.run_write_backs(clients).await });
     }
 
     async fn run_write_backs(self: Arc<Self>, clients: WriteBackClients) {
@@ -156,7 +159,7 @@ impl Gateway {
     ) -> Result<bool, ServiceError> {
         let work = self.delivery_store()?;
         let now = now_us();
-        if !work
+        let Some(done) = work
             .claim_write_back(
                 &p.source,
                 &p.delivery_id,
@@ -166,10 +169,14 @@ impl Gateway {
             )
             .await
             .map_err(super::idempotency::store_err)?
-        {
+        else {
             return Ok(false);
-        }
-        let attempt = p.attempts + 1;
+        };
+        // The count as of the claim (another replica may have made attempts since the list
+        // was read).
+        let attempt = u32::try_from(done)
+            .unwrap_or(u32::MAX - 1)
+            .saturating_add(1);
         let (result, not_before) = match clients.get(&p.source) {
             None => (
                 WriteBackResult::Failed(format!(

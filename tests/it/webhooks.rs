@@ -930,16 +930,11 @@ async fn delivery_rows_and_write_back_queue_on_postgres() {
     assert_eq!(pending[0].ticket_id.as_deref(), Some("abc"));
     // Claims: one runner at a time; the other's record is refused; a retry delay hides the
     // delivery until it is over; an expired claim can be taken over.
-    assert!(
-        w.claim_write_back("sn", "d-1", "r1", 200, 100)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !w.claim_write_back("sn", "d-1", "r2", 300, 150)
-            .await
-            .unwrap()
-    );
+    let claim = |owner: &'static str, until: i64, now: i64| {
+        w.claim_write_back("sn", "d-1", owner, until, now)
+    };
+    assert_eq!(claim("r1", 200, 100).await.unwrap(), Some(0));
+    assert_eq!(claim("r2", 300, 150).await.unwrap(), None);
     assert!(w.pending_write_backs(10, 150).await.unwrap().is_empty());
     assert!(
         !w.record_write_back_by("sn", "d-1", Some("r2"), "done", None, 160, None)
@@ -960,23 +955,15 @@ async fn delivery_rows_and_write_back_queue_on_postgres() {
         .unwrap()
     );
     assert!(w.pending_write_backs(10, 399).await.unwrap().is_empty());
-    assert!(
-        !w.claim_write_back("sn", "d-1", "r2", 900, 399)
-            .await
-            .unwrap()
-    );
+    assert_eq!(claim("r2", 900, 399).await.unwrap(), None);
     assert_eq!(w.pending_write_backs(10, 401).await.unwrap().len(), 1);
-    assert!(
-        w.claim_write_back("sn", "d-1", "r2", 900, 401)
-            .await
-            .unwrap()
+    assert_eq!(
+        claim("r2", 900, 401).await.unwrap(),
+        Some(1),
+        "r1's recorded attempt counts"
     );
     // r2 dies holding it: after its claim ends, r1 takes it over.
-    assert!(
-        w.claim_write_back("sn", "d-1", "r1", 2000, 901)
-            .await
-            .unwrap()
-    );
+    assert_eq!(claim("r1", 2000, 901).await.unwrap(), Some(1));
     assert!(
         w.record_write_back("sn", "d-1", "failed", Some("403 ACL"), 50)
             .await
