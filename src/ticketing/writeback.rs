@@ -214,11 +214,12 @@ fn system_message(system: System, status: StatusCode, body: &[u8]) -> String {
             crate::domain::truncate_for_display(raw, 200)
         }
     });
-    format!(
-        "HTTP {}: {}",
-        status.as_u16(),
-        msg.replace(['\r', '\n'], " ")
-    )
+    // One line, no control characters (a NUL would not even fit a PostgreSQL text column).
+    let msg: String = msg
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    format!("HTTP {}: {msg}", status.as_u16())
 }
 
 /// Judges a reply: 2xx is the answer; 500, 502, 503, 504 may pass; the rest fail for good.
@@ -914,6 +915,13 @@ mod tests {
         assert_eq!(
             system_message(System::Callback, StatusCode::GONE, b""),
             "HTTP 410: Gone"
+        );
+        // Control characters (NUL, line breaks) never reach the recorded detail.
+        let nul =
+            br#"{"error":{"message":"bad\u0000thing\r\nhere","detail":null},"status":"failure"}"#;
+        assert_eq!(
+            system_message(System::ServiceNow, StatusCode::BAD_REQUEST, nul),
+            "HTTP 400: bad thing  here"
         );
     }
 
