@@ -301,6 +301,8 @@ impl AuditLog {
         // (event, copies stored before the drain, copies of it seen so far in the spool)
         let mut seen: Vec<(NewEvent, usize, usize)> = Vec::new();
         for ev in events {
+            // As it was stored (compared with the stored copies below).
+            let ev = ev.without_nul();
             let k = match seen.iter_mut().find(|(e, _, _)| e == &ev) {
                 Some(entry) => {
                     entry.2 += 1;

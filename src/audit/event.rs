@@ -91,7 +91,49 @@ pub struct NewEvent {
     pub duration_ms: Option<u64>,
 }
 
+/// Replaces NUL characters (which a PostgreSQL text column refuses for good) with U+FFFD.
+fn without_nul(s: &mut String) {
+    if s.contains('\0') {
+        *s = s.replace('\0', "\u{FFFD}");
+    }
+}
+
 impl NewEvent {
+    /// The event with every NUL in its text fields replaced by U+FFFD. Text reaches events
+    /// from tokens, backends and ticket systems; PostgreSQL refuses NUL in a text column, so
+    /// such an event could never be stored (and, spooled, would hold up every event after
+    /// it). Applied where an event is hashed onto its chain, so the stored text is the hashed
+    /// text. `params` is stored as JSON, which escapes NUL.
+    pub fn without_nul(mut self) -> Self {
+        without_nul(&mut self.request_id);
+        without_nul(&mut self.actor.id);
+        without_nul(&mut self.action);
+        without_nul(&mut self.outcome);
+        for s in self.actor.roles.iter_mut() {
+            without_nul(s);
+        }
+        for s in [
+            &mut self.actor.display,
+            &mut self.actor.auth_method,
+            &mut self.client_addr,
+            &mut self.method,
+            &mut self.route,
+            &mut self.target.pool,
+            &mut self.target.host,
+            &mut self.target.user,
+            &mut self.error_code,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            without_nul(s);
+        }
+        if let Some(serde_json::Value::String(t)) = self.params.get_mut("ticket") {
+            without_nul(t);
+        }
+        self
+    }
+
     /// The change/incident ticket of the call, taken from `params.ticket` (string or number).
     /// Stored in its own column so `GET /audit?ticket=` is an indexed lookup.
     pub fn ticket(&self) -> Option<String> {

@@ -1009,7 +1009,7 @@ pub(crate) fn chain_events(
             chain: chain.to_owned(),
             seq,
             time: from_unix_micros(ts_us),
-            event: ev,
+            event: ev.without_nul(),
             prev_hash: prev,
             hash: String::new(),
         };

@@ -870,6 +870,7 @@ macro_rules! audit_suite {
             query_filters_and_pagination,
             two_replicas_concurrently,
             generated_chain_id,
+            text_with_nul_is_stored,
         );
     };
     ($make:path; $($name:ident),* $(,)?) => {
@@ -881,4 +882,47 @@ macro_rules! audit_suite {
             }
         )*
     };
+}
+
+/// Text with NUL characters (from a token's name claim, a backend's user name, a ticket
+/// system's message) is stored, with U+FFFD in their place, and the chain verifies: PostgreSQL
+/// would refuse the raw text for good.
+pub async fn text_with_nul_is_stored(env: Env) {
+    let log = env.open().await;
+    let mut e = ev(1);
+    e.request_id = "req-nul".into();
+    e.actor.display = Some("Mallory\0 Admin".into());
+    e.target.user = Some("user\0@contoso.com".into());
+    e.params = serde_json::json!({"ticket": "INC\u{0}1", "reason": "a\u{0}b"});
+    let stored = log
+        .record(e)
+        .await
+        .expect("an event with NUL text is stored");
+    assert_eq!(
+        stored.event.actor.display.as_deref(),
+        Some("Mallory\u{FFFD} Admin")
+    );
+    assert_eq!(
+        stored.event.target.user.as_deref(),
+        Some("user\u{FFFD}@contoso.com")
+    );
+    assert_eq!(
+        stored.event.params["reason"], "a\u{0}b",
+        "params are JSON: kept as sent"
+    );
+    record_n(&log, 2).await;
+    let page = log
+        .query(&sessiongate::audit::AuditQuery {
+            request_id: Some(stored.event.request_id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.events[0].event.actor.display,
+        stored.event.actor.display
+    );
+    let r = log.verify().await.unwrap();
+    assert!(r.ok, "{r:#?}");
+    env.close().await;
 }
