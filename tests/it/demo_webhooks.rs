@@ -1,7 +1,9 @@
 //! `demo`'s ticketing webhooks, run as a user would: the printed curl of each source kind
 //! (servicenow, jira, generic) logs its ticket's user off as a job, the emulated ticket then
 //! shows the job's result (a ServiceNow work note, a Jira comment), and the same delivery sent
-//! again is answered with the same job and does nothing new.
+//! again is answered with the same job and does nothing new. Also the banner's fleet
+//! examples (bulk, user everywhere, whole host, a job and its polling, an idempotent retry),
+//! pasted as printed.
 //! Run: `cargo nextest run --test it demo_webhooks::`
 
 use crate::support::{
@@ -304,4 +306,180 @@ async fn demo_webhook_commands_log_off_write_back_and_replay_nothing() {
         })
         .count();
     assert_eq!(webhook_jobs, 3, "one job per source: {jobs}");
+}
+
+/// The banner's "Try:" part as (comment, command) pairs (consecutive comment lines joined).
+fn try_commands(lines: &[String]) -> Vec<Printed> {
+    let start = lines
+        .iter()
+        .position(|l| l.trim() == "Try:")
+        .expect("the banner has a Try: part");
+    let mut out: Vec<Printed> = Vec::new();
+    for l in &lines[start + 1..] {
+        if !l.is_empty() && !l.starts_with(' ') {
+            break;
+        }
+        let t = l.trim();
+        if let Some(c) = t.strip_prefix("# ") {
+            match out.last_mut() {
+                Some(p) if p.command.is_empty() => {
+                    p.comment.push(' ');
+                    p.comment.push_str(c);
+                }
+                _ => out.push(Printed {
+                    comment: c.to_string(),
+                    command: String::new(),
+                }),
+            }
+        } else if let Some(p) = out.last_mut()
+            && !t.is_empty()
+        {
+            if !p.command.is_empty() {
+                p.command.push('\n');
+            }
+            p.command.push_str(t);
+        }
+    }
+    out
+}
+
+/// Runs `cmd` with `$SG` and `$KEY` set as the banner's `export` line sets them.
+fn sh_key(cmd: &str, sg: &str, key: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("SG", sg)
+        .env("KEY", key)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}\nexit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json_of(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("JSON ({e}): {out}"))
+}
+
+/// The fleet examples of the banner, pasted as printed: a bulk dry run (one result per
+/// target), one user everywhere (lookup, then a dry-run logoff), a whole-host dry run with the
+/// admin key, a user logoff as a job with `Location` and its polling, and a retry with an
+/// `Idempotency-Key` that is answered from the first call.
+#[tokio::test]
+async fn demo_fleet_commands_work_as_printed() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(BIN)
+        .args([
+            "demo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut k = Killer(child);
+    let lines = read_until(&mut k.0, |l| l.contains("Stop with Ctrl-C"));
+    let printed = try_commands(&lines);
+    let export = printed
+        .first()
+        .map(|p| p.command.clone())
+        .filter(|c| c.starts_with("export SG="))
+        .or_else(|| {
+            lines
+                .iter()
+                .map(|l| l.trim().to_string())
+                .find(|l| l.starts_with("export SG="))
+        })
+        .expect("the export line");
+    let key = export
+        .split("KEY=")
+        .nth(1)
+        .and_then(|k| k.split_whitespace().next())
+        .expect("KEY in the export line")
+        .to_string();
+    let sg = format!("http://127.0.0.1:{port}");
+    let find = |prefix: &str| {
+        printed
+            .iter()
+            .find(|p| p.comment.starts_with(prefix))
+            .unwrap_or_else(|| panic!("a '{prefix}' example is printed"))
+    };
+    let run = |cmd: &str| sh_key(cmd, &sg, &key);
+
+    // A bulk dry run: one result per target, in order; the unknown id is not a 500.
+    let bulk = json_of(&run(&find("fleet: a bulk call").command));
+    let results = bulk["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{bulk}"));
+    assert_eq!(results.len(), 2, "{bulk}");
+    assert_eq!(results[0]["outcome"], "would_do", "{bulk}");
+    assert_eq!(bulk["summary"]["would_do"], 1, "{bulk}");
+
+    // One user everywhere: the lookup finds sessions; the dry-run logoff would act on each.
+    let user = find("fleet: one user everywhere");
+    let mut cmds = user.command.split("\ncurl");
+    let lookup = json_of(&run(cmds.next().unwrap()));
+    let found = lookup["sessions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{lookup}"))
+        .len();
+    assert!(found >= 1, "{lookup}");
+    let dry = json_of(&run(&format!(
+        "curl{}",
+        cmds.next().expect("the logoff command")
+    )));
+    assert_eq!(dry["summary"]["would_do"], found, "{dry}");
+
+    // Every session of one host (admin key printed in the command), dry run.
+    let host = json_of(&run(&find("fleet: every session of one host").command));
+    let n = host["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{host}"))
+        .len();
+    assert!(n >= 1, "{host}");
+    assert_eq!(host["summary"]["failed"], 0, "{host}");
+
+    // A job: 202 with Location, listed, and polled to its end with the printed command.
+    let job = find("fleet as a durable job");
+    let cmds: Vec<&str> = job.command.split('\n').collect();
+    assert_eq!(cmds.len(), 3, "{}", job.command);
+    let (status, headers, body) = http_answer(&run(cmds[0]));
+    assert_eq!(status, 202, "{body}");
+    let location = header(&headers, "location").expect("Location").to_string();
+    let id = location.trim_start_matches("/jobs/").to_string();
+    let listed = json_of(&run(cmds[1]));
+    assert_eq!(listed["jobs"][0]["id"], id.as_str(), "{listed}");
+    let poll = cmds[2].replace("<id from Location>", &id);
+    let t0 = Instant::now();
+    let ended = loop {
+        let j = json_of(&run(&poll));
+        if !matches!(j["state"].as_str(), Some("queued" | "running")) {
+            break j;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "job ended: {j}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    assert!(
+        ended["counts"]["done"].as_u64().unwrap_or(0) >= 1,
+        "{ended}"
+    );
+
+    // The same call with the same Idempotency-Key twice: the first answer, replayed.
+    let retry = find("retry safely");
+    let (s1, h1, b1) = http_answer(&run(&retry.command));
+    let (s2, h2, b2) = http_answer(&run(&retry.command));
+    assert_eq!((s1, s2), (200, 200), "{b1} {b2}");
+    assert_eq!(b1, b2, "the same answer");
+    assert_eq!(header(&h1, "idempotency-replayed"), None);
+    assert_eq!(header(&h2, "idempotency-replayed"), Some("true"));
 }
