@@ -17,7 +17,7 @@ use crate::{
 use rustls::{
     RootCertStore, ServerConfig,
     crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, pem::PemObject},
     server::WebPkiClientVerifier,
     sign::{CertifiedKey, SingleCertAndKey},
 };
@@ -44,6 +44,11 @@ pub struct TlsConfig {
     /// PEM bundle of the CAs that issue client certificates.
     #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
+    /// PEM certificate revocation lists of those CAs: a client certificate listed in one is
+    /// refused in the handshake. Reloaded like the other files (publish a new CRL, and new
+    /// connections follow it).
+    #[serde(default)]
+    pub client_crl_file: Option<PathBuf>,
     /// Whether clients present a certificate: `none` (default), `optional`, `required`.
     #[serde(default)]
     pub client_auth: ClientAuth,
@@ -135,6 +140,7 @@ struct Files {
     cert: Vec<u8>,
     key: Vec<u8>,
     ca: Option<Vec<u8>>,
+    crl: Option<Vec<u8>>,
 }
 
 impl Files {
@@ -150,13 +156,22 @@ impl Files {
                 Some(p) => Some(read("client_ca_file", p)?),
                 None => None,
             },
+            crl: match &cfg.client_crl_file {
+                Some(p) => Some(read("client_crl_file", p)?),
+                None => None,
+            },
         })
     }
 
-    /// One hash over the three files (length-prefixed, so moving bytes between them counts).
+    /// One hash over the files (length-prefixed, so moving bytes between them counts).
     fn stamp(&self) -> [u8; 32] {
         let mut h = Sha256::new();
-        for part in [Some(&self.cert), Some(&self.key), self.ca.as_ref()] {
+        for part in [
+            Some(&self.cert),
+            Some(&self.key),
+            self.ca.as_ref(),
+            self.crl.as_ref(),
+        ] {
             match part {
                 Some(b) => {
                     h.update((b.len() as u64 + 1).to_be_bytes());
@@ -305,6 +320,32 @@ fn build(cfg: &TlsConfig, files: &Files) -> Result<(Arc<ServerConfig>, LeafInfo)
                 ));
             }
             let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let b = match &files.crl {
+                None => b,
+                Some(pem) => {
+                    let crl_path = cfg
+                        .client_crl_file
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default();
+                    let crls = CertificateRevocationListDer::pem_slice_iter(pem)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| {
+                            LoadError::new("client_crl_file", format!("{crl_path}: not PEM: {e}"))
+                        })?;
+                    if crls.is_empty() {
+                        return Err(LoadError::new(
+                            "client_crl_file",
+                            format!("{crl_path} holds no CRL"),
+                        ));
+                    }
+                    // The issuing CA's CRL decides for a client certificate; a CA of the
+                    // bundle without a CRL here is not checked (its certificates pass).
+                    b.with_crls(crls)
+                        .only_check_end_entity_revocation()
+                        .allow_unknown_revocation_status()
+                }
+            };
             let b = if mode == ClientAuth::Optional {
                 b.allow_unauthenticated()
             } else {
@@ -361,6 +402,12 @@ impl TlsServer {
                 .field("tls")
                 .field("reload_secs")
                 .err("must be 0-86400 (0: reload only on SIGHUP)"));
+        }
+        if cfg.client_auth == ClientAuth::None && cfg.client_crl_file.is_some() {
+            return Err(Key::root("server")
+                .field("tls")
+                .field("client_crl_file")
+                .err("is set but client_auth is 'none': set client_auth to 'optional' or 'required', or remove client_crl_file"));
         }
         if cfg.client_auth == ClientAuth::None && cfg.client_ca_file.is_some() {
             return Err(Key::root("server")
@@ -586,6 +633,7 @@ mod tests {
             key_file: d.join("key.pem"),
             reload_secs: 10,
             client_ca_file: None,
+            client_crl_file: None,
             client_auth: ClientAuth::None,
             min_version: TlsVersion::V1_2,
         }
@@ -669,6 +717,18 @@ mod tests {
             TlsServer::new(&ca_unused).unwrap_err().key,
             "server.tls.client_ca_file"
         );
+        let mut crl_unused = cfg(&p, &cert, &key);
+        crl_unused.client_crl_file = Some(p.dir.path().join("ca.pem"));
+        assert_eq!(
+            TlsServer::new(&crl_unused).unwrap_err().key,
+            "server.tls.client_crl_file"
+        );
+        // A file holding no CRL (here: a certificate) is named.
+        need_ca.client_ca_file = Some(p.dir.path().join("ca.pem"));
+        need_ca.client_crl_file = Some(p.dir.path().join("ca.pem"));
+        let e = TlsServer::new(&need_ca).unwrap_err();
+        assert_eq!(e.key, "server.tls.client_crl_file");
+        assert!(e.message.contains("no CRL"), "{e}");
         let mut slow = cfg(&p, &cert, &key);
         slow.reload_secs = 100_000;
         assert_eq!(

@@ -2,12 +2,14 @@
 //! throw-away rcgen CAs — HTTPS and HTTP/2 by ALPN, plain HTTP refused, certificate reload on
 //! change and on SIGHUP (a broken file keeps the old certificate), client certificates mapped
 //! to principals (`[[auth.client_certs]]`) who act and are audited as such, unmapped and
-//! missing certificates refused, the metrics listener over TLS, and config validation.
+//! missing certificates refused, a revoked client certificate refused by the client CA's CRL
+//! (reloaded like the other files), the metrics listener over TLS, and config validation.
 
 use crate::support::app::{ARM_POOL, AVD_POOL, TestApp, problem};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
+    RevokedCertParams, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use serde_json::Value;
@@ -52,9 +54,20 @@ impl Ca {
     }
 
     fn leaf(&self, cn: &str, names: &[&str], eku: ExtendedKeyUsagePurpose) -> Leaf {
+        self.leaf_serial(cn, names, eku, None)
+    }
+
+    fn leaf_serial(
+        &self,
+        cn: &str,
+        names: &[&str],
+        eku: ExtendedKeyUsagePurpose,
+        serial: Option<u64>,
+    ) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .unwrap();
+        p.serial_number = serial.map(SerialNumber::from);
         p.distinguished_name.push(DnType::CommonName, cn);
         p.extended_key_usages = vec![eku];
         let c = p.signed_by(&key, &self.issuer).unwrap();
@@ -76,6 +89,31 @@ impl Ca {
 
     fn client(&self, cn: &str) -> Leaf {
         self.leaf(cn, &[], ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    /// The CA's CRL number `number`, revoking the certificates with these serial numbers (PEM).
+    fn crl(&self, revoked: &[u64], number: u64) -> String {
+        let now = time::OffsetDateTime::now_utc();
+        CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(1),
+            next_update: now + time::Duration::days(1),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from(*s),
+                    revocation_time: now - time::Duration::minutes(1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
     }
 }
 
@@ -112,6 +150,7 @@ impl Files {
             key_file: self.key.clone(),
             reload_secs,
             client_ca_file: (client_auth != ClientAuth::None).then(|| self.client_ca.clone()),
+            client_crl_file: None,
             client_auth,
             min_version: TlsVersion::V1_2,
         }
@@ -784,4 +823,51 @@ async fn probe_checks_an_https_server_trusting_its_ca() {
     let untrusted = probe(vec![]).await;
     assert_eq!(untrusted.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&untrusted.stderr).contains("unhealthy"));
+}
+
+/// `client_crl_file`: a client certificate the client CA has revoked is refused in the
+/// handshake while another of the same CA and name passes; a newly published CRL reaches new
+/// connections without a restart.
+#[tokio::test]
+async fn a_revoked_client_certificate_is_refused_and_a_new_crl_is_reloaded() {
+    let server_ca = Ca::new("server CA");
+    let client_ca = Ca::new("client CA");
+    let server = server_ca.server("gateway");
+    let ext = ExtendedKeyUsagePurpose::ClientAuth;
+    let kept = client_ca.leaf_serial("servicenow-mid", &[], ext.clone(), Some(1001));
+    let lost = client_ca.leaf_serial("servicenow-mid", &[], ext, Some(1002));
+    let dir = tempfile::tempdir().unwrap();
+    let files = Files::write(dir.path(), &server, &client_ca);
+    let crl = dir.path().join("client-crl.pem");
+    replace(&crl, &client_ca.crl(&[], 1));
+    let mut tls = files.config(ClientAuth::Required, 1);
+    tls.client_crl_file = Some(crl.clone());
+    let app = TestApp::start_with(move |c: &mut Config| {
+        c.server.tls = Some(tls);
+        c.auth.client_certs = vec![mapping("servicenow", "servicenow-mid", vec![Role::Reader])];
+    })
+    .await;
+    let status = |leaf: &Leaf| {
+        let http = client(&server_ca.pem, Some(leaf));
+        let url = format!("{}/hostpools", app.url);
+        async move { http.get(url).send().await.map(|r| r.status().as_u16()) }
+    };
+    assert_eq!(status(&kept).await.unwrap(), 200);
+    assert_eq!(status(&lost).await.unwrap(), 200, "not revoked yet");
+    // The CA publishes a CRL revoking 1002.
+    replace(&crl, &client_ca.crl(&[1002], 2));
+    eventually("the new CRL refuses the revoked certificate", || async {
+        status(&lost).await.is_err()
+    })
+    .await;
+    assert_eq!(
+        status(&kept).await.unwrap(),
+        200,
+        "the other one still passes"
+    );
+    // A broken CRL keeps the last good one.
+    replace(&crl, "not a CRL");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(status(&lost).await.is_err());
+    assert_eq!(status(&kept).await.unwrap(), 200);
 }
