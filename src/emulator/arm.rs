@@ -375,6 +375,11 @@ pub struct ArmState {
     messages: Mutex<Vec<DeliveredMessage>>,
     /// The W3C trace headers of the latest requests (oldest dropped past [`KEPT_TRACE_HEADERS`]).
     trace_headers: Mutex<std::collections::VecDeque<ReceivedTrace>>,
+    /// DELETE requests being handled now, and the most at once since the last reset.
+    deletes_in_flight: std::sync::atomic::AtomicUsize,
+    deletes_peak: std::sync::atomic::AtomicUsize,
+    /// How long each DELETE takes inside the handler (ms), so concurrency can be observed.
+    delete_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 /// How many requests' trace headers [`ArmState::received_traces`] keeps.
@@ -536,6 +541,19 @@ impl ArmState {
     /// Turns throttling on (with these buckets, freshly filled) or off.
     pub fn set_throttling(&self, t: Option<ThrottleSettings>) {
         lock(&self.settings).throttle = t.map(|s| Arc::new(Buckets::new(s)));
+    }
+
+    /// Each DELETE (a logoff) takes `ms` inside the emulator from now on; the peak of
+    /// concurrent DELETEs starts again from 0.
+    pub fn set_delete_delay(&self, ms: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.delete_delay_ms.store(ms, SeqCst);
+        self.deletes_peak.store(0, SeqCst);
+    }
+
+    /// The most DELETE requests handled at once since [`ArmState::set_delete_delay`].
+    pub fn peak_deletes_in_flight(&self) -> usize {
+        self.deletes_peak.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Changes latency / 5xx / dropped-connection fault rates.
@@ -716,6 +734,9 @@ pub async fn start(
         throttled: std::sync::atomic::AtomicU64::new(0),
         messages: Mutex::new(Vec::new()),
         trace_headers: Mutex::new(std::collections::VecDeque::new()),
+        deletes_in_flight: std::sync::atomic::AtomicUsize::new(0),
+        deletes_peak: std::sync::atomic::AtomicUsize::new(0),
+        delete_delay_ms: std::sync::atomic::AtomicU64::new(0),
     });
 
     let discovery = Router::new()
@@ -939,7 +960,19 @@ async fn keep_trace_headers(
     next: axum::middleware::Next,
 ) -> Response {
     st.keep_trace_headers(req.method(), req.uri(), req.headers());
-    next.run(req).await
+    if req.method() != Method::DELETE {
+        return next.run(req).await;
+    }
+    use std::sync::atomic::Ordering::SeqCst;
+    let now = st.deletes_in_flight.fetch_add(1, SeqCst) + 1;
+    st.deletes_peak.fetch_max(now, SeqCst);
+    let delay = st.delete_delay_ms.load(SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+    let r = next.run(req).await;
+    st.deletes_in_flight.fetch_sub(1, SeqCst);
+    r
 }
 
 async fn arm_handler(

@@ -180,3 +180,27 @@ async fn pools_sharing_buckets_must_agree_and_the_error_names_the_key() {
     let e = bad.validate().expect_err("size 0").to_string();
     assert!(e.contains("pacing.arm.writes.size"), "{e}");
 }
+
+/// `fleet.pool_concurrency` bounds the logoffs in flight on one pool: with each taking 150 ms
+/// at the emulator, a bulk call of 12 never has more than 3 at once, and does use the 3.
+#[tokio::test]
+async fn pool_concurrency_bounds_the_items_in_flight() {
+    let app = TestApp::start_with(|c| {
+        c.fleet.pool_concurrency = 3;
+    })
+    .await;
+    app.arm().set_throttling(None);
+    app.arm().set_delete_delay(150);
+    let targets = seed(&app, "conc", 12);
+    let t0 = std::time::Instant::now();
+    let v = bulk_logoff(&app, targets).await;
+    let took = t0.elapsed();
+    assert_eq!(v["summary"]["done"], 12, "{}", v["summary"]);
+    assert_eq!(
+        app.arm().peak_deletes_in_flight(),
+        3,
+        "at most 3 at once, and 3 used"
+    );
+    // 12 logoffs of 150 ms, 3 at a time: at least 4 rounds.
+    assert!(took >= std::time::Duration::from_millis(600), "{took:?}");
+}
