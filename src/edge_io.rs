@@ -7,8 +7,9 @@
 //! each accepted connection and replaces exactly those answers — a response head with one of
 //! these statuses, `content-length: 0` and no `content-type`, which the application itself never
 //! sends (its 400s carry problem+json) — by the same status with a problem+json body and a
-//! stable `code`: `malformed_request`, `uri_too_long`, `headers_too_large`. hyper closes the
-//! connection after such an answer; the replacement says `connection: close`.
+//! stable `code`: `malformed_request`, `uri_too_long`, `headers_too_large`, and a fresh
+//! `request_id` (also in `x-request-id`, and logged). hyper closes the connection after such an
+//! answer; the replacement says `connection: close`.
 
 use std::{
     io,
@@ -74,16 +75,21 @@ fn replacement_for(head: &[u8]) -> Option<Vec<u8>> {
     if !has(b"\r\ncontent-length: 0") || has(b"\r\ncontent-type:") {
         return None;
     }
+    // Like every other answer, it carries a request id (in the body and `x-request-id`),
+    // logged here: the request never reached the router, so this line is its only trace.
+    let request_id = uuid::Uuid::now_v7().to_string();
+    tracing::info!(request_id = %request_id, code, status, "request refused below the router");
     let body = serde_json::json!({
         "type": format!("urn:sessiongate:problem:{code}"),
         "title": title,
         "status": status,
         "detail": detail,
         "code": code,
+        "request_id": request_id,
     })
     .to_string();
     let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\nconnection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
@@ -202,6 +208,13 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
         assert!(r.contains("content-type: application/problem+json"), "{r}");
         assert!(r.contains(r#""code":"headers_too_large""#), "{r}");
+        let (head, body) = r.split_once("\r\n\r\n").expect("head and body");
+        let v: serde_json::Value = serde_json::from_str(body).expect("json");
+        let rid = v["request_id"].as_str().expect("a request id");
+        assert!(
+            head.contains(&format!("\r\nx-request-id: {rid}\r\n")),
+            "{head}"
+        );
         // The application's own answers are left alone: a body, a content type, a 200.
         let app = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\ncontent-length: 0\r\n\r\n";
         assert!(replacement_for(app).is_none());

@@ -193,6 +193,14 @@ fn assert_problem(answer: &(u16, String, Value), status: u16, code: &str) {
         format!("urn:sessiongate:problem:{code}"),
         "{body}"
     );
+    let rid = body["request_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("x-request-id: {rid}")),
+        "{head}"
+    );
 }
 
 #[tokio::test]
