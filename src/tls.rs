@@ -339,11 +339,10 @@ fn build(cfg: &TlsConfig, files: &Files) -> Result<(Arc<ServerConfig>, LeafInfo)
                             format!("{crl_path} holds no CRL"),
                         ));
                     }
-                    // The issuing CA's CRL decides for a client certificate; a CA of the
+                    // Every certificate of the chain is checked against its issuer's CRL (a
+                    // root's CRL revoking an intermediate cuts off what it issued); a CA of the
                     // bundle without a CRL here is not checked (its certificates pass).
-                    b.with_crls(crls)
-                        .only_check_end_entity_revocation()
-                        .allow_unknown_revocation_status()
+                    b.with_crls(crls).allow_unknown_revocation_status()
                 }
             };
             let b = if mode == ClientAuth::Optional {
@@ -351,8 +350,19 @@ fn build(cfg: &TlsConfig, files: &Files) -> Result<(Arc<ServerConfig>, LeafInfo)
             } else {
                 b
             };
-            b.build()
-                .map_err(|e| LoadError::new("client_ca_file", format!("{ca_path}: {e}")))?
+            b.build().map_err(|e| match e {
+                rustls::server::VerifierBuilderError::InvalidCrl(e) => LoadError::new(
+                    "client_crl_file",
+                    format!(
+                        "{}: not a usable CRL: {e:?}",
+                        cfg.client_crl_file
+                            .as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default()
+                    ),
+                ),
+                e => LoadError::new("client_ca_file", format!("{ca_path}: {e}")),
+            })?
         }
     };
     let mut server = builder
@@ -729,6 +739,16 @@ mod tests {
         let e = TlsServer::new(&need_ca).unwrap_err();
         assert_eq!(e.key, "server.tls.client_crl_file");
         assert!(e.message.contains("no CRL"), "{e}");
+        // A CRL label over bytes that are no CRL is named as the CRL file, not the CA file.
+        std::fs::write(
+            p.dir.path().join("bad.crl"),
+            "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+        )
+        .unwrap();
+        need_ca.client_crl_file = Some(p.dir.path().join("bad.crl"));
+        let e = TlsServer::new(&need_ca).unwrap_err();
+        assert_eq!(e.key, "server.tls.client_crl_file");
+        assert!(e.message.contains("bad.crl"), "{e}");
         let mut slow = cfg(&p, &cert, &key);
         slow.reload_secs = 100_000;
         assert_eq!(

@@ -964,15 +964,21 @@ async fn keep_trace_headers(
         return next.run(req).await;
     }
     use std::sync::atomic::Ordering::SeqCst;
+    /// Counts the DELETE out when it ends, also when its connection is dropped mid-way.
+    struct InFlight(Arc<ArmState>);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            self.0.deletes_in_flight.fetch_sub(1, SeqCst);
+        }
+    }
     let now = st.deletes_in_flight.fetch_add(1, SeqCst) + 1;
+    let _counted = InFlight(st.clone());
     st.deletes_peak.fetch_max(now, SeqCst);
     let delay = st.delete_delay_ms.load(SeqCst);
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
-    let r = next.run(req).await;
-    st.deletes_in_flight.fetch_sub(1, SeqCst);
-    r
+    next.run(req).await
 }
 
 async fn arm_handler(

@@ -240,10 +240,9 @@ impl Gateway {
         if !found {
             return Ok(false);
         }
-        let row = store
-            .delivery(source, delivery_id)
-            .await
-            .map_err(store_err)?;
+        // Best effort: the attempt is recorded; the event names the job and ticket when the
+        // row can be read back (a retry of the whole record would find the claim released).
+        let row = store.delivery(source, delivery_id).await.ok().flatten();
         let ev = NewEvent {
             kind: Some(EventKind::Request),
             request_id: uuid::Uuid::now_v7().to_string(),
