@@ -3,7 +3,7 @@
 
 use crate::support::{
     free_port,
-    process::{Killer, read_until},
+    process::{DemoProcess, Killer, read_until},
 };
 use std::{
     process::{Command, Stdio},
@@ -14,28 +14,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_sessiongate");
 
 #[tokio::test]
 async fn demo_prints_working_keys_and_commands() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(BIN)
-        .args([
-            "demo",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut k = Killer(child);
-    let lines = read_until(&mut k.0, |l| l.contains("Stop with Ctrl-C"));
-    let key_of = |role: &str| {
-        lines
-            .iter()
-            .find_map(|l| l.trim().strip_prefix(role).map(|r| r.trim().to_string()))
-            .unwrap_or_else(|| panic!("{role} key printed"))
-    };
+    let mut k = DemoProcess::start();
+    let (port, dir, lines) = (k.port, k.dir.path().to_path_buf(), k.lines.clone());
+    let key_of = |role: &str| k.key(role.trim());
     let (op, reader) = (key_of("operator "), key_of("reader "));
     assert_ne!(op, reader);
     // The printed logoff command, as printed.
@@ -151,7 +132,7 @@ async fn demo_prints_working_keys_and_commands() {
     assert_eq!(r.status(), 401, "a tampered token is refused");
     // The audit log the demo wrote verifies, with the command the demo printed, run as printed
     // (after the demo stopped: the config it wrote needs no running emulator).
-    drop(k);
+    k.stop();
     let verify: Vec<&str> = lines
         .iter()
         .find(|l| l.contains("audit verify --config"))
@@ -172,7 +153,10 @@ async fn demo_prints_working_keys_and_commands() {
     let written = std::path::Path::new(verify[4]);
     assert_eq!(
         written,
-        dir.path().canonicalize().unwrap().join("sessiongate.toml")
+        dir.as_path()
+            .canonicalize()
+            .unwrap()
+            .join("sessiongate.toml")
     );
     let out = Command::new(BIN)
         .args(["config", "check"])
@@ -195,7 +179,7 @@ async fn demo_prints_working_keys_and_commands() {
         "classic-client-secret",
         "winrm-password",
     ] {
-        let secret = std::fs::read_to_string(dir.path().join(secret_file)).unwrap();
+        let secret = std::fs::read_to_string(dir.as_path().join(secret_file)).unwrap();
         assert!(
             !secret.trim().is_empty() && !text.contains(secret.trim()),
             "{secret_file}"

@@ -7,16 +7,12 @@
 
 use crate::support::{
     app::{TestApp, problem},
-    free_port, header,
+    header,
     prereq::{self, browser_dir},
-    process::{Killer, read_until},
+    process::DemoProcess,
 };
 use sessiongate::api::console::CONSOLE_CSP;
-use std::{
-    path::PathBuf,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 const ASSETS: [&str; 3] = ["/", "/console/app.js", "/console/app.css"];
 
@@ -156,28 +152,9 @@ async fn console_end_to_end_in_headless_chromium_against_demo() {
     let Some(node) = prereq::browser_node(TEST) else {
         return;
     };
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_sessiongate"))
-        .args([
-            "demo",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut demo = Killer(child);
-    let lines = read_until(&mut demo.0, |l| l.contains("Stop with Ctrl-C"));
-    let key_of = |role: &str| {
-        lines
-            .iter()
-            .find_map(|l| l.trim().strip_prefix(role).map(|r| r.trim().to_string()))
-            .unwrap_or_else(|| panic!("{role} key printed"))
-    };
+    let demo = DemoProcess::start();
+    let lines = demo.lines.clone();
+    let key_of = |role: &str| demo.key(role.trim());
     let user = lines
         .iter()
         .find_map(|l| l.split_once("token of demo user ").map(|(_, u)| u.trim()))

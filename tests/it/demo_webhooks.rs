@@ -6,17 +6,12 @@
 //! pasted as printed.
 //! Run: `cargo nextest run --test it demo_webhooks::`
 
-use crate::support::{
-    free_port,
-    process::{Killer, read_until},
-};
+use crate::support::process::DemoProcess;
 use serde_json::Value;
 use std::{
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
-
-const BIN: &str = env!("CARGO_BIN_EXE_sessiongate");
 
 /// One printed command and the comment line above it.
 struct Printed {
@@ -142,34 +137,15 @@ async fn logoffs_of(http: &reqwest::Client, auditor: &str, sg: &str, user: &str)
 
 #[tokio::test]
 async fn demo_webhook_commands_log_off_write_back_and_replay_nothing() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(BIN)
-        .args([
-            "demo",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut k = Killer(child);
-    let lines = read_until(&mut k.0, |l| l.contains("Stop with Ctrl-C"));
-    let key_of = |role: &str| {
-        lines
-            .iter()
-            .find_map(|l| l.trim().strip_prefix(role).map(|r| r.trim().to_string()))
-            .unwrap_or_else(|| panic!("{role} key printed"))
-    };
+    let k = DemoProcess::start();
+    let (port, dir, lines) = (k.port, k.dir.path().to_path_buf(), k.lines.clone());
+    let key_of = |role: &str| k.key(role.trim());
     let (op, admin, auditor) = (key_of("operator "), key_of("admin "), key_of("auditor "));
     let sg = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let printed = webhook_commands(&lines);
     // The sources' secrets are private files the written config names, never their contents.
-    let cfg = std::fs::read_to_string(dir.path().join("sessiongate.toml")).unwrap();
+    let cfg = std::fs::read_to_string(dir.as_path().join("sessiongate.toml")).unwrap();
     for f in [
         "servicenow-password",
         "jira-api-token",
@@ -177,7 +153,7 @@ async fn demo_webhook_commands_log_off_write_back_and_replay_nothing() {
         "webhook-jira-secret",
         "webhook-generic-secret",
     ] {
-        let path = dir.path().join(f);
+        let path = dir.as_path().join(f);
         let secret = std::fs::read_to_string(&path).unwrap();
         assert!(
             !secret.trim().is_empty() && !cfg.contains(secret.trim()),
@@ -372,22 +348,8 @@ fn json_of(out: &str) -> Value {
 /// `Idempotency-Key` that is answered from the first call.
 #[tokio::test]
 async fn demo_fleet_commands_work_as_printed() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(BIN)
-        .args([
-            "demo",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut k = Killer(child);
-    let lines = read_until(&mut k.0, |l| l.contains("Stop with Ctrl-C"));
+    let demo = DemoProcess::start();
+    let (port, lines) = (demo.port, demo.lines.clone());
     let printed = try_commands(&lines);
     let export = printed
         .first()
