@@ -19,24 +19,23 @@ struct Printed {
     command: String,
 }
 
-/// The banner's ticketing part as (comment, command) pairs; a command keeps its `\` line
-/// continuations, so `sh -c` runs it exactly as pasted.
-fn webhook_commands(lines: &[String]) -> Vec<Printed> {
-    let start = lines
-        .iter()
-        .position(|l| l.starts_with("Ticketing webhooks"))
-        .expect("the banner has a ticketing part");
+/// (comment, command) pairs of a part of the banner: consecutive comment lines are one
+/// comment; a command keeps its `\` line continuations, so `sh -c` runs it exactly as pasted.
+fn printed(part: &[String]) -> Vec<Printed> {
     let mut out: Vec<Printed> = Vec::new();
-    for l in &lines[start..] {
-        if l.starts_with("Stop with") {
-            break;
-        }
+    for l in part {
         let t = l.trim();
         if let Some(c) = t.strip_prefix("# ") {
-            out.push(Printed {
-                comment: c.to_string(),
-                command: String::new(),
-            });
+            match out.last_mut() {
+                Some(p) if p.command.is_empty() => {
+                    p.comment.push(' ');
+                    p.comment.push_str(c);
+                }
+                _ => out.push(Printed {
+                    comment: c.to_string(),
+                    command: String::new(),
+                }),
+            }
         } else if let Some(p) = out.last_mut()
             && !t.is_empty()
         {
@@ -49,21 +48,21 @@ fn webhook_commands(lines: &[String]) -> Vec<Printed> {
     out
 }
 
+/// The banner's ticketing part.
+fn webhook_commands(lines: &[String]) -> Vec<Printed> {
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with("Ticketing webhooks"))
+        .expect("the banner has a ticketing part");
+    let end = lines[start..]
+        .iter()
+        .position(|l| l.starts_with("Stop with"))
+        .map_or(lines.len(), |i| start + i);
+    printed(&lines[start..end])
+}
+
 fn sh(cmd: &str, sg: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .env("SG", sg)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd}\nexit {:?}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    sh_key(cmd, sg, "")
 }
 
 /// A `curl -i` answer: status, headers (lowercase names) and the JSON body.
@@ -284,39 +283,18 @@ async fn demo_webhook_commands_log_off_write_back_and_replay_nothing() {
     assert_eq!(webhook_jobs, 3, "one job per source: {jobs}");
 }
 
-/// The banner's "Try:" part as (comment, command) pairs (consecutive comment lines joined).
+/// The banner's "Try:" part (up to the next unindented line).
 fn try_commands(lines: &[String]) -> Vec<Printed> {
     let start = lines
         .iter()
         .position(|l| l.trim() == "Try:")
-        .expect("the banner has a Try: part");
-    let mut out: Vec<Printed> = Vec::new();
-    for l in &lines[start + 1..] {
-        if !l.is_empty() && !l.starts_with(' ') {
-            break;
-        }
-        let t = l.trim();
-        if let Some(c) = t.strip_prefix("# ") {
-            match out.last_mut() {
-                Some(p) if p.command.is_empty() => {
-                    p.comment.push(' ');
-                    p.comment.push_str(c);
-                }
-                _ => out.push(Printed {
-                    comment: c.to_string(),
-                    command: String::new(),
-                }),
-            }
-        } else if let Some(p) = out.last_mut()
-            && !t.is_empty()
-        {
-            if !p.command.is_empty() {
-                p.command.push('\n');
-            }
-            p.command.push_str(t);
-        }
-    }
-    out
+        .expect("the banner has a Try: part")
+        + 1;
+    let end = lines[start..]
+        .iter()
+        .position(|l| !l.is_empty() && !l.starts_with(' '))
+        .map_or(lines.len(), |i| start + i);
+    printed(&lines[start..end])
 }
 
 /// Runs `cmd` with `$SG` and `$KEY` set as the banner's `export` line sets them.
