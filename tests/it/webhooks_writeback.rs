@@ -101,6 +101,38 @@ async fn written(app: &TestApp, job_id: &str) -> Value {
     .await
 }
 
+/// Delivers a logoff of a fresh session of `user` for ServiceNow record (`number`, `sys_id`)
+/// as delivery `delivery`; returns the job once its write-back is no longer pending, and the
+/// delivery's request id.
+async fn deliver_sn(
+    app: &TestApp,
+    user: &str,
+    delivery: &str,
+    number: &str,
+    sys_id: &str,
+) -> (Value, String) {
+    let (host, id) = session(app, user);
+    let body = with(
+        target(&host, id),
+        json!({"delivery": delivery, "number": number, "sys_id": sys_id}),
+    );
+    let (v, rid) = accepted(send_sn(app, &body).await).await;
+    (written(app, v["job_id"].as_str().unwrap()).await, rid)
+}
+
+/// The job's write-back: its state, attempts, and that its detail contains `detail`.
+fn assert_write_back(j: &Value, state: &str, attempts: u32, detail: &str) {
+    assert_eq!(j["write_back"]["state"], state, "{j}");
+    assert_eq!(j["write_back"]["attempts"], attempts, "{j}");
+    assert!(
+        j["write_back"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(detail),
+        "{j}"
+    );
+}
+
 /// The `webhook.write_back` audit events of one delivery, oldest first.
 async fn write_back_events(app: &TestApp, delivery: &str) -> Vec<Value> {
     let v: Value = app
@@ -290,16 +322,15 @@ async fn throttled_write_backs_are_retried_and_permanent_failures_recorded() {
     // `ticket_throttled`, the runner tries again after the Retry-After (longer than
     // write_back_retry_secs = 1) and the note is written once.
     sn.state().fail_next(1, 429, 2);
-    let (host, id) = session(&app, "wb.retry@contoso.com");
-    let body = with(
-        target(&host, id),
-        json!({"delivery": "wb-retry", "number": "INC0010001", "sys_id": incident}),
-    );
-    let (v, _) = accepted(send_sn(&app, &body).await).await;
-    let job_id = v["job_id"].as_str().unwrap().to_string();
-    let j = written(&app, &job_id).await;
-    assert_eq!(j["write_back"]["state"], "done", "{j}");
-    assert_eq!(j["write_back"]["attempts"], 2, "{j}");
+    let (j, _) = deliver_sn(
+        &app,
+        "wb.retry@contoso.com",
+        "wb-retry",
+        "INC0010001",
+        &incident,
+    )
+    .await;
+    assert_write_back(&j, "done", 2, "written to servicenow");
     let waited = time::OffsetDateTime::parse(
         j["write_back"]["updated"].as_str().unwrap(),
         &time::format_description::well_known::Rfc3339,
@@ -327,64 +358,43 @@ async fn throttled_write_backs_are_retried_and_permanent_failures_recorded() {
     );
 
     // A record that does not exist: failed at the first attempt, with the system's code.
-    let (host, id) = session(&app, "wb.missing@contoso.com");
     let missing = "0123456789abcdef0123456789abcdef";
-    let body = with(
-        target(&host, id),
-        json!({"delivery": "wb-missing", "number": "INC0999999", "sys_id": missing}),
-    );
-    let (v, _) = accepted(send_sn(&app, &body).await).await;
-    let j = written(&app, v["job_id"].as_str().unwrap()).await;
+    let (j, _) = deliver_sn(
+        &app,
+        "wb.missing@contoso.com",
+        "wb-missing",
+        "INC0999999",
+        missing,
+    )
+    .await;
     assert_eq!(j["state"], "succeeded", "the logoff itself worked: {j}");
-    assert_eq!(j["write_back"]["state"], "failed", "{j}");
-    assert_eq!(j["write_back"]["attempts"], 1, "{j}");
-    assert!(
-        j["write_back"]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("ticket_not_found"),
-        "{j}"
-    );
+    assert_write_back(&j, "failed", 1, "ticket_not_found");
     let evs = write_back_events(&app, "wb-missing").await;
     assert_eq!(evs.len(), 1, "{evs:?}");
     assert_eq!(evs[0]["error_code"], "write_back_failed");
 
     // Still throttled at the second attempt: given up after write_back_attempts (2).
     sn.state().fail_next(2, 429, 2);
-    let (host, id) = session(&app, "wb.busy@contoso.com");
-    let body = with(
-        target(&host, id),
-        json!({"delivery": "wb-busy", "number": "INC0010001", "sys_id": incident}),
-    );
-    let (v, _) = accepted(send_sn(&app, &body).await).await;
-    let j = written(&app, v["job_id"].as_str().unwrap()).await;
-    assert_eq!(j["write_back"]["state"], "failed", "{j}");
-    assert_eq!(j["write_back"]["attempts"], 2, "{j}");
-    assert!(
-        j["write_back"]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("gave up after 2 attempts"),
-        "{j}"
-    );
+    let (j, _) = deliver_sn(
+        &app,
+        "wb.busy@contoso.com",
+        "wb-busy",
+        "INC0010001",
+        &incident,
+    )
+    .await;
+    assert_write_back(&j, "failed", 2, "gave up after 2 attempts");
     // A 503 answering the PATCH itself: it may have been written, so it is never sent again.
     sn.state().fail_next(1, 503, 0);
-    let (host, id) = session(&app, "wb.down@contoso.com");
-    let body = with(
-        target(&host, id),
-        json!({"delivery": "wb-down", "number": "INC0010001", "sys_id": incident}),
-    );
-    let (v, rid) = accepted(send_sn(&app, &body).await).await;
-    let j = written(&app, v["job_id"].as_str().unwrap()).await;
-    assert_eq!(j["write_back"]["state"], "failed", "{j}");
-    assert_eq!(j["write_back"]["attempts"], 1, "{j}");
-    assert!(
-        j["write_back"]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("may have been made"),
-        "{j}"
-    );
+    let (j, rid) = deliver_sn(
+        &app,
+        "wb.down@contoso.com",
+        "wb-down",
+        "INC0010001",
+        &incident,
+    )
+    .await;
+    assert_write_back(&j, "failed", 1, "may have been made");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         sn.state().journal(&incident).len(),
