@@ -110,36 +110,55 @@ async fn schemathesis_finds_no_failure_with_all_checks() {
 
     let max_time = env_or("SESSIONGATE_SCHEMATHESIS_MAX_TIME", "90");
     let seed = env_or("SESSIONGATE_SCHEMATHESIS_SEED", "20261203");
+    let run = || async {
+        tokio::process::Command::new(&python)
+            .args(["-m", "schemathesis.cli", "run"])
+            .arg(&spec)
+            .args(["--url", &app.url])
+            // Admin (+ auditor, above) holds every permission: nothing is refused for the role.
+            .args([
+                "--header",
+                &format!("Authorization: Bearer {}", app.keys.admin),
+            ])
+            // The spec offers two schemes (Bearer, X-API-Key); generated values for the other
+            // would put two credentials on one request, which the server refuses (401) by design.
+            .args(["--generation-with-security-parameters", "false"])
+            .args(["--checks", "all"])
+            .args(["--phases", "examples,coverage,fuzzing,stateful"])
+            .args(["--max-examples", "50", "--max-time", &max_time])
+            .args(["--workers", "2", "--seed", &seed])
+            .args(["--generation-database", "none"])
+            .args(["--no-color", "--output-truncate", "true"])
+            .arg("--report")
+            .arg("ndjson")
+            .arg("--report-dir")
+            .arg(&report_dir)
+            .env("SCHEMATHESIS_TELEMETRY", "false")
+            // Its state directory (`.schemathesis/`) goes into the test's temp dir, not the checkout.
+            .current_dir(app.dir.path())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("run schemathesis")
+    };
     let started = Instant::now();
-    let out = tokio::process::Command::new(&python)
-        .args(["-m", "schemathesis.cli", "run"])
-        .arg(&spec)
-        .args(["--url", &app.url])
-        // Admin (+ auditor, above) holds every permission: nothing is refused for the role.
-        .args([
-            "--header",
-            &format!("Authorization: Bearer {}", app.keys.admin),
-        ])
-        // The spec offers two schemes (Bearer, X-API-Key); generated values for the other
-        // would put two credentials on one request, which the server refuses (401) by design.
-        .args(["--generation-with-security-parameters", "false"])
-        .args(["--checks", "all"])
-        .args(["--phases", "examples,coverage,fuzzing,stateful"])
-        .args(["--max-examples", "50", "--max-time", &max_time])
-        .args(["--workers", "2", "--seed", &seed])
-        .args(["--generation-database", "none"])
-        .args(["--no-color", "--output-truncate", "true"])
-        .arg("--report")
-        .arg("ndjson")
-        .arg("--report-dir")
-        .arg(&report_dir)
-        .env("SCHEMATHESIS_TELEMETRY", "false")
-        // Its state directory (`.schemathesis/`) goes into the test's temp dir, not the checkout.
-        .current_dir(app.dir.path())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run schemathesis");
+    let mut out = run().await;
+    // A known crash inside the tool, not a finding: on Python 3.11, Hypothesis describing a
+    // filter lambda can hit CPython's "AST constructor recursion depth mismatch" (seen once in
+    // CI, in the coverage phase; the same seed passes otherwise). Run once more in that case
+    // only; every other error or failure fails the test at once.
+    let tool_crash = |o: &std::process::Output| {
+        !o.status.success()
+            && String::from_utf8_lossy(&o.stdout)
+                .contains("AST constructor recursion depth mismatch")
+    };
+    if tool_crash(&out) {
+        println!(
+            "schemathesis crashed inside Hypothesis (AST recursion depth mismatch); running it once more"
+        );
+        let _ = std::fs::remove_dir_all(&report_dir);
+        out = run().await;
+    }
     let elapsed = started.elapsed();
     app.stop().await;
 
