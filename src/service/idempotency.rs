@@ -36,7 +36,8 @@ pub(super) fn now_us() -> i64 {
     unix_micros(OffsetDateTime::now_utc())
 }
 
-fn micros(d: Duration) -> i64 {
+/// `d` in microseconds (saturating), for the stores' `*_us` columns.
+pub(super) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 2)
 }
 

@@ -11,9 +11,10 @@
 //! answers `already_gone`); message, lock and unlock are never sent twice — the item is
 //! recorded failed with `outcome_unknown`.
 
+use super::idempotency::{micros, now_us, store_err};
 use super::{ActionRequest, ActionTarget, CallContext, Gateway, ServiceError};
 use super::{FailureOutcome, ItemError, ItemFailure, ItemResult};
-use crate::audit::chain::{from_unix_micros, unix_micros};
+use crate::audit::chain::from_unix_micros;
 use crate::audit::work::{CancelOutcome, ItemRow, JobFilter, JobRow, NewItem, NewJob, WorkStore};
 use crate::auth::{Permission, Principal, Role};
 use crate::domain::ActionKind;
@@ -200,14 +201,6 @@ impl StoredContext {
 /// A job item as submitted: run it, or its answer is already known (a target that could not
 /// be parsed is answered in its place, as in a synchronous call).
 pub type JobInput = Result<ActionRequest, ItemResult>;
-
-fn now_us() -> i64 {
-    unix_micros(OffsetDateTime::now_utc())
-}
-
-fn store_err(e: crate::audit::AuditError) -> ServiceError {
-    ServiceError::AuditUnavailable(e.to_string())
-}
 
 fn target_of(req: &ActionRequest) -> ActionTarget {
     ActionTarget {
@@ -584,7 +577,7 @@ impl Gateway {
             }
             if last_prune.elapsed() > Duration::from_secs(60) {
                 last_prune = Instant::now();
-                let before = now_us() - i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+                let before = now_us() - micros(retention);
                 if let Err(e) = work.idem_prune(before).await {
                     tracing::warn!(error = %e, "pruning idempotency keys failed");
                 }
@@ -593,7 +586,7 @@ impl Gateway {
             // Claim while there is room and work.
             while let Ok(permit) = running.clone().try_acquire_owned() {
                 let now = now_us();
-                let until = now + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2);
+                let until = now + micros(lease);
                 match work.claim(&self.runner_id, until, now).await {
                     Ok(Some(job)) => {
                         let me = self.clone();
@@ -638,7 +631,7 @@ impl Gateway {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(lease / 3).await;
-                    let until = now_us() + i64::try_from(lease.as_micros()).unwrap_or(0);
+                    let until = now_us() + micros(lease);
                     match work.renew(&id, &owner, until).await {
                         Ok(true) => {}
                         Ok(false) => {

@@ -3,7 +3,7 @@
 //! `Idempotency-Key`, on its own table and retention), what a delivery led to (job, ticket), and
 //! the write-back state a runner works through after the job ends — also after a restart.
 
-use super::idempotency::{FirstAnswerTimes, now_us, store_err};
+use super::idempotency::{FirstAnswerTimes, micros, now_us, store_err};
 use super::{Gateway, IdempotencyDecision, ServiceError, StoredAnswer};
 use crate::audit::{
     Actor, EventKind, NewEvent, Target,
@@ -297,7 +297,7 @@ impl Gateway {
             return;
         };
         let keep = Duration::from_secs(self.limits.webhook_dedup_hours * 3600);
-        let before = now_us() - i64::try_from(keep.as_micros()).unwrap_or(i64::MAX / 2);
+        let before = now_us() - micros(keep);
         if let Err(e) = work.answer_prune(AnswerTable::Webhooks, before).await {
             tracing::warn!(error = %e, "pruning webhook deliveries failed");
         }

@@ -17,7 +17,7 @@
 //! recorded `failed` at once. Write-backs run one at a time per process, oldest first, which
 //! also keeps the comments on one issue in order.
 
-use super::idempotency::now_us;
+use super::idempotency::{micros, now_us, store_err};
 use super::jobs::{ItemState, item_of};
 use super::{ActionRequest, Gateway, ItemResult, PendingWriteBack, ServiceError, WriteBackResult};
 use crate::ticketing::{TicketRef, WriteBack, WriteBackErrorKind, WriteBackItem, WriteBackReport};
@@ -41,10 +41,6 @@ const ITEM_PAGE: i64 = 500;
 
 /// The write-back clients of the sources that have one, by source name.
 pub type WriteBackClients = BTreeMap<String, Arc<WriteBack>>;
-
-fn micros(d: Duration) -> i64 {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4)
-}
 
 /// The delay before attempt `done + 1`, after `done` attempts: `retry · 2^(done-1)`, capped.
 pub(super) fn retry_delay(limits: &super::WriteBackLimits, done: u32) -> Duration {
@@ -168,7 +164,7 @@ impl Gateway {
                 now,
             )
             .await
-            .map_err(super::idempotency::store_err)?
+            .map_err(store_err)?
         else {
             return Ok(false);
         };
@@ -282,15 +278,17 @@ impl Gateway {
         job_id: &str,
     ) -> Result<Option<WriteBackReport>, ServiceError> {
         let work = self.delivery_store()?;
-        let err = super::idempotency::store_err;
-        let Some(job) = work.job(job_id).await.map_err(err)? else {
+        let Some(job) = work.job(job_id).await.map_err(store_err)? else {
             return Ok(None);
         };
         let mut items = Vec::new();
         let mut action = None;
         let mut after = -1;
         loop {
-            let rows = work.items(job_id, after, ITEM_PAGE).await.map_err(err)?;
+            let rows = work
+                .items(job_id, after, ITEM_PAGE)
+                .await
+                .map_err(store_err)?;
             let Some(last) = rows.last() else { break };
             after = last.seq;
             let full = i64::try_from(rows.len()).unwrap_or(0) == ITEM_PAGE;
